@@ -1,0 +1,1 @@
+//! Analyses and rewrites over the [`crate::ir::Graph`].

@@ -1,0 +1,184 @@
+//! ONNX model I/O: decoding and encoding [`proto::ModelProto`] losslessly, and external data.
+//!
+//! Loading memory-maps the model file and decodes it without copying tensor payloads. External
+//! data is resolved relative to the model's folder and validated at load time (the file exists,
+//! stays inside the folder, and is large enough), but its bytes are only mapped when asked for
+//! through [`ExternalStore`]. A `location` that is absolute, contains `..`, or resolves through a
+//! symbolic link to a place outside the model's folder is refused.
+//!
+//! **Invariant:** a [`Model`] returned by [`load`] has a graph, and every external-data reference
+//! in its initializers points to an existing byte range of a file inside [`Model::dir`].
+
+pub mod external;
+pub mod proto;
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use prost::Message;
+
+pub use external::{ExternalData, ExternalStore};
+pub use proto::ModelProto;
+
+/// Protobuf refuses to parse messages of 2 GiB or more; larger models keep weights external.
+pub const PROTOBUF_LIMIT: usize = (1 << 31) - 1;
+
+/// Errors of model I/O. Each names the file and the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum OnnxError {
+    #[error("cannot read model {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid ONNX model (protobuf decoding failed: {source})")]
+    Decode {
+        path: PathBuf,
+        #[source]
+        source: prost::DecodeError,
+    },
+    #[error("{path} is not a valid ONNX model: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    #[error(
+        "tensor `{tensor}`: external data location `{location}` escapes the model folder {dir} ({why}); \
+         external data must live inside the model's folder"
+    )]
+    EscapingLocation {
+        tensor: String,
+        location: String,
+        dir: PathBuf,
+        why: &'static str,
+    },
+    #[error("tensor `{tensor}`: external data file {path} is missing")]
+    MissingExternal { tensor: String, path: PathBuf },
+    #[error("tensor `{tensor}`: malformed external data reference: {reason}")]
+    BadExternal { tensor: String, reason: String },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "model {path} would be {size} bytes, over protobuf's 2 GiB limit; keep its weights as external data"
+    )]
+    TooLarge { path: PathBuf, size: usize },
+}
+
+/// A decoded model together with the folder its external data is resolved against.
+#[derive(Debug, Clone)]
+pub struct Model {
+    /// The decoded protobuf. Tensor payloads borrow the mapped file.
+    pub proto: ModelProto,
+    /// Path the model was loaded from.
+    pub path: PathBuf,
+    /// Canonical folder of the model file; external data locations are relative to it.
+    pub dir: PathBuf,
+}
+
+impl Model {
+    /// The external-data store of this model (maps files lazily).
+    pub fn external_store(&self) -> ExternalStore {
+        ExternalStore::new(self.dir.clone())
+    }
+}
+
+/// Loads `path` as an ONNX model and validates its external-data references.
+pub fn load(path: &Path) -> Result<Model, OnnxError> {
+    let read_err = |source| OnnxError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = fs::File::open(path).map_err(read_err)?;
+    let meta = file.metadata().map_err(read_err)?;
+    if meta.is_dir() {
+        return Err(OnnxError::Invalid {
+            path: path.to_path_buf(),
+            reason: "it is a directory".into(),
+        });
+    }
+    let bytes = if meta.len() == 0 {
+        Bytes::new()
+    } else {
+        // SAFETY: the mapping is read-only; a model file changed by another process while dfc
+        // reads it is outside what dfc can defend against (as for every mmap-based reader).
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(read_err)?;
+        Bytes::from_owner(map)
+    };
+    let proto = decode(path, bytes)?;
+    let canonical = fs::canonicalize(path).map_err(read_err)?;
+    let dir = canonical
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/"));
+    let model = Model {
+        proto,
+        path: path.to_path_buf(),
+        dir,
+    };
+    external::validate(&model)?;
+    Ok(model)
+}
+
+/// Decodes a model from bytes and checks the minimum structure every later stage relies on.
+pub fn decode(path: &Path, bytes: Bytes) -> Result<ModelProto, OnnxError> {
+    let invalid = |reason: &str| OnnxError::Invalid {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    };
+    if bytes.is_empty() {
+        return Err(invalid("the file is empty"));
+    }
+    let proto = ModelProto::decode(bytes).map_err(|source| OnnxError::Decode {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if proto.ir_version.is_none() {
+        return Err(invalid("no ir_version field"));
+    }
+    let Some(graph) = &proto.graph else {
+        return Err(invalid("no graph"));
+    };
+    if graph.node.is_empty() && graph.output.is_empty() {
+        return Err(invalid("the graph has no nodes and no outputs"));
+    }
+    Ok(proto)
+}
+
+/// Encodes `proto` and writes it to `path` atomically (a temporary file in the same folder,
+/// then a rename). Nothing is left behind on failure.
+pub fn save(proto: &ModelProto, path: &Path) -> Result<(), OnnxError> {
+    let size = proto.encoded_len();
+    if size > PROTOBUF_LIMIT {
+        return Err(OnnxError::TooLarge {
+            path: path.to_path_buf(),
+            size,
+        });
+    }
+    let buf = proto.encode_to_vec();
+    write_atomic(path, &buf)
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), OnnxError> {
+    let write_err = |source| OnnxError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".dfc-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(write_err)?;
+    tmp.write_all(bytes).map_err(write_err)?;
+    tmp.as_file().sync_all().map_err(write_err)?;
+    tmp.persist(path).map_err(|e| write_err(e.error))?;
+    Ok(())
+}
