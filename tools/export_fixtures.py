@@ -17,8 +17,8 @@ Fixtures written under ``--out`` (default ``models``):
 * ``sd15_tiny.onnx``            SD1.5-style UNet, static shapes, opset 17
                                 (GroupNorm = Reshape/InstanceNormalization/Reshape/Mul/Add)
 * ``sd15_tiny_dynamic.onnx``    same weights, dynamic batch/height/width/sequence
-* ``sd15_tiny_fp16.onnx``       fp16 version (onnxconverter-common float16 converter,
-                                fp16 I/O, ops without ORT-CPU fp16 kernels kept in fp32)
+* ``sd15_tiny_fp16.onnx``       fp16 version (onnxruntime.transformers.float16 converter,
+                                the maintained fork of onnxconverter-common's; fp16 I/O)
 * ``sd15_tiny_external/model.onnx`` + ``model.onnx.data``  sd15_tiny with all
                                 initializers stored as external data in one file
 * ``sdxl_tiny.onnx``            SDXL-style UNet (text_time added conditioning,
@@ -82,12 +82,12 @@ SDXL_CONFIG = dict(
     in_channels=4,
     out_channels=4,
     layers_per_block=1,
-    block_out_channels=(16, 32, 40),
+    block_out_channels=(16, 24, 40),
     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
     up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
     mid_block_type="UNetMidBlock2DCrossAttn",
     cross_attention_dim=CROSS_DIM,
-    attention_head_dim=(2, 4, 5),  # number of heads per level -> head dim 8 at both attention levels
+    attention_head_dim=(2, 3, 5),  # number of heads per level -> head dim 8 at both attention levels
     transformer_layers_per_block=(1, 1, 2),
     norm_num_groups=8,
     use_linear_projection=True,  # SDXL: Linear proj_in / proj_out
@@ -375,6 +375,7 @@ def rewrite_groupnorm(model, onnx):
     for o in model.opset_import:
         if o.domain in ("", "ai.onnx"):
             o.version = 21
+    model.ir_version = max(model.ir_version, 10)  # opset 21 belongs to IR version 10
     return model, count
 
 
