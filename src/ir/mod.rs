@@ -680,3 +680,183 @@ impl Graph {
         Ok(model)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::onnx::proto::{
+        FunctionProto, OperatorSetIdProto, SparseTensorProto, StringStringEntryProto,
+        TensorAnnotation, TrainingInfoProto, TypeProto, tensor_shape_proto, type_proto,
+    };
+
+    fn entry(k: &str, v: &str) -> StringStringEntryProto {
+        StringStringEntryProto {
+            key: Some(k.into()),
+            value: Some(v.into()),
+        }
+    }
+
+    fn info(name: &str, dims: &[i64], denotation: Option<&str>) -> ValueInfoProto {
+        ValueInfoProto {
+            name: Some(name.into()),
+            r#type: Some(TypeProto {
+                value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                    elem_type: Some(1),
+                    shape: Some(crate::onnx::proto::TensorShapeProto {
+                        dim: dims
+                            .iter()
+                            .map(|&d| tensor_shape_proto::Dimension {
+                                value: Some(if d < 0 {
+                                    tensor_shape_proto::dimension::Value::DimParam("batch".into())
+                                } else {
+                                    tensor_shape_proto::dimension::Value::DimValue(d)
+                                }),
+                                denotation: denotation.map(Into::into),
+                            })
+                            .collect(),
+                    }),
+                })),
+                denotation: Some("TENSOR".into()),
+            }),
+            doc_string: Some(format!("doc of {name}")),
+            metadata_props: vec![entry("k", name)],
+        }
+    }
+
+    fn node(name: &str, op: &str, ins: &[&str], outs: &[&str]) -> NodeProto {
+        NodeProto {
+            input: ins.iter().map(|s| s.to_string()).collect(),
+            output: outs.iter().map(|s| s.to_string()).collect(),
+            name: Some(name.into()),
+            op_type: Some(op.into()),
+            domain: Some(String::new()),
+            ..Default::default()
+        }
+    }
+
+    /// A model exercising fields the IR does not interpret; all must survive a round trip.
+    fn rich_model() -> ModelProto {
+        let mut relu = node("relu", "Relu", &["x"], &["y"]);
+        relu.doc_string = Some("a relu".into());
+        relu.overload = Some("ov".into());
+        relu.metadata_props = vec![entry("origin", "test")];
+        let mut add = node("add", "Add", &["y", "w"], &["z"]);
+        add.attribute.push(AttributeProto {
+            name: Some("unused".into()),
+            r#type: Some(crate::onnx::proto::AttributeType::Ints as i32),
+            ints: vec![1, 2, 3],
+            ..Default::default()
+        });
+        let opt = node("opt", "Clip", &["z", "", "w"], &["out", ""]);
+        let w = TensorProto {
+            dims: vec![1],
+            data_type: Some(1),
+            name: Some("w".into()),
+            raw_data: Some(bytes::Bytes::from_static(&[0, 0, 128, 63])),
+            doc_string: Some("weight".into()),
+            ..Default::default()
+        };
+        ModelProto {
+            ir_version: Some(10),
+            opset_import: vec![OperatorSetIdProto {
+                domain: Some(String::new()),
+                version: Some(21),
+            }],
+            producer_name: Some("test".into()),
+            producer_version: Some("1".into()),
+            domain: Some("dfc.test".into()),
+            model_version: Some(7),
+            doc_string: Some("model doc".into()),
+            metadata_props: vec![entry("a", "b")],
+            training_info: vec![TrainingInfoProto {
+                update_binding: vec![entry("w", "w2")],
+                ..Default::default()
+            }],
+            functions: vec![FunctionProto {
+                name: Some("F".into()),
+                domain: Some("local".into()),
+                input: vec!["a".into()],
+                output: vec!["b".into()],
+                node: vec![node("f0", "Identity", &["a"], &["b"])],
+                ..Default::default()
+            }],
+            graph: Some(GraphProto {
+                node: vec![relu, add, opt],
+                name: Some("g".into()),
+                initializer: vec![w],
+                sparse_initializer: vec![SparseTensorProto {
+                    dims: vec![4],
+                    ..Default::default()
+                }],
+                doc_string: Some("graph doc".into()),
+                input: vec![info("x", &[-1, 3], Some("DATA_BATCH"))],
+                output: vec![info("out", &[-1, 3], None)],
+                value_info: vec![info("y", &[-1, 3], None), info("z", &[-1, 3], None)],
+                quantization_annotation: vec![TensorAnnotation {
+                    tensor_name: Some("y".into()),
+                    quant_parameter_tensor_names: vec![entry("SCALE_TENSOR", "w")],
+                }],
+                metadata_props: vec![entry("g", "h")],
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn round_trip_keeps_every_field() {
+        let model = rich_model();
+        let graph = Graph::from_model(model.clone()).unwrap();
+        graph.verify().unwrap();
+        assert_eq!(graph.to_model().unwrap(), model);
+    }
+
+    #[test]
+    fn edges_follow_rewrites() {
+        let mut graph = Graph::from_model(rich_model()).unwrap();
+        let x = graph.value_by_name("x").unwrap();
+        let y = graph.value_by_name("y").unwrap();
+        let add = graph.value(y).uses()[0].0;
+        // Bypass the Relu: Add now reads the graph input directly.
+        graph.replace_all_uses(y, x);
+        graph.verify().unwrap();
+        assert_eq!(graph.node(add).input(0), Some(x));
+        assert_eq!(graph.remove_dead_nodes(), 1);
+        graph.verify().unwrap();
+        assert_eq!(graph.node_count(), 2);
+        // A node inserted next to `add` sorts right after it.
+        let t = graph.add_value("t", None);
+        let z = graph.value_by_name("z").unwrap();
+        let neg = graph
+            .add_node(
+                Node::new("add.neg", "Neg", ""),
+                vec![Some(z)],
+                vec![Some(t)],
+                Some(add),
+            )
+            .unwrap();
+        graph.verify().unwrap();
+        let order = graph.topo_order().unwrap();
+        assert_eq!(order.iter().position(|&n| n == neg), Some(1));
+        assert!(graph.dump().contains("add.neg = Neg("));
+    }
+
+    #[test]
+    fn verifier_reports_undefined_inputs_and_cycles() {
+        let mut m = rich_model();
+        m.graph.as_mut().unwrap().node[0].input[0] = "nowhere".into();
+        let g = Graph::from_model(m).unwrap();
+        assert!(matches!(g.verify(), Err(IrError::Undefined { .. })));
+
+        let mut m = rich_model();
+        m.graph.as_mut().unwrap().node[0].input[0] = "z".into();
+        let g = Graph::from_model(m).unwrap();
+        assert!(matches!(g.verify(), Err(IrError::Cycle(_))));
+
+        let mut m = rich_model();
+        m.graph.as_mut().unwrap().node[1].output[0] = "y".into();
+        assert!(matches!(
+            Graph::from_model(m),
+            Err(IrError::DuplicateProducer(_))
+        ));
+    }
+}

@@ -291,3 +291,86 @@ fn same_file(a: &Path, b: &Path) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn folder() -> (tempfile::TempDir, PathBuf) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = fs::canonicalize(tmp.path()).expect("canonical");
+        fs::create_dir(dir.join("model")).expect("mkdir");
+        fs::write(dir.join("model/w.bin"), [0u8; 16]).expect("write");
+        fs::write(dir.join("outside.bin"), [0u8; 16]).expect("write");
+        (tmp, dir)
+    }
+
+    #[test]
+    fn resolves_inside_and_refuses_escapes() {
+        let (_tmp, root) = folder();
+        let dir = root.join("model");
+        assert_eq!(resolve(&dir, "t", "w.bin").unwrap(), dir.join("w.bin"));
+        assert_eq!(resolve(&dir, "t", "./w.bin").unwrap(), dir.join("w.bin"));
+        for (loc, why) in [
+            ("../outside.bin", "`..` component"),
+            ("sub/../../outside.bin", "`..` component"),
+            ("/etc/passwd", "absolute path"),
+        ] {
+            match resolve(&dir, "t", loc) {
+                Err(OnnxError::EscapingLocation { why: w, .. }) => assert_eq!(w, why, "{loc}"),
+                other => panic!("{loc}: expected an escape error, got {other:?}"),
+            }
+        }
+        std::os::unix::fs::symlink(root.join("outside.bin"), dir.join("link.bin")).unwrap();
+        assert!(matches!(
+            resolve(&dir, "t", "link.bin"),
+            Err(OnnxError::EscapingLocation {
+                why: "symbolic link to outside the folder",
+                ..
+            })
+        ));
+        assert!(matches!(
+            resolve(&dir, "t", "absent.bin"),
+            Err(OnnxError::MissingExternal { .. })
+        ));
+    }
+
+    #[test]
+    fn parses_references_and_maps_slices() {
+        let (_tmp, root) = folder();
+        let dir = root.join("model");
+        fs::write(dir.join("w.bin"), (0u8..16).collect::<Vec<_>>()).unwrap();
+        let entry = |k: &str, v: &str| crate::onnx::proto::StringStringEntryProto {
+            key: Some(k.into()),
+            value: Some(v.into()),
+        };
+        let tensor = TensorProto {
+            name: Some("w".into()),
+            data_location: Some(DataLocation::External as i32),
+            external_data: vec![
+                entry("location", "w.bin"),
+                entry("offset", "4"),
+                entry("length", "8"),
+            ],
+            ..Default::default()
+        };
+        let ext = ExternalData::of(&tensor).unwrap().unwrap();
+        assert_eq!((ext.offset, ext.length), (4, Some(8)));
+        let store = ExternalStore::new(dir.clone());
+        let bytes = store.raw_bytes(&tensor).unwrap().unwrap();
+        assert_eq!(&bytes[..], &[4, 5, 6, 7, 8, 9, 10, 11]);
+
+        let mut bad = tensor.clone();
+        bad.external_data[1] = entry("offset", "-3");
+        assert!(matches!(
+            ExternalData::of(&bad),
+            Err(OnnxError::BadExternal { .. })
+        ));
+        let mut past_end = tensor.clone();
+        past_end.external_data[2] = entry("length", "100");
+        assert!(matches!(
+            store.raw_bytes(&past_end),
+            Err(OnnxError::BadExternal { .. })
+        ));
+    }
+}
