@@ -1,1 +1,93 @@
-//! Command-line front end.
+//! Command-line front end: one module per command, the error policy in one place.
+//!
+//! Exit codes: 0 success, 1 user or model error (bad arguments, unreadable or unsupported
+//! model, missing ONNX Runtime), 2 internal error (a bug of dfc: errors marked [`Internal`], or
+//! a panic). Errors print their whole cause chain on stderr.
+
+pub mod eval;
+pub mod inspect;
+pub mod specialize;
+pub mod verify;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Marks an error as dfc's own fault (exit code 2) rather than the input's.
+#[derive(Debug, thiserror::Error)]
+#[error("internal error: {0}")]
+pub struct Internal(pub String);
+
+/// dfc: displaced patch parallelism for diffusion UNets, compiled on the ONNX graph.
+#[derive(Debug, Parser)]
+#[command(name = "dfc", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print a model's inputs, outputs, op histogram and what partitioning cares about.
+    Inspect(inspect::Args),
+    /// Fix a model's dynamic sizes and fold what becomes constant.
+    Specialize(specialize::Args),
+    /// Run one model in ONNX Runtime (CPU) on inputs from an `.npz` file.
+    Eval(eval::Args),
+    /// Rewrite a model and check, through ONNX Runtime, that it still computes the same outputs.
+    Verify(verify::Args),
+}
+
+/// Runs the command line `args` (program name first) and returns the exit code.
+pub fn main_with_args<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let result = std::panic::catch_unwind(|| run(&cli));
+    match result {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            let internal =
+                e.chain().any(|c| c.is::<Internal>()) || e.downcast_ref::<Internal>().is_some();
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            if internal {
+                eprintln!("this is a bug in dfc; please report it with the command line used");
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(_) => {
+            eprintln!(
+                "error: internal error (dfc crashed); please report it with the command line used"
+            );
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Dispatches one parsed command.
+pub fn run(cli: &Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Inspect(args) => inspect::run(args),
+        Command::Specialize(args) => specialize::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Verify(args) => verify::run(args),
+    }
+}

@@ -55,7 +55,7 @@ impl fmt::Display for ValueId {
 }
 
 impl ValueId {
-    /// Position of the value in [`Graph::values`] order.
+    /// Position of the value in creation order (see [`Graph::value_ids`]).
     pub fn index(self) -> usize {
         self.0 as usize
     }

@@ -1,0 +1,411 @@
+//! Convolution-like operators: Conv, ConvTranspose, MaxPool, AveragePool, LpPool and the
+//! global pools, with `auto_pad`, strides, dilations, `ceil_mode` and `output_padding`.
+//!
+//! The geometry helpers ([`ConvGeom`]) are public because partitioning needs the same numbers
+//! (how many rows of context a kernel reads above and below a band).
+
+use anyhow::{Result, anyhow, bail};
+
+use super::{OpCx, OpDef, tt};
+use crate::ir::{DataType, Dim, TensorType};
+
+/// Kernel geometry of one conv-like node, per spatial axis.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConvGeom {
+    pub kernel: Vec<i64>,
+    pub strides: Vec<i64>,
+    pub dilations: Vec<i64>,
+    /// Begin pads then end pads (`[b0, b1, …, e0, e1, …]`), explicit `pads` only.
+    pub pads: Vec<i64>,
+    /// `NOTSET`, `SAME_UPPER`, `SAME_LOWER` or `VALID`.
+    pub auto_pad: String,
+    pub ceil_mode: bool,
+}
+
+impl ConvGeom {
+    /// Reads the attributes of `cx.node` for `n` spatial axes; `kernel` from the attribute or
+    /// from the weight's trailing dims.
+    pub fn of(cx: &OpCx<'_>, n: usize, kernel_from_weight: Option<Vec<i64>>) -> Result<Self> {
+        let list = |name: &str, default: i64, len: usize| -> Result<Vec<i64>> {
+            match cx.attr_ints(name) {
+                Some(v) if !v.is_empty() => {
+                    if v.len() != len {
+                        bail!("`{name}` {v:?} must have {len} entries");
+                    }
+                    Ok(v)
+                }
+                _ => Ok(vec![default; len]),
+            }
+        };
+        let kernel = match cx.attr_ints("kernel_shape") {
+            Some(k) if !k.is_empty() => k,
+            _ => kernel_from_weight.ok_or_else(|| anyhow!("kernel shape unknown"))?,
+        };
+        if kernel.len() != n {
+            bail!("kernel {kernel:?} does not have {n} spatial dims");
+        }
+        let g = Self {
+            kernel,
+            strides: list("strides", 1, n)?,
+            dilations: list("dilations", 1, n)?,
+            pads: list("pads", 0, 2 * n)?,
+            auto_pad: cx
+                .node
+                .attr_s("auto_pad")
+                .unwrap_or_else(|| "NOTSET".into()),
+            ceil_mode: cx.attr_i("ceil_mode", 0) != 0,
+        };
+        if g.kernel.iter().any(|&k| k <= 0)
+            || g.strides.iter().any(|&s| s <= 0)
+            || g.dilations.iter().any(|&d| d <= 0)
+        {
+            bail!("kernel, strides and dilations must be positive");
+        }
+        if g.pads.iter().any(|&p| p < 0) {
+            bail!("pads {:?} must not be negative", g.pads);
+        }
+        if !matches!(
+            g.auto_pad.as_str(),
+            "NOTSET" | "SAME_UPPER" | "SAME_LOWER" | "VALID"
+        ) {
+            bail!("unknown auto_pad `{}`", g.auto_pad);
+        }
+        Ok(g)
+    }
+
+    /// Extent of the dilated kernel on axis `i` (saturating; real kernels are small).
+    pub fn extent(&self, i: usize) -> i64 {
+        self.dilations[i]
+            .saturating_mul(self.kernel[i] - 1)
+            .saturating_add(1)
+    }
+
+    /// The (begin, end) padding actually applied on axis `i` for an input of size `input`.
+    pub fn pads_for(&self, i: usize, input: i64) -> (i64, i64) {
+        let n = self.kernel.len();
+        match self.auto_pad.as_str() {
+            "VALID" => (0, 0),
+            "SAME_UPPER" | "SAME_LOWER" => {
+                let (inp, s, ext) = (
+                    input as i128,
+                    self.strides[i] as i128,
+                    self.extent(i) as i128,
+                );
+                let out = (inp + s - 1) / s;
+                let total = ((out - 1) * s + ext - inp).clamp(0, i64::MAX as i128) as i64;
+                let small = total / 2;
+                if self.auto_pad == "SAME_UPPER" {
+                    (small, total - small)
+                } else {
+                    (total - small, small)
+                }
+            }
+            _ => (self.pads[i], self.pads[i + n]),
+        }
+    }
+
+    /// Output size of a convolution or pool on axis `i`.
+    pub fn output(&self, i: usize, input: i64) -> Result<i64> {
+        let (b, e) = self.pads_for(i, input);
+        let (b, e, inp) = (b as i128, e as i128, input as i128);
+        let ext = self.extent(i) as i128;
+        let span = inp + b + e - ext;
+        if span < 0 {
+            bail!(
+                "kernel extent {ext} is larger than the padded input {}",
+                inp + b + e
+            );
+        }
+        let s = self.strides[i] as i128;
+        let mut out = if self.ceil_mode {
+            (span + s - 1) / s + 1
+        } else {
+            span / s + 1
+        };
+        // A last window that starts inside the end padding is dropped (ONNX Runtime, PyTorch).
+        if self.ceil_mode && (out - 1) * s >= inp + b {
+            out -= 1;
+        }
+        i64::try_from(out).map_err(|_| anyhow!("output size overflows"))
+    }
+}
+
+fn spatial(cx: &OpCx<'_>, d: &[Dim], geom: &ConvGeom) -> Result<Vec<Dim>> {
+    let _ = cx;
+    d[2..]
+        .iter()
+        .enumerate()
+        .map(|(i, x)| match x {
+            Dim::Fixed(v) => Ok(Dim::Fixed(geom.output(i, *v)?)),
+            _ => Ok(Dim::Unknown),
+        })
+        .collect()
+}
+
+fn conv(cx: &OpCx<'_>) -> Result<Vec<TensorType>> {
+    let x = cx.input(0)?;
+    let (Some(d), Some(w)) = (&x.shape, cx.input(1)?.shape.as_ref()) else {
+        return Ok(vec![tt(x.elem, x.rank().map(|r| vec![Dim::Unknown; r]))]);
+    };
+    if d.len() < 3 || w.len() != d.len() {
+        bail!(
+            "Conv input rank {} and weight rank {} do not match",
+            d.len(),
+            w.len()
+        );
+    }
+    let group = cx.attr_i("group", 1);
+    if group <= 0 {
+        bail!("group must be positive");
+    }
+    if let (Dim::Fixed(c), Dim::Fixed(wc)) = (&d[1], &w[1])
+        && Some(*c) != wc.checked_mul(group)
+    {
+        bail!("input has {c} channels, the weight expects {wc} × group {group}");
+    }
+    let kw: Option<Vec<i64>> = w[2..].iter().map(Dim::fixed).collect();
+    let geom = ConvGeom::of(cx, d.len() - 2, kw)?;
+    let mut out = vec![d[0].clone(), w[0].clone()];
+    out.extend(spatial(cx, d, &geom)?);
+    Ok(vec![tt(x.elem, Some(out))])
+}
+
+fn conv_transpose(cx: &OpCx<'_>) -> Result<Vec<TensorType>> {
+    let x = cx.input(0)?;
+    let (Some(d), Some(w)) = (&x.shape, cx.input(1)?.shape.as_ref()) else {
+        return Ok(vec![tt(x.elem, x.rank().map(|r| vec![Dim::Unknown; r]))]);
+    };
+    if d.len() < 3 || w.len() != d.len() {
+        bail!(
+            "ConvTranspose input rank {} and weight rank {} do not match",
+            d.len(),
+            w.len()
+        );
+    }
+    let n = d.len() - 2;
+    let group = cx.attr_i("group", 1);
+    if group <= 0 {
+        bail!("group must be positive");
+    }
+    let channels = match &w[1] {
+        Dim::Fixed(m) => Dim::Fixed(
+            m.checked_mul(group)
+                .ok_or_else(|| anyhow!("channel count overflows"))?,
+        ),
+        _ => Dim::Unknown,
+    };
+    let kw: Option<Vec<i64>> = w[2..].iter().map(Dim::fixed).collect();
+    let geom = ConvGeom::of(cx, n, kw)?;
+    let out_pad = match cx.attr_ints("output_padding") {
+        Some(v) if !v.is_empty() => v,
+        _ => vec![0; n],
+    };
+    if out_pad.len() != n {
+        bail!("output_padding must have {n} entries");
+    }
+    let mut out = vec![d[0].clone(), channels];
+    if let Some(shape) = cx.attr_ints("output_shape").filter(|v| !v.is_empty()) {
+        let sp = if shape.len() == n {
+            shape
+        } else if shape.len() == n + 2 {
+            shape[2..].to_vec()
+        } else {
+            bail!("output_shape must have {n} entries");
+        };
+        for v in sp {
+            out.push(super::size_dim(v, "output_shape entry")?);
+        }
+        return Ok(vec![tt(x.elem, Some(out))]);
+    }
+    for (i, x) in d[2..].iter().enumerate() {
+        out.push(match x {
+            Dim::Fixed(v) => {
+                let s = geom.strides[i];
+                let o = if geom.auto_pad.starts_with("SAME") {
+                    v * s
+                } else {
+                    let (b, e) = if geom.auto_pad == "VALID" {
+                        (0, 0)
+                    } else {
+                        (geom.pads[i], geom.pads[i + n])
+                    };
+                    s * (v - 1) + out_pad[i] + geom.extent(i) - b - e
+                };
+                super::size_dim(o, "ConvTranspose output")?
+            }
+            _ => Dim::Unknown,
+        });
+    }
+    Ok(vec![tt(x.elem, Some(out))])
+}
+
+fn pool(cx: &OpCx<'_>) -> Result<Vec<TensorType>> {
+    let x = cx.input(0)?;
+    let Some(d) = &x.shape else {
+        return Ok(vec![tt(x.elem, None), tt(DataType::INT64, None)]);
+    };
+    if d.len() < 3 {
+        bail!("{} needs an input of rank ≥ 3", cx.node.op_type);
+    }
+    let geom = ConvGeom::of(cx, d.len() - 2, None)?;
+    let mut out = vec![d[0].clone(), d[1].clone()];
+    out.extend(spatial(cx, d, &geom)?);
+    Ok(vec![
+        tt(x.elem, Some(out.clone())),
+        tt(DataType::INT64, Some(out)),
+    ])
+}
+
+fn global_pool(cx: &OpCx<'_>) -> Result<Vec<TensorType>> {
+    let x = cx.input(0)?;
+    let Some(d) = &x.shape else {
+        return Ok(vec![tt(x.elem, None)]);
+    };
+    if d.len() < 3 {
+        bail!("{} needs an input of rank ≥ 3", cx.node.op_type);
+    }
+    let mut out = vec![d[0].clone(), d[1].clone()];
+    out.extend(std::iter::repeat_n(Dim::Fixed(1), d.len() - 2));
+    Ok(vec![tt(x.elem, Some(out))])
+}
+
+/// The conv family.
+pub const OPS: &[OpDef] = &[
+    OpDef::infer("Conv", conv),
+    OpDef::infer("ConvTranspose", conv_transpose),
+    OpDef::infer("MaxPool", pool),
+    OpDef::infer("AveragePool", pool),
+    OpDef::infer("LpPool", pool),
+    OpDef::infer("GlobalAveragePool", global_pool),
+    OpDef::infer("GlobalMaxPool", global_pool),
+    OpDef::infer("GlobalLpPool", global_pool),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use crate::ir::DataType;
+
+    #[test]
+    fn conv_shapes() {
+        let f = DataType::FLOAT;
+        let x = f32t(&[2, 4, 32, 32]);
+        let w = f32t(&[8, 4, 3, 3]);
+        assert_eq!(
+            infer_text(
+                "Conv",
+                vec![aints("pads", &[1, 1, 1, 1])],
+                17,
+                vec![x.clone(), w.clone()],
+                vec![]
+            ),
+            "f32[2,8,32,32]"
+        );
+        assert_eq!(
+            infer_text(
+                "Conv",
+                vec![aints("pads", &[1, 1, 1, 1]), aints("strides", &[2, 2])],
+                17,
+                vec![x.clone(), w.clone()],
+                vec![]
+            ),
+            "f32[2,8,16,16]"
+        );
+        assert_eq!(
+            infer_text(
+                "Conv",
+                vec![astr("auto_pad", "SAME_UPPER"), aints("strides", &[2, 2])],
+                17,
+                vec![f32t(&[1, 4, 7, 7]), w.clone()],
+                vec![]
+            ),
+            "f32[1,8,4,4]"
+        );
+        assert_eq!(
+            infer_text(
+                "Conv",
+                vec![astr("auto_pad", "VALID")],
+                17,
+                vec![x.clone(), w.clone()],
+                vec![]
+            ),
+            "f32[2,8,30,30]"
+        );
+        assert_eq!(
+            infer_text(
+                "Conv",
+                vec![aints("dilations", &[2, 2])],
+                17,
+                vec![x.clone(), w.clone()],
+                vec![]
+            ),
+            "f32[2,8,28,28]"
+        );
+        assert_eq!(
+            infer_text(
+                "Conv",
+                vec![],
+                17,
+                vec![sym(f, &["b", "4", "h", "w"]), w.clone()],
+                vec![]
+            ),
+            "f32[b,8,?,?]"
+        );
+        assert!(
+            infer_text("Conv", vec![], 17, vec![f32t(&[2, 3, 8, 8]), w], vec![])
+                .starts_with("error")
+        );
+    }
+
+    #[test]
+    fn conv_transpose_and_pools() {
+        assert_eq!(
+            infer_text(
+                "ConvTranspose",
+                vec![
+                    aints("strides", &[2, 2]),
+                    aints("pads", &[1, 1, 1, 1]),
+                    aints("output_padding", &[1, 1])
+                ],
+                17,
+                vec![f32t(&[1, 8, 16, 16]), f32t(&[8, 4, 3, 3])],
+                vec![]
+            ),
+            "f32[1,4,32,32]"
+        );
+        assert_eq!(
+            infer_text(
+                "MaxPool",
+                vec![
+                    aints("kernel_shape", &[3, 3]),
+                    aints("strides", &[2, 2]),
+                    ai("ceil_mode", 1)
+                ],
+                17,
+                vec![f32t(&[1, 3, 8, 8])],
+                vec![]
+            ),
+            "f32[1,3,4,4] i64[1,3,4,4]"
+        );
+        assert_eq!(
+            infer_text(
+                "AveragePool",
+                vec![aints("kernel_shape", &[2, 2]), aints("strides", &[2, 2])],
+                17,
+                vec![f32t(&[1, 3, 9, 9])],
+                vec![]
+            ),
+            "f32[1,3,4,4] i64[1,3,4,4]"
+        );
+        assert_eq!(
+            infer_text(
+                "GlobalAveragePool",
+                vec![],
+                17,
+                vec![f32t(&[1, 3, 9, 9])],
+                vec![]
+            ),
+            "f32[1,3,1,1]"
+        );
+    }
+}

@@ -1,0 +1,573 @@
+//! `dfc inspect`: what a model is made of, and what the partitioning passes will care about.
+//!
+//! The counts match what the `onnx` Python package reports for the same file (`len(graph.node)`,
+//! `collections.Counter(n.op_type for n in graph.node)`, `len(graph.initializer)`, the sum of
+//! the products of initializer dims). The structural counts recognize, on the IR:
+//!
+//! - convolutions whose kernel is taller than one row (they need halo rows when split on H);
+//! - GroupNorms: the `GroupNormalization` op, and torch's export pattern
+//!   Reshape → InstanceNormalization → Reshape → Mul → Add, each counted once;
+//! - attentions: MatMul(Q, Kᵀ) → [Mul/Div/Add …] → Softmax → MatMul(·, V). Q and K are traced
+//!   back through data-movement and elementwise ops (MatMul with weights, Reshape, Transpose,
+//!   Add, Mul, Div, Cast, …) to their *sources* (graph inputs or outputs of other ops); shape
+//!   computations and constants are not followed. Self-attention: Q and K share a source.
+//!   Cross-attention: they do not, and K comes from a graph input other than the spatial one.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::ir::{Dim, Graph, NodeId, TensorType, ValueId};
+use crate::onnx::{self, ExternalData, Model};
+use crate::passes::specialize::infer_shapes;
+
+/// Arguments of `dfc inspect`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The ONNX model to inspect.
+    pub model: PathBuf,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One graph input or output.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct IoInfo {
+    pub name: String,
+    /// Short element type name (`f32`, `f16`, `i64`, …); `null` for non-tensor values.
+    pub dtype: Option<String>,
+    /// The `TensorProto.DataType` code (1 = float, 10 = float16, 7 = int64, …).
+    pub elem_type: Option<i32>,
+    /// Sizes (integers), symbolic dims (strings) or unknown dims (`null`); `null` when even the
+    /// rank is unknown.
+    pub shape: Option<Vec<serde_json::Value>>,
+}
+
+/// One opset import.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Opset {
+    /// `""` is the default ONNX domain.
+    pub domain: String,
+    pub version: i64,
+}
+
+/// One external-data file referenced by the model.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExternalFile {
+    pub location: String,
+    /// Tensors stored in it.
+    pub tensors: usize,
+    /// Bytes referenced by those tensors.
+    pub bytes: u64,
+}
+
+/// Everything `dfc inspect` reports.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    pub path: String,
+    pub ir_version: i64,
+    pub producer: String,
+    pub inputs: Vec<IoInfo>,
+    pub outputs: Vec<IoInfo>,
+    /// Number of nodes of the main graph.
+    pub nodes: usize,
+    /// Op type → count (bare `op_type`, whatever the domain).
+    pub ops: BTreeMap<String, usize>,
+    pub initializers: usize,
+    /// Sum over initializers of the product of their dims.
+    pub parameters: u64,
+    pub opsets: Vec<Opset>,
+    pub external_data: Vec<ExternalFile>,
+    /// Conv nodes whose kernel height is more than one.
+    pub convs_kernel_gt1: usize,
+    /// `GroupNormalization` nodes plus InstanceNormalization-based GroupNorm patterns.
+    pub group_norms: usize,
+    pub self_attentions: usize,
+    pub cross_attentions: usize,
+    /// Softmax-attention patterns that are neither recognizably self nor cross.
+    pub other_attentions: usize,
+    /// Operator types the compiler's passes do not know (op → node count); a model listed
+    /// here cannot be specialized or partitioned until they get rules.
+    pub unsupported_ops: BTreeMap<String, usize>,
+}
+
+/// Loads `path` and analyses it.
+pub fn inspect_file(path: &Path) -> Result<Report> {
+    let model = onnx::load(path)?;
+    analyze(&model)
+}
+
+/// Analyses a loaded model.
+pub fn analyze(model: &Model) -> Result<Report> {
+    let proto = &model.proto;
+    let gp = proto.graph.as_ref().context("the model has no graph")?;
+    let initializers = gp.initializer.len();
+    let parameters = gp
+        .initializer
+        .iter()
+        .map(|t| {
+            t.dims
+                .iter()
+                .map(|&d| u64::try_from(d).unwrap_or(0))
+                .product::<u64>()
+        })
+        .sum();
+    let mut ext: BTreeMap<String, ExternalFile> = BTreeMap::new();
+    for t in onnx::external::tensors_of(gp) {
+        let Some(e) = ExternalData::of(t)? else {
+            continue;
+        };
+        let bytes = match e.length {
+            Some(l) => l,
+            None => std::fs::metadata(model.dir.join(&e.location))
+                .map(|m| m.len().saturating_sub(e.offset))
+                .unwrap_or(0),
+        };
+        let entry = ext.entry(e.location.clone()).or_insert(ExternalFile {
+            location: e.location.clone(),
+            tensors: 0,
+            bytes: 0,
+        });
+        entry.tensors += 1;
+        entry.bytes += bytes;
+    }
+    let opsets = proto
+        .opset_import
+        .iter()
+        .map(|o| Opset {
+            domain: o.domain().to_string(),
+            version: o.version(),
+        })
+        .collect();
+
+    let mut graph = Graph::from_model(proto.clone()).context("building the graph")?;
+    let mut ops: BTreeMap<String, usize> = BTreeMap::new();
+    for id in graph.node_ids() {
+        *ops.entry(graph.node(id).op_type.clone()).or_default() += 1;
+    }
+    let io = |ids: &[ValueId]| -> Vec<IoInfo> {
+        ids.iter()
+            .map(|&v| {
+                let value = graph.value(v);
+                let tt = value.tensor_type();
+                IoInfo {
+                    name: value.name.clone(),
+                    dtype: tt.map(|t| t.elem.name().to_string()),
+                    elem_type: tt.map(|t| t.elem.0),
+                    shape: tt.and_then(shape_json),
+                }
+            })
+            .collect()
+    };
+    let inputs = io(&graph.inputs);
+    let outputs = io(&graph.outputs);
+    // Types every value (weights' shapes included) and finds operators without rules; a
+    // failure here leaves the declared types, which is all the counts below need.
+    let unsupported_ops = match infer_shapes(&mut graph, &model.external_store()) {
+        Ok(r) => r.unsupported.into_iter().map(|u| (u.op, u.count)).collect(),
+        Err(_) => BTreeMap::new(),
+    };
+    let structure = Structure::analyze(&graph);
+    Ok(Report {
+        path: model.path.display().to_string(),
+        ir_version: proto.ir_version(),
+        producer: format!("{} {}", proto.producer_name(), proto.producer_version())
+            .trim()
+            .to_string(),
+        inputs,
+        outputs,
+        nodes: graph.node_count(),
+        ops,
+        initializers,
+        parameters,
+        opsets,
+        external_data: ext.into_values().collect(),
+        convs_kernel_gt1: structure.convs_kernel_gt1,
+        group_norms: structure.group_norms,
+        self_attentions: structure.self_attentions,
+        cross_attentions: structure.cross_attentions,
+        other_attentions: structure.other_attentions,
+        unsupported_ops,
+    })
+}
+
+fn shape_json(t: &TensorType) -> Option<Vec<serde_json::Value>> {
+    t.shape.as_ref().map(|dims| {
+        dims.iter()
+            .map(|d| match d {
+                Dim::Fixed(v) => serde_json::Value::from(*v),
+                Dim::Symbol(s) => serde_json::Value::from(s.clone()),
+                Dim::Unknown => serde_json::Value::Null,
+            })
+            .collect()
+    })
+}
+
+/// The structural counts of a graph (see the module documentation).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Structure {
+    pub convs_kernel_gt1: usize,
+    pub group_norms: usize,
+    pub self_attentions: usize,
+    pub cross_attentions: usize,
+    pub other_attentions: usize,
+}
+
+/// Ops through which Q and K are traced back; the `bool` says "follow only input 0" (the
+/// other inputs are shapes, indices or axes).
+const TRANSPARENT: &[(&str, bool)] = &[
+    ("MatMul", false),
+    ("Gemm", false),
+    ("Add", false),
+    ("Sub", false),
+    ("Mul", false),
+    ("Div", false),
+    ("Cast", true),
+    ("Identity", true),
+    ("Reshape", true),
+    ("Transpose", true),
+    ("Flatten", true),
+    ("Squeeze", true),
+    ("Unsqueeze", true),
+    ("Expand", true),
+    ("Slice", true),
+    ("Split", true),
+    ("Gather", true),
+];
+
+impl Structure {
+    /// Counts the constructs of `graph`.
+    pub fn analyze(graph: &Graph) -> Self {
+        let consts = constant_values(graph);
+        let mut s = Structure::default();
+        let mut ids: Vec<NodeId> = graph.node_ids().collect();
+        ids.sort_by_key(|&id| graph.node(id).order);
+        let spatial = spatial_input(graph);
+        for id in ids {
+            let node = graph.node(id);
+            match node.op_type.as_str() {
+                "Conv" if conv_kernel_height(graph, id) > 1 => s.convs_kernel_gt1 += 1,
+                "GroupNormalization" => s.group_norms += 1,
+                "InstanceNormalization" if is_torch_group_norm(graph, id) => s.group_norms += 1,
+                "Softmax" => match attention_kind(graph, id, &consts, spatial) {
+                    Some(AttentionKind::SelfAttention) => s.self_attentions += 1,
+                    Some(AttentionKind::Cross) => s.cross_attentions += 1,
+                    Some(AttentionKind::Other) => s.other_attentions += 1,
+                    None => {}
+                },
+                _ => {}
+            }
+        }
+        s
+    }
+}
+
+/// Kernel height of a Conv: `kernel_shape[0]`, else dim 2 of its weight's type.
+fn conv_kernel_height(graph: &Graph, id: NodeId) -> i64 {
+    let node = graph.node(id);
+    if let Some(k) = node.attr_ints("kernel_shape").and_then(|k| k.first()) {
+        return *k;
+    }
+    node.input(1)
+        .and_then(|w| graph.value(w).tensor_type())
+        .and_then(|t| t.shape.as_ref())
+        .and_then(|s| s.get(2))
+        .and_then(Dim::fixed)
+        .unwrap_or(1)
+}
+
+/// The node producing input `port` of `id`, if any.
+fn producer_of(graph: &Graph, id: NodeId, port: usize) -> Option<NodeId> {
+    let v = graph.node(id).input(port)?;
+    graph.value(v).producer().map(|(n, _)| n)
+}
+
+/// Consumers of output 0 of `id`.
+fn consumers(graph: &Graph, id: NodeId) -> Vec<(NodeId, usize)> {
+    graph
+        .node(id)
+        .output(0)
+        .map(|v| graph.value(v).uses().to_vec())
+        .unwrap_or_default()
+}
+
+fn sole_consumer(graph: &Graph, id: NodeId, op: &str) -> Option<NodeId> {
+    match consumers(graph, id).as_slice() {
+        [(n, _)] if graph.node(*n).op_type == op => Some(*n),
+        _ => None,
+    }
+}
+
+/// Reshape → InstanceNormalization → Reshape → Mul → Add.
+fn is_torch_group_norm(graph: &Graph, id: NodeId) -> bool {
+    let from_reshape =
+        producer_of(graph, id, 0).is_some_and(|p| graph.node(p).op_type == "Reshape");
+    from_reshape
+        && sole_consumer(graph, id, "Reshape")
+            .and_then(|r| sole_consumer(graph, r, "Mul"))
+            .and_then(|m| sole_consumer(graph, m, "Add"))
+            .is_some()
+}
+
+/// Values computed from constants and shapes only (never from tensor contents).
+fn constant_values(graph: &Graph) -> HashSet<ValueId> {
+    let mut consts: HashSet<ValueId> = graph
+        .value_ids()
+        .filter(|&v| graph.value(v).init.is_some() && !graph.inputs.contains(&v))
+        .collect();
+    let Ok(order) = graph.topo_order() else {
+        return consts;
+    };
+    for id in order {
+        let node = graph.node(id);
+        let is_const = match node.op_type.as_str() {
+            "Constant" | "Shape" | "Size" => true,
+            _ => {
+                node.inputs().iter().any(Option::is_some)
+                    && node.inputs().iter().flatten().all(|v| consts.contains(v))
+            }
+        };
+        if is_const {
+            consts.extend(node.outputs().iter().flatten().copied());
+        }
+    }
+    consts
+}
+
+/// The input the spatial split applies to: the first rank-4 input (the latent), else the first.
+fn spatial_input(graph: &Graph) -> Option<ValueId> {
+    graph
+        .inputs
+        .iter()
+        .copied()
+        .find(|&v| {
+            graph
+                .value(v)
+                .tensor_type()
+                .and_then(TensorType::rank)
+                .is_some_and(|r| r == 4)
+        })
+        .or_else(|| graph.inputs.first().copied())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AttentionKind {
+    SelfAttention,
+    Cross,
+    Other,
+}
+
+/// Classifies the attention around `softmax`; `None` when it is no attention pattern.
+fn attention_kind(
+    graph: &Graph,
+    softmax: NodeId,
+    consts: &HashSet<ValueId>,
+    spatial: Option<ValueId>,
+) -> Option<AttentionKind> {
+    // Upstream: scale / mask ops, then the score MatMul.
+    let mut cur = producer_of(graph, softmax, 0)?;
+    let mut hops = 0;
+    while graph.node(cur).op_type != "MatMul" {
+        let node = graph.node(cur);
+        if !matches!(node.op_type.as_str(), "Mul" | "Div" | "Add" | "Cast") || hops > 4 {
+            return None;
+        }
+        let data: Vec<ValueId> = node
+            .inputs()
+            .iter()
+            .flatten()
+            .copied()
+            .filter(|v| !consts.contains(v))
+            .collect();
+        cur = match data.as_slice() {
+            [v] => graph.value(*v).producer()?.0,
+            // A mask added to the scores: follow the operand that comes from a MatMul.
+            _ => data
+                .iter()
+                .filter_map(|v| graph.value(*v).producer().map(|p| p.0))
+                .find(|&p| graph.node(p).op_type == "MatMul")?,
+        };
+        hops += 1;
+    }
+    let scores = cur;
+    // Downstream: the probabilities multiply V.
+    let mut down = softmax;
+    loop {
+        let users = consumers(graph, down);
+        if users
+            .iter()
+            .any(|&(n, port)| port == 0 && graph.node(n).op_type == "MatMul")
+        {
+            break;
+        }
+        match users.as_slice() {
+            [(n, _)] if graph.node(*n).op_type == "Cast" => down = *n,
+            _ => return None,
+        }
+    }
+    let node = graph.node(scores);
+    let q = sources(graph, node.input(0)?, consts);
+    let k = sources(graph, node.input(1)?, consts);
+    if !q.is_disjoint(&k) {
+        return Some(AttentionKind::SelfAttention);
+    }
+    let from_other_input = k
+        .iter()
+        .any(|v| graph.inputs.contains(v) && Some(*v) != spatial);
+    Some(if from_other_input {
+        AttentionKind::Cross
+    } else {
+        AttentionKind::Other
+    })
+}
+
+/// Where `value` comes from, following [`TRANSPARENT`] ops and skipping constant operands.
+fn sources(graph: &Graph, value: ValueId, consts: &HashSet<ValueId>) -> HashSet<ValueId> {
+    let transparent: HashMap<&str, bool> = TRANSPARENT.iter().copied().collect();
+    let mut out = HashSet::new();
+    let mut seen = HashSet::new();
+    let mut stack = vec![value];
+    while let Some(v) = stack.pop() {
+        if !seen.insert(v) || consts.contains(&v) {
+            continue;
+        }
+        let Some((p, _)) = graph.value(v).producer() else {
+            out.insert(v);
+            continue;
+        };
+        let node = graph.node(p);
+        match transparent.get(node.op_type.as_str()) {
+            None => {
+                out.insert(v);
+            }
+            Some(&first_only) => {
+                let ins = node.inputs();
+                let ins = if first_only {
+                    &ins[..ins.len().min(1)]
+                } else {
+                    ins
+                };
+                stack.extend(ins.iter().flatten().copied());
+            }
+        }
+    }
+    out
+}
+
+/// Runs the command.
+pub fn run(args: &Args) -> Result<()> {
+    let report = inspect_file(&args.model)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).context("encoding the report")?
+        );
+    } else {
+        print!("{}", render_text(&report));
+    }
+    Ok(())
+}
+
+/// The human-readable form of a report.
+pub fn render_text(r: &Report) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let opsets: Vec<String> = r
+        .opsets
+        .iter()
+        .map(|o| {
+            let d = if o.domain.is_empty() {
+                "ai.onnx"
+            } else {
+                &o.domain
+            };
+            format!("{d} {}", o.version)
+        })
+        .collect();
+    let _ = writeln!(s, "model: {}", r.path);
+    let _ = writeln!(
+        s,
+        "ir_version {}, opsets: {}{}",
+        r.ir_version,
+        opsets.join(", "),
+        if r.producer.is_empty() {
+            String::new()
+        } else {
+            format!(", producer: {}", r.producer)
+        }
+    );
+    let width = r
+        .inputs
+        .iter()
+        .chain(&r.outputs)
+        .map(|i| i.name.len())
+        .max()
+        .unwrap_or(0);
+    for (title, list) in [("inputs", &r.inputs), ("outputs", &r.outputs)] {
+        let _ = writeln!(s, "{title}:");
+        for io in list {
+            let shape = match &io.shape {
+                None => "[..]".to_string(),
+                Some(dims) => {
+                    let d: Vec<String> = dims
+                        .iter()
+                        .map(|d| match d {
+                            serde_json::Value::Null => "?".to_string(),
+                            serde_json::Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        })
+                        .collect();
+                    format!("[{}]", d.join(", "))
+                }
+            };
+            let _ = writeln!(
+                s,
+                "  {:width$}  {}{}",
+                io.name,
+                io.dtype.as_deref().unwrap_or("(not a tensor)"),
+                shape
+            );
+        }
+    }
+    let _ = writeln!(
+        s,
+        "nodes: {}, initializers: {}, parameters: {}",
+        r.nodes, r.initializers, r.parameters
+    );
+    for e in &r.external_data {
+        let _ = writeln!(
+            s,
+            "external data: {} ({} tensors, {} bytes)",
+            e.location, e.tensors, e.bytes
+        );
+    }
+    let mut ops: Vec<(&String, &usize)> = r.ops.iter().collect();
+    ops.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    let ops: Vec<String> = ops.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let _ = writeln!(s, "ops: {}", ops.join(", "));
+    let _ = writeln!(
+        s,
+        "for partitioning: {} convs with kernel height > 1, {} group norms, {} self-attentions, {} cross-attentions{}",
+        r.convs_kernel_gt1,
+        r.group_norms,
+        r.self_attentions,
+        r.cross_attentions,
+        if r.other_attentions > 0 {
+            format!(", {} other attentions", r.other_attentions)
+        } else {
+            String::new()
+        }
+    );
+    if !r.unsupported_ops.is_empty() {
+        let ops: Vec<String> = r
+            .unsupported_ops
+            .iter()
+            .map(|(k, v)| format!("{k} ({v})"))
+            .collect();
+        let _ = writeln!(s, "unsupported by the compiler: {}", ops.join(", "));
+    }
+    s
+}

@@ -1,0 +1,179 @@
+//! Helpers shared by the integration tests: fixtures, ONNX Runtime, the `dfc` binary,
+//! numeric comparison and a seeded random source.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use anyhow::{Context, Result, bail};
+use dfc::ir::{Dim, Graph};
+use dfc::runtime::host::{HostTensor, NamedTensors, difference};
+use dfc::runtime::{SessionOptions, run_model};
+
+/// The repository root (where `models/` lives).
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// One runnable fixture: a model and its `.io.npz` (inputs and reference outputs).
+#[derive(Debug, Clone)]
+pub struct Fixture {
+    pub name: String,
+    pub model: PathBuf,
+    pub io: PathBuf,
+}
+
+/// Every fixture: `models/*.onnx` with `models/<name>.io.npz`, and every
+/// `models/<dir>/model.onnx` with `model.io.npz` beside it. Fails when there are none.
+pub fn fixtures() -> Result<Vec<Fixture>> {
+    let models = root().join("models");
+    let mut out = Vec::new();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(&models)
+        .with_context(|| format!("reading {}", models.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            let (model, io) = (p.join("model.onnx"), p.join("model.io.npz"));
+            if model.is_file() && io.is_file() {
+                let name = p.file_name().unwrap_or_default().to_string_lossy().into();
+                out.push(Fixture { name, model, io });
+            }
+        } else if p.extension().is_some_and(|e| e == "onnx") {
+            let stem = p
+                .file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .to_string();
+            let io = models.join(format!("{stem}.io.npz"));
+            if !io.is_file() {
+                bail!("fixture {} has no {}", p.display(), io.display());
+            }
+            out.push(Fixture {
+                name: stem,
+                model: p,
+                io,
+            });
+        }
+    }
+    if out.is_empty() {
+        bail!(
+            "no fixtures in {}; generate them with tools/export_fixtures.py",
+            models.display()
+        );
+    }
+    Ok(out)
+}
+
+/// Makes sure ONNX Runtime loads; the error carries the install command.
+pub fn require_ort() -> Result<()> {
+    dfc::runtime::environment()
+        .map(|_| ())
+        .context("these tests run models in ONNX Runtime")
+}
+
+/// One intra-op thread: deterministic, and the tests already run in parallel.
+pub fn session_options() -> SessionOptions {
+    SessionOptions {
+        threads: 1,
+        optimize: true,
+    }
+}
+
+/// Runs `model` in ONNX Runtime on `inputs` (extra entries are ignored).
+pub fn run(model: &Path, inputs: &[(String, HostTensor)]) -> Result<Vec<(String, HostTensor)>> {
+    run_model(model, inputs, session_options())
+        .with_context(|| format!("running {}", model.display()))
+}
+
+/// The entries of `io` that are inputs of `model`'s graph, and the rest (reference outputs).
+pub fn split_io(graph: &Graph, io: Vec<(String, HostTensor)>) -> (NamedTensors, NamedTensors) {
+    let names: Vec<&str> = graph
+        .inputs
+        .iter()
+        .map(|&v| graph.value(v).name.as_str())
+        .collect();
+    io.into_iter()
+        .partition(|(n, _)| names.contains(&n.as_str()))
+}
+
+/// Tolerances: fp32 max |a − b| ≤ 1e-5; fp16 max |a − b| / max |reference| ≤ 1e-2.
+pub fn assert_outputs_close(
+    what: &str,
+    actual: &[(String, HostTensor)],
+    reference: &[(String, HostTensor)],
+) -> Result<f64> {
+    if reference.is_empty() {
+        bail!("{what}: no reference outputs");
+    }
+    let mut worst = 0f64;
+    for (name, r) in reference {
+        let a = actual
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t)
+            .with_context(|| format!("{what}: output `{name}` missing"))?;
+        let d = difference(a, r).map_err(|e| anyhow::anyhow!("{what}: output `{name}`: {e}"))?;
+        if d.non_finite {
+            bail!("{what}: output `{name}` has NaN/inf where the reference does not");
+        }
+        let (err, tol, kind) = match r {
+            HostTensor::F16(_) => (d.max_rel, 1e-2, "relative"),
+            _ => (d.max_abs, 1e-5, "absolute"),
+        };
+        if err > tol {
+            bail!("{what}: output `{name}` max {kind} error {err:e} > {tol:e}");
+        }
+        worst = worst.max(err);
+    }
+    Ok(worst)
+}
+
+/// Size of every symbolic dim of the graph's inputs, read from concrete `inputs`.
+pub fn symbol_sizes(graph: &Graph, inputs: &[(String, HostTensor)]) -> Result<Vec<(String, i64)>> {
+    let mut out: Vec<(String, i64)> = Vec::new();
+    for &v in &graph.inputs {
+        let value = graph.value(v);
+        let Some(shape) = value.tensor_type().and_then(|t| t.shape.clone()) else {
+            continue;
+        };
+        let Some((_, t)) = inputs.iter().find(|(n, _)| *n == value.name) else {
+            bail!("no data for input `{}`", value.name);
+        };
+        for (d, &size) in shape.iter().zip(t.shape()) {
+            if let Dim::Symbol(s) = d
+                && !out.iter().any(|(n, _)| n == s)
+            {
+                out.push((s.clone(), size as i64));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Whether every input and output of `model` has a fully static shape.
+pub fn all_io_static(model: &Path) -> Result<bool> {
+    let m = dfc::onnx::load(model)?;
+    let g = Graph::from_model(m.proto)?;
+    Ok(g.inputs.iter().chain(&g.outputs).all(|&v| {
+        g.value(v)
+            .tensor_type()
+            .and_then(|t| t.static_dims())
+            .is_some()
+    }))
+}
+
+/// Runs the built `dfc` binary.
+pub fn dfc(args: &[&std::ffi::OsStr]) -> Result<Output> {
+    Command::new(env!("CARGO_BIN_EXE_dfc"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .context("starting the dfc binary")
+}
+
+#[allow(unused_imports)]
+pub use dfc::runtime::Rng;
