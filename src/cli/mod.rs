@@ -6,6 +6,7 @@
 
 pub mod eval;
 pub mod inspect;
+pub mod passes;
 pub mod specialize;
 pub mod verify;
 
@@ -35,6 +36,8 @@ pub enum Command {
     Specialize(specialize::Args),
     /// Run one model in ONNX Runtime (CPU) on inputs from an `.npz` file.
     Eval(eval::Args),
+    /// List the compiler's passes and pipelines.
+    Passes(passes::Args),
     /// Rewrite a model and check, through ONNX Runtime, that it still computes the same outputs.
     Verify(verify::Args),
 }
@@ -89,5 +92,6 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Specialize(args) => specialize::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Verify(args) => verify::run(args),
+        Command::Passes(args) => passes::run(args),
     }
 }
