@@ -33,7 +33,7 @@ fn main() -> anyhow::Result<()> {
         batch: Some(2),
         height: Some(32),
         width: Some(32),
-        dims: Vec::new(),
+        dims: vec![("sequence".into(), 8)],
     };
 
     let stages = ["load", "lift", "specialize", "lower+save", "total"];
