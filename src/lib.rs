@@ -8,5 +8,6 @@ pub mod ir;
 pub mod onnx;
 #[path = "../passes/mod.rs"]
 pub mod passes;
+pub mod plan;
 pub mod runtime;
 pub mod tensor;
