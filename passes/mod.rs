@@ -10,10 +10,14 @@
 //! Operator knowledge (shape rules, evaluation) lives in tables in [`ops`], one module per
 //! operator family; [`propagate`] is the engine that applies it over a graph.
 
+pub mod canonicalize;
+pub mod check_local;
 pub mod dce;
 pub mod fold_constants;
 pub mod infer_shapes;
+pub mod localize;
 pub mod ops;
+pub mod partition;
 pub mod propagate;
 pub mod specialize;
 
@@ -94,6 +98,23 @@ pub struct Diagnostics {
     pub removed: usize,
 }
 
+/// What the partitioning passes are asked for.
+#[derive(Clone, Debug)]
+pub struct PartitionOptions {
+    /// Number of bands of a group (GPUs per CFG group).
+    pub n: usize,
+    pub mode: crate::plan::Mode,
+}
+
+impl Default for PartitionOptions {
+    fn default() -> Self {
+        Self {
+            n: 1,
+            mode: crate::plan::Mode::Displaced,
+        }
+    }
+}
+
 /// What passes share: the model's external data, options, and accumulated findings.
 pub struct PassContext {
     pub store: ExternalStore,
@@ -103,6 +124,12 @@ pub struct PassContext {
     /// Symbol bindings made by `bind-inputs`, by symbol name.
     pub bindings: BTreeMap<String, i64>,
     pub diagnostics: Diagnostics,
+    /// Band count and mode for `partition` and `localize`.
+    pub partition_options: PartitionOptions,
+    /// The layouts `partition` found (read by `localize`).
+    pub partition: Option<partition::Partition>,
+    /// What `localize` did: exchanges, per-band constants, expected local types.
+    pub local: Option<localize::LocalGraph>,
 }
 
 impl PassContext {
@@ -113,6 +140,9 @@ impl PassContext {
             specialize: Default::default(),
             bindings: BTreeMap::new(),
             diagnostics: Diagnostics::default(),
+            partition_options: PartitionOptions::default(),
+            partition: None,
+            local: None,
         }
     }
 }
@@ -124,6 +154,10 @@ pub static REGISTRY: &[&dyn Pass] = &[
     &fold_constants::FoldConstants,
     &dce::DeadCode,
     &specialize::RequireStatic,
+    &canonicalize::Canonicalize,
+    &partition::PartitionPass,
+    &localize::Localize,
+    &check_local::CheckLocal,
 ];
 
 /// Every pipeline: name → pass names, in order.
@@ -133,6 +167,19 @@ pub static PIPELINES: &[(&str, &[&str])] = &[
     (
         "specialize",
         &["bind-inputs", "fold-constants", "dce", "require-static"],
+    ),
+    (
+        "compile",
+        &[
+            "bind-inputs",
+            "fold-constants",
+            "dce",
+            "require-static",
+            "canonicalize",
+            "partition",
+            "localize",
+            "check-local",
+        ],
     ),
 ];
 

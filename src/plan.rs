@@ -160,7 +160,9 @@ pub enum PlanError {
         #[source]
         source: serde_json::Error,
     },
-    #[error("{path} has plan format {found}; this dfc reads format {PLAN_FORMAT} (recompile the plan)")]
+    #[error(
+        "{path} has plan format {found}; this dfc reads format {PLAN_FORMAT} (recompile the plan)"
+    )]
     Format { path: String, found: u32 },
     #[error("{path}: {reason}")]
     Invalid { path: String, reason: String },
@@ -185,14 +187,21 @@ impl Plan {
                 found: plan.format,
             });
         }
-        plan.check().map_err(|reason| PlanError::Invalid { path: shown, reason })?;
+        plan.check().map_err(|reason| PlanError::Invalid {
+            path: shown,
+            reason,
+        })?;
         Ok(plan)
     }
 
     /// Structural checks a runtime relies on.
     pub fn check(&self) -> Result<(), String> {
         if self.ranks.len() != self.world_size || self.world_size == 0 {
-            return Err(format!("{} ranks listed for world size {}", self.ranks.len(), self.world_size));
+            return Err(format!(
+                "{} ranks listed for world size {}",
+                self.ranks.len(),
+                self.world_size
+            ));
         }
         for (i, r) in self.ranks.iter().enumerate() {
             if r.rank != i {
@@ -200,15 +209,24 @@ impl Plan {
             }
             let in_group = self.groups.get(r.group).and_then(|g| g.get(r.band));
             if in_group != Some(&i) {
-                return Err(format!("rank {i} is not member {} of group {}", r.band, r.group));
+                return Err(format!(
+                    "rank {i} is not member {} of group {}",
+                    r.band, r.group
+                ));
             }
             if r.file.contains('/') || r.file.contains('\\') || r.file.starts_with('.') {
-                return Err(format!("rank {i}: graph file `{}` must be a plain file name", r.file));
+                return Err(format!(
+                    "rank {i}: graph file `{}` must be a plain file name",
+                    r.file
+                ));
             }
         }
         let members: usize = self.groups.iter().map(Vec::len).sum();
         if members != self.world_size {
-            return Err(format!("groups hold {members} ranks for world size {}", self.world_size));
+            return Err(format!(
+                "groups hold {members} ranks for world size {}",
+                self.world_size
+            ));
         }
         if self.bytes_per_step.len() != self.world_size {
             return Err("bytes_per_step must have one entry per rank".into());

@@ -6,6 +6,7 @@
 
 use anyhow::{Result, anyhow, bail};
 
+use super::layout::{Need, PartCx, PartRule, Verdict};
 use super::{OpCx, OpDef, tt};
 use crate::ir::{DataType, Dim, TensorType};
 
@@ -281,10 +282,227 @@ pub const OPS: &[OpDef] = &[
     OpDef::infer("GlobalLpPool", global_pool),
 ];
 
+/// The halo a conv-like kernel needs on one spatial axis when its input is cut into `n` bands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Halo {
+    /// Rows needed from the band above.
+    pub top: i64,
+    /// Rows needed from the band below.
+    pub bottom: i64,
+    /// Rows of one input band and one output band.
+    pub band_in: i64,
+    pub band_out: i64,
+}
+
+/// Why a kernel cannot run band-locally with a halo.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HaloError {
+    /// Not for this number of bands.
+    Indivisible(String),
+    /// Not for any number of bands.
+    Unsupported(String),
+}
+
+/// Computes the halo of spatial axis `i` (of `geom`) for an input of `input` rows and an
+/// output of `output` rows cut into `n` bands: `top = pad_top`,
+/// `bottom = (k−1)·d − pad_top − (s−1)`, clamped at 0; checks that a band of the input with
+/// its halo and no padding gives exactly one band of the output, that bands line up
+/// (`band_in = band_out · s`), and that the halo fits within one neighbouring band.
+pub fn halo(geom: &ConvGeom, i: usize, input: i64, output: i64, n: i64) -> Result<Halo, HaloError> {
+    if geom.ceil_mode {
+        return Err(HaloError::Unsupported(
+            "ceil_mode on the split axis is not supported".into(),
+        ));
+    }
+    if input % n != 0 || output % n != 0 {
+        return Err(HaloError::Indivisible(format!(
+            "{n} bands do not divide the {input} input rows and {output} output rows"
+        )));
+    }
+    let (band_in, band_out) = (input / n, output / n);
+    let (pad_top, _) = geom.pads_for(i, input);
+    let (k, s, d) = (geom.kernel[i], geom.strides[i], geom.dilations[i]);
+    let top = pad_top.max(0);
+    let bottom = ((k - 1) * d - pad_top - (s - 1)).max(0);
+    if band_in != band_out * s {
+        return Err(HaloError::Indivisible(format!(
+            "bands of {band_in} input rows and {band_out} output rows do not line up with stride {s}"
+        )));
+    }
+    let span = band_in + top + bottom - (k - 1) * d - 1;
+    if span < 0 || span / s + 1 != band_out {
+        return Err(HaloError::Indivisible(format!(
+            "a band of {band_in} rows with a halo of {top}+{bottom} rows does not give {band_out} output rows"
+        )));
+    }
+    if top > band_in || bottom > band_in {
+        return Err(HaloError::Indivisible(format!(
+            "the halo ({top} above, {bottom} below) is larger than a band of {band_in} rows"
+        )));
+    }
+    Ok(Halo {
+        top,
+        bottom,
+        band_in,
+        band_out,
+    })
+}
+
+fn part_conv_like(cx: &PartCx<'_>) -> anyhow::Result<Verdict> {
+    let op = cx.op.node.op_type.as_str();
+    let a = match cx.only_first_split() {
+        Ok(a) => a,
+        Err(v) => return Ok(v),
+    };
+    if a == 0 {
+        return Ok(Verdict::split_all(cx, 0, Vec::new()));
+    }
+    if a == 1 {
+        return Ok(Verdict::Refuse(format!(
+            "{op} over channels split into bands"
+        )));
+    }
+    if op == "ConvTranspose" {
+        return Ok(Verdict::Refuse(
+            "ConvTranspose on the split axis has no rule".into(),
+        ));
+    }
+    if op.starts_with("Global") {
+        return Ok(Verdict::Refuse(format!(
+            "{op} reduces over the split axis {a}"
+        )));
+    }
+    if cx.n_outputs > 1 && cx.op.node.output(1).is_some() {
+        return Ok(Verdict::Refuse(format!("{op} with an Indices output")));
+    }
+    let (Some(x), Some(y)) = (cx.dims(0), cx.out_dims(0)) else {
+        return Ok(Verdict::Refuse("shapes are not static".into()));
+    };
+    let kw = if op == "Conv" {
+        cx.dims(1).map(|w| w[2..].to_vec())
+    } else {
+        None
+    };
+    let geom = ConvGeom::of(cx.op, x.len() - 2, kw)?;
+    let i = a - 2;
+    let h = match halo(&geom, i, x[a], y[a], cx.n as i64) {
+        Ok(h) => h,
+        Err(HaloError::Indivisible(m)) => return Ok(Verdict::Indivisible(m)),
+        Err(HaloError::Unsupported(m)) => return Ok(Verdict::Refuse(m)),
+    };
+    let (pb, pe) = geom.pads_for(i, x[a]);
+    let padded = pb > 0 || pe > 0;
+    if padded && (op == "MaxPool" || op == "LpPool") {
+        return Ok(Verdict::Refuse(format!(
+            "{op} pads the image edge differently from the zero rows a halo supplies"
+        )));
+    }
+    if padded && op == "AveragePool" && cx.op.attr_i("count_include_pad", 0) == 0 {
+        return Ok(Verdict::Refuse(
+            "AveragePool without count_include_pad pads differently from a zero halo".into(),
+        ));
+    }
+    let needs = if padded || h.top > 0 || h.bottom > 0 {
+        vec![Need::Halo {
+            axis: a,
+            top: h.top,
+            bottom: h.bottom,
+        }]
+    } else {
+        Vec::new()
+    };
+    Ok(Verdict::split_all(cx, a, needs))
+}
+
+/// Partition rules of the conv family: a kernel reading rows of neighbouring bands gets a
+/// halo; one reading only its own rows (1×1, no padding on the split axis) is local.
+pub const PARTITION: &[PartRule] = &[
+    PartRule::new("Conv", part_conv_like),
+    PartRule::new("ConvTranspose", part_conv_like),
+    PartRule::new("MaxPool", part_conv_like),
+    PartRule::new("AveragePool", part_conv_like),
+    PartRule::new("LpPool", part_conv_like),
+    PartRule::new("GlobalAveragePool", part_conv_like),
+    PartRule::new("GlobalMaxPool", part_conv_like),
+    PartRule::new("GlobalLpPool", part_conv_like),
+];
+
 #[cfg(test)]
 mod tests {
     use super::super::testing::*;
     use crate::ir::DataType;
+
+    fn geom(k: i64, s: i64, p: i64) -> super::ConvGeom {
+        super::ConvGeom {
+            kernel: vec![k, k],
+            strides: vec![s, s],
+            dilations: vec![1, 1],
+            pads: vec![p, p, p, p],
+            auto_pad: "NOTSET".into(),
+            ceil_mode: false,
+        }
+    }
+
+    #[test]
+    fn halos_of_common_kernels() {
+        // 3×3 stride 1 pad 1: one row each side.
+        let h = super::halo(&geom(3, 1, 1), 0, 32, 32, 4).unwrap();
+        assert_eq!((h.top, h.bottom, h.band_in, h.band_out), (1, 1, 8, 8));
+        // 3×3 stride 2 pad 1: one row above, none below (DESIGN §2).
+        let h = super::halo(&geom(3, 2, 1), 0, 16, 8, 2).unwrap();
+        assert_eq!((h.top, h.bottom), (1, 0));
+        // 1×1: nothing.
+        let h = super::halo(&geom(1, 1, 0), 0, 16, 16, 8).unwrap();
+        assert_eq!((h.top, h.bottom), (0, 0));
+        // 5×5 pad 2 on bands of one row: the halo does not fit.
+        assert!(matches!(
+            super::halo(&geom(5, 1, 2), 0, 8, 8, 8),
+            Err(super::HaloError::Indivisible(_))
+        ));
+        // Stride 2 with odd bands: bands do not line up.
+        assert!(matches!(
+            super::halo(&geom(3, 2, 1), 0, 12, 6, 4),
+            Err(super::HaloError::Indivisible(_))
+        ));
+    }
+
+    #[test]
+    fn conv_partition_rule() {
+        use crate::passes::ops::layout::testing::verdict;
+        use crate::passes::ops::layout::{Layout, Need, Verdict};
+        let conv = node("Conv", vec![aints("pads", &[1, 1, 1, 1])]);
+        let v = verdict(
+            &conv,
+            17,
+            vec![f32t(&[1, 4, 16, 16]), f32t(&[8, 4, 3, 3])],
+            vec![],
+            vec![Layout::Split { axis: 2 }, Layout::Replicated],
+            vec![f32t(&[1, 8, 16, 16])],
+            4,
+        );
+        assert_eq!(
+            v,
+            Verdict::Local {
+                outputs: vec![Layout::Split { axis: 2 }],
+                needs: vec![Need::Halo {
+                    axis: 2,
+                    top: 1,
+                    bottom: 1
+                }]
+            }
+        );
+        let one = node("Conv", vec![]);
+        let v = verdict(
+            &one,
+            17,
+            vec![f32t(&[1, 4, 16, 16]), f32t(&[8, 4, 1, 1])],
+            vec![],
+            vec![Layout::Split { axis: 2 }, Layout::Replicated],
+            vec![f32t(&[1, 8, 16, 16])],
+            4,
+        );
+        assert_eq!(v, Verdict::local(vec![Layout::Split { axis: 2 }]));
+    }
 
     #[test]
     fn conv_shapes() {

@@ -7,9 +7,14 @@
 //! folded, so no result depends on a libm. Arithmetic on 16-bit floats is not folded either:
 //! ONNX Runtime's CPU provider computes runs of such nodes in f32 without rounding between
 //! them, so a folded (correctly rounded) f16 constant would differ from what it computes.
+//!
+//! Partition rule: every operator here broadcasts ([`broadcast`]): outputs are split like the
+//! split inputs; a replicated input of extent 1 on the split axis broadcasts, one with the full
+//! extent is sliced per band; inputs split on different axes gather the later one.
 
 use anyhow::{Result, bail};
 
+use super::layout::{PartRule, broadcast};
 use super::{OpCx, OpDef, broadcast_all, same_as, tt};
 use crate::ir::{DataType, TensorType};
 use crate::tensor::{BinOp, CmpOp, Tensor, UnaryOp};
@@ -247,6 +252,67 @@ fn pow(cx: &OpCx<'_>) -> Result<Vec<TensorType>> {
         broadcast_all(&[a.shape.as_deref(), b.shape.as_deref()])?,
     )])
 }
+
+/// Partition rules: every elementwise operator broadcasts ([`broadcast`]).
+pub const PARTITION: &[PartRule] = &[
+    PartRule::new("Add", broadcast),
+    PartRule::new("Sub", broadcast),
+    PartRule::new("Mul", broadcast),
+    PartRule::new("Div", broadcast),
+    PartRule::new("Mod", broadcast),
+    PartRule::new("Pow", broadcast),
+    PartRule::new("PRelu", broadcast),
+    PartRule::new("Equal", broadcast),
+    PartRule::new("Less", broadcast),
+    PartRule::new("Greater", broadcast),
+    PartRule::new("LessOrEqual", broadcast),
+    PartRule::new("GreaterOrEqual", broadcast),
+    PartRule::new("And", broadcast),
+    PartRule::new("Or", broadcast),
+    PartRule::new("Xor", broadcast),
+    PartRule::new("Not", broadcast),
+    PartRule::new("Min", broadcast),
+    PartRule::new("Max", broadcast),
+    PartRule::new("Sum", broadcast),
+    PartRule::new("Mean", broadcast),
+    PartRule::new("Neg", broadcast),
+    PartRule::new("Abs", broadcast),
+    PartRule::new("Floor", broadcast),
+    PartRule::new("Ceil", broadcast),
+    PartRule::new("Round", broadcast),
+    PartRule::new("Sqrt", broadcast),
+    PartRule::new("Reciprocal", broadcast),
+    PartRule::new("Sign", broadcast),
+    PartRule::new("Exp", broadcast),
+    PartRule::new("Log", broadcast),
+    PartRule::new("Erf", broadcast),
+    PartRule::new("Gelu", broadcast),
+    PartRule::new("Sigmoid", broadcast),
+    PartRule::new("Tanh", broadcast),
+    PartRule::new("Relu", broadcast),
+    PartRule::new("LeakyRelu", broadcast),
+    PartRule::new("Elu", broadcast),
+    PartRule::new("Selu", broadcast),
+    PartRule::new("Celu", broadcast),
+    PartRule::new("ThresholdedRelu", broadcast),
+    PartRule::new("Mish", broadcast),
+    PartRule::new("Softplus", broadcast),
+    PartRule::new("Softsign", broadcast),
+    PartRule::new("HardSigmoid", broadcast),
+    PartRule::new("HardSwish", broadcast),
+    PartRule::new("Sin", broadcast),
+    PartRule::new("Cos", broadcast),
+    PartRule::new("Tan", broadcast),
+    PartRule::new("Asin", broadcast),
+    PartRule::new("Acos", broadcast),
+    PartRule::new("Atan", broadcast),
+    PartRule::new("Sinh", broadcast),
+    PartRule::new("Cosh", broadcast),
+    PartRule::new("IsNaN", broadcast),
+    PartRule::new("IsInf", broadcast),
+    PartRule::new("Clip", broadcast),
+    PartRule::new("BitShift", broadcast),
+];
 
 #[cfg(test)]
 mod tests {

@@ -1,11 +1,19 @@
 //! Linear algebra and attention pieces: MatMul (numpy broadcasting of batch dims, 1-D
 //! promotion), Gemm (`transA`/`transB`), Einsum (the general subscript rule, ellipsis and
 //! implicit output included), and the softmax family.
+//!
+//! Partition rules: a MatMul whose left operand is split on its rows (M) and whose right one is
+//! replicated is local; a contraction over a split axis, or two split operands, gathers the
+//! operand split on K or N. That is how self-attention is told apart from cross-attention
+//! structurally: in Q·Kᵀ and P·V the keys and values come from the split image and get a
+//! `DfcPatchAllGather`; in cross-attention they come from the replicated text and need
+//! nothing. Softmax over a non-split axis is local.
 
 use std::collections::BTreeMap;
 
 use anyhow::{Result, anyhow, bail};
 
+use super::layout::{Need, PartCx, PartRule, Verdict};
 use super::{OpCx, OpDef, broadcast, join_dims, same_as, tt};
 use crate::ir::{Dim, TensorType};
 
@@ -246,6 +254,139 @@ pub const OPS: &[OpDef] = &[
     OpDef::infer("Hardmax", softmax),
 ];
 
+/// The band need of replicated operand `port` (dims `d`) of an op whose output (dims `o`) is
+/// split on output axis `axis`: nothing when it broadcasts, a per-band slice when it has the
+/// full extent.
+fn replicated_operand(
+    port: usize,
+    d: &[i64],
+    o: &[i64],
+    axis: usize,
+) -> Result<Vec<Need>, Verdict> {
+    if d.len() + axis < o.len() {
+        return Ok(Vec::new());
+    }
+    let ia = axis + d.len() - o.len();
+    if d[ia] == 1 {
+        Ok(Vec::new())
+    } else if d[ia] == o[axis] {
+        Ok(vec![Need::SliceOperand { port, axis: ia }])
+    } else {
+        Err(Verdict::Refuse(format!(
+            "input {port} has extent {} on the split axis, neither 1 nor {}",
+            d[ia], o[axis]
+        )))
+    }
+}
+
+fn part_matmul(cx: &PartCx<'_>) -> Result<Verdict> {
+    let (Some(a), Some(b), Some(o)) = (cx.dims(0), cx.dims(1), cx.out_dims(0)) else {
+        return Ok(Verdict::Refuse("shapes are not static".into()));
+    };
+    if a.len() < 2 || b.len() < 2 {
+        return Ok(Verdict::Refuse(
+            "a 1-D operand of a MatMul on a split tensor".into(),
+        ));
+    }
+    let (r, ra, rb) = (o.len(), a.len(), b.len());
+    let (la, lb) = (cx.axis(0), cx.axis(1));
+    // A contraction over a split axis needs the whole operand.
+    if la == Some(ra - 1) {
+        return Ok(Verdict::Gather { port: 0 });
+    }
+    if lb == Some(rb - 2) {
+        return Ok(Verdict::Gather { port: 1 });
+    }
+    let oa = la.map(|x| x + r - ra);
+    let ob = lb.map(|x| x + r - rb);
+    let verdict = |axis: usize, needs: Result<Vec<Need>, Verdict>| match needs {
+        Ok(needs) => Verdict::split_all(cx, axis, needs),
+        Err(v) => v,
+    };
+    Ok(match (oa, ob) {
+        (Some(x), Some(y)) if x == y && x + 2 < r => Verdict::split_all(cx, x, Vec::new()),
+        // Both split otherwise (A on rows, B on columns): B is gathered.
+        (Some(_), Some(_)) => Verdict::Gather { port: 1 },
+        (Some(x), None) if x + 2 < r => verdict(x, replicated_operand(1, &b, &o, x)),
+        (Some(x), None) => Verdict::split_all(cx, x, Vec::new()),
+        (None, Some(y)) if y + 2 < r => verdict(y, replicated_operand(0, &a, &o, y)),
+        (None, Some(y)) => Verdict::split_all(cx, y, Vec::new()),
+        (None, None) => Verdict::local(vec![crate::passes::ops::layout::Layout::Replicated]),
+    })
+}
+
+fn part_gemm(cx: &PartCx<'_>) -> Result<Verdict> {
+    let (Some(o), Some(_), Some(_)) = (cx.out_dims(0), cx.dims(0), cx.dims(1)) else {
+        return Ok(Verdict::Refuse("shapes are not static".into()));
+    };
+    let a_m = usize::from(cx.op.attr_i("transA", 0) != 0);
+    let b_k = usize::from(cx.op.attr_i("transB", 0) != 0);
+    let (la, lb, lc) = (cx.axis(0), cx.axis(1), cx.axis(2));
+    if la == Some(1 - a_m) {
+        return Ok(Verdict::Gather { port: 0 });
+    }
+    if lb == Some(b_k) {
+        return Ok(Verdict::Gather { port: 1 });
+    }
+    let axis = match (la, lb) {
+        (Some(_), Some(_)) => return Ok(Verdict::Gather { port: 1 }),
+        (Some(_), None) => 0,
+        (None, Some(_)) => 1,
+        (None, None) => return Ok(Verdict::Gather { port: 2 }),
+    };
+    let mut needs = Vec::new();
+    if cx.op.has_input(2) {
+        let c = cx.dims(2).unwrap_or_default();
+        match lc {
+            Some(x) if x + o.len() - c.len() == axis => {}
+            Some(_) => return Ok(Verdict::Gather { port: 2 }),
+            None => match replicated_operand(2, &c, &o, axis) {
+                Ok(n) => needs = n,
+                Err(v) => return Ok(v),
+            },
+        }
+    }
+    Ok(Verdict::split_all(cx, axis, needs))
+}
+
+fn part_einsum(_cx: &PartCx<'_>) -> Result<Verdict> {
+    Ok(Verdict::Refuse(
+        "Einsum on a split tensor has no rule".into(),
+    ))
+}
+
+fn part_softmax(cx: &PartCx<'_>) -> Result<Verdict> {
+    let a = match cx.only_first_split() {
+        Ok(a) => a,
+        Err(v) => return Ok(v),
+    };
+    let r = cx.dims(0).map(|d| d.len()).unwrap_or(0);
+    let default = if cx.op.opset >= 13 { -1 } else { 1 };
+    let axis = super::norm_axis(cx.op.attr_i("axis", default), r.max(1))?;
+    let over = if cx.op.opset >= 13 {
+        a == axis
+    } else {
+        a >= axis
+    };
+    if over {
+        return Ok(Verdict::Refuse(format!(
+            "{} over the split axis {a}",
+            cx.op.node.op_type
+        )));
+    }
+    Ok(Verdict::split_all(cx, a, Vec::new()))
+}
+
+/// Partition rules of the linear-algebra family.
+pub const PARTITION: &[PartRule] = &[
+    PartRule::new("MatMul", part_matmul),
+    PartRule::new("Gemm", part_gemm),
+    PartRule::new("Einsum", part_einsum),
+    PartRule::new("Softmax", part_softmax),
+    PartRule::new("LogSoftmax", part_softmax),
+    PartRule::new("Hardmax", part_softmax),
+];
+
 #[cfg(test)]
 mod tests {
     use super::super::testing::*;
@@ -387,5 +528,46 @@ mod tests {
             )
             .starts_with("error")
         );
+    }
+
+    #[test]
+    fn attention_gathers_keys_and_values() {
+        use crate::passes::ops::layout::testing::verdict;
+        use crate::passes::ops::layout::{Layout, Verdict};
+        let mm = node("MatMul", vec![]);
+        let s = |axis| Layout::Split { axis };
+        // Q·Kᵀ: Q split on tokens (rows), Kᵀ split on tokens (columns): gather Kᵀ.
+        let v = verdict(
+            &mm,
+            17,
+            vec![f32t(&[2, 8, 64, 4]), f32t(&[2, 8, 4, 64])],
+            vec![],
+            vec![s(2), s(3)],
+            vec![f32t(&[2, 8, 64, 64])],
+            2,
+        );
+        assert_eq!(v, Verdict::Gather { port: 1 });
+        // P·V: V split on tokens (the contraction): gather V.
+        let v = verdict(
+            &mm,
+            17,
+            vec![f32t(&[2, 8, 64, 64]), f32t(&[2, 8, 64, 4])],
+            vec![],
+            vec![s(2), s(2)],
+            vec![f32t(&[2, 8, 64, 4])],
+            2,
+        );
+        assert_eq!(v, Verdict::Gather { port: 1 });
+        // Cross-attention: K from the text is replicated: local.
+        let v = verdict(
+            &mm,
+            17,
+            vec![f32t(&[2, 8, 64, 4]), f32t(&[2, 8, 4, 77])],
+            vec![],
+            vec![s(2), Layout::Replicated],
+            vec![f32t(&[2, 8, 64, 77])],
+            2,
+        );
+        assert_eq!(v, Verdict::local(vec![s(2)]));
     }
 }

@@ -10,9 +10,16 @@
 //! with [`Dim::Unknown`] dimensions or shape `None`; a rule fails with [`MissingInfo`] only when
 //! it cannot even name the element type. Genuine inconsistencies (shapes that do not broadcast,
 //! an axis out of range) are errors naming the problem.
+//!
+//! Beside the shape rules, every family has a `PARTITION` table of partition rules (how input
+//! layouts map to output layouts when the image is cut into bands; see [`layout`]); the
+//! exchange operators of domain `dfc` live in [`exchange`], the internal canonical GroupNorm in
+//! [`norm`].
 
 pub mod conv;
 pub mod elementwise;
+pub mod exchange;
+pub mod layout;
 pub mod linalg;
 pub mod norm;
 pub mod reduce;
@@ -79,9 +86,17 @@ fn tables() -> [&'static [OpDef]; 6] {
     ]
 }
 
-/// The rule for `op_type` of `domain` (`""` or `"ai.onnx"`), if dfc knows the operator.
+/// The rule for `op_type` of `domain`, if dfc knows the operator: the default domain (`""` or
+/// `"ai.onnx"`), the exchange operators of domain [`exchange::DOMAIN`] and the internal
+/// operators of domain [`norm::INTERNAL_DOMAIN`].
 pub fn lookup(domain: &str, op_type: &str) -> Option<&'static OpDef> {
     static MAP: OnceLock<HashMap<&'static str, &'static OpDef>> = OnceLock::new();
+    if domain == exchange::DOMAIN {
+        return exchange::OPS.iter().find(|d| d.op_type == op_type);
+    }
+    if domain == norm::INTERNAL_DOMAIN {
+        return norm::INTERNAL_OPS.iter().find(|d| d.op_type == op_type);
+    }
     if !(domain.is_empty() || domain == "ai.onnx") {
         return None;
     }
@@ -122,6 +137,9 @@ pub struct OpCx<'a> {
     pub opset: i64,
     /// Type of each input port (`None` for omitted inputs and unknown types).
     pub types: Vec<Option<TensorType>>,
+    /// Number of bands of a group (the exchange operators' shapes depend on it); 1 outside
+    /// partitioned graphs.
+    pub group_size: usize,
     source: Option<(&'a Graph, &'a ExternalStore)>,
     known: Option<&'a HashMap<ValueId, Tensor>>,
     cache: Vec<OnceCell<Option<Tensor>>>,
@@ -147,11 +165,18 @@ impl<'a> OpCx<'a> {
             node,
             opset,
             types,
+            group_size: 1,
             source: Some((graph, store)),
             known: None,
             cache: (0..node.inputs().len()).map(|_| OnceCell::new()).collect(),
             max_value_elements,
         }
+    }
+
+    /// Sets the number of bands of a group.
+    pub fn with_group_size(mut self, n: usize) -> Self {
+        self.group_size = n;
+        self
     }
 
     /// Also treats the values in `known` (computed but not materialized) as constants.
@@ -184,6 +209,7 @@ impl<'a> OpCx<'a> {
             node,
             opset,
             types,
+            group_size: 1,
             source: None,
             known: None,
             cache,

@@ -1,10 +1,19 @@
 //! Normalization operators: InstanceNormalization, LayerNormalization (with its optional
 //! `Mean` and `InvStdDev` outputs), GroupNormalization, BatchNormalization (inference and
-//! training outputs), LpNormalization, MeanVarianceNormalization.
+//! training outputs), LpNormalization, MeanVarianceNormalization; and the internal canonical
+//! `GroupNorm` of domain [`INTERNAL_DOMAIN`] that `canonicalize` makes of every group-norm
+//! construct: `GroupNorm(x, scale?, bias?) {num_groups, epsilon}`, scale and bias per channel
+//! (`[C]` or `[C,1,…]`), statistics over each group's channels and every spatial position.
+//!
+//! Partition rules: statistics over a non-split axis are local; LayerNormalization,
+//! LpNormalization, MeanVarianceNormalization and InstanceNormalization over the split axis are
+//! refused; the canonical GroupNorm on an image split on a spatial axis computes per-band
+//! statistics that are exchanged ([`Need::GroupNormStats`]).
 
 use anyhow::{Result, bail};
 
-use super::{OpCx, OpDef, norm_axis, same_as, tt};
+use super::layout::{Layout, Need, PartCx, PartRule, Verdict, follow};
+use super::{OpCx, OpDef, norm_axes, norm_axis, same_as, tt};
 use crate::ir::{DataType, Dim, TensorType};
 
 fn check_channels(cx: &OpCx<'_>, port: usize, what: &str) -> Result<()> {
@@ -94,6 +103,111 @@ pub const OPS: &[OpDef] = &[
     OpDef::infer("LpNormalization", same),
     OpDef::infer("MeanVarianceNormalization", same),
 ];
+
+/// Domain of dfc's internal operators (never written to a rank graph).
+pub const INTERNAL_DOMAIN: &str = "dfc.internal";
+
+fn canonical_group_norm(cx: &OpCx<'_>) -> Result<Vec<TensorType>> {
+    let groups = cx.attr_i("num_groups", 0);
+    if groups <= 0 {
+        bail!("num_groups must be positive");
+    }
+    if let Some(x) = cx.static_dims(0) {
+        if x.len() < 3 {
+            bail!(
+                "GroupNorm needs a [B,C,spatial…] input, not rank {}",
+                x.len()
+            );
+        }
+        if x[1] % groups != 0 {
+            bail!("{} channels do not divide into {groups} groups", x[1]);
+        }
+        for port in [1, 2] {
+            if let Some(p) = cx.static_dims(port)
+                && (p.iter().product::<i64>() != x[1] || p.first() != Some(&x[1]))
+            {
+                bail!("input {port} {p:?} is not one value per channel ({})", x[1]);
+            }
+        }
+    }
+    same_as(cx, 0)
+}
+
+/// The internal operators.
+pub const INTERNAL_OPS: &[OpDef] = &[OpDef::infer("GroupNorm", canonical_group_norm)];
+
+fn refuse_over(cx: &PartCx<'_>, axes: &[usize], what: &str) -> Result<Verdict> {
+    let a = match cx.only_first_split() {
+        Ok(a) => a,
+        Err(v) => return Ok(v),
+    };
+    if axes.contains(&a) {
+        return Ok(Verdict::Refuse(format!(
+            "{what} over the split axis {a} needs statistics of the whole image"
+        )));
+    }
+    Ok(Verdict::split_all(cx, a, Vec::new()))
+}
+
+fn part_instance_norm(cx: &PartCx<'_>) -> Result<Verdict> {
+    let r = cx.dims(0).map(|d| d.len()).unwrap_or(0);
+    refuse_over(cx, &(2..r).collect::<Vec<_>>(), "InstanceNormalization")
+}
+
+fn part_layer_norm(cx: &PartCx<'_>) -> Result<Verdict> {
+    let r = cx.dims(0).map(|d| d.len()).unwrap_or(0);
+    let axis = norm_axis(cx.op.attr_i("axis", -1), r)?;
+    refuse_over(cx, &(axis..r).collect::<Vec<_>>(), "LayerNormalization")
+}
+
+fn part_lp_norm(cx: &PartCx<'_>) -> Result<Verdict> {
+    let r = cx.dims(0).map(|d| d.len()).unwrap_or(0);
+    let axis = norm_axis(cx.op.attr_i("axis", -1), r)?;
+    refuse_over(cx, &[axis], "LpNormalization")
+}
+
+fn part_mvn(cx: &PartCx<'_>) -> Result<Verdict> {
+    let r = cx.dims(0).map(|d| d.len()).unwrap_or(0);
+    let axes = norm_axes(&cx.op.attr_ints("axes").unwrap_or(vec![0, 2, 3]), r)?;
+    refuse_over(cx, &axes, "MeanVarianceNormalization")
+}
+
+fn part_group_norm_op(_cx: &PartCx<'_>) -> Result<Verdict> {
+    Ok(Verdict::Refuse(
+        "GroupNormalization should have been canonicalized (internal error)".into(),
+    ))
+}
+
+fn part_canonical_group_norm(cx: &PartCx<'_>) -> Result<Verdict> {
+    let a = match cx.only_first_split() {
+        Ok(a) => a,
+        Err(v) => return Ok(v),
+    };
+    match a {
+        0 => Ok(Verdict::split_all(cx, 0, Vec::new())),
+        1 => Ok(Verdict::Refuse(
+            "GroupNorm on a tensor split on channels".into(),
+        )),
+        _ => Ok(Verdict::Local {
+            outputs: vec![Layout::Split { axis: a }],
+            needs: vec![Need::GroupNormStats],
+        }),
+    }
+}
+
+/// Partition rules of the normalization family.
+pub const PARTITION: &[PartRule] = &[
+    PartRule::new("InstanceNormalization", part_instance_norm),
+    PartRule::new("LayerNormalization", part_layer_norm),
+    PartRule::new("GroupNormalization", part_group_norm_op),
+    PartRule::new("BatchNormalization", follow),
+    PartRule::new("LpNormalization", part_lp_norm),
+    PartRule::new("MeanVarianceNormalization", part_mvn),
+];
+
+/// Partition rules of the internal operators.
+pub const INTERNAL_PARTITION: &[PartRule] =
+    &[PartRule::new("GroupNorm", part_canonical_group_norm)];
 
 #[cfg(test)]
 mod tests {

@@ -4,16 +4,21 @@
 //!
 //! Integer ReduceSum/Prod/Max/Min fold (exact); float reductions never do (their summation
 //! order is the runtime's business).
+//!
+//! Partition rules: a reduction over non-split axes is local; ReduceMean over the split axis
+//! is a band mean followed by a `DfcStatsAllReduce` (bands are equal, so the mean of band
+//! means is the mean); every other reduction over the split axis is refused.
 
 use anyhow::Result;
 
+use super::layout::{Layout, Need, PartCx, PartRule, Verdict};
 use super::{OpCx, OpDef, norm_axes, norm_axis, tt};
 use crate::ir::{DataType, Dim, TensorType};
 use crate::tensor::{BinOp, Tensor};
 
 /// The reduced axes: `Ok(None)` when they are not known (a non-constant axes input);
 /// `Some(None)` means "no reduction" (empty axes with `noop_with_empty_axes`).
-fn reduce_axes(cx: &OpCx<'_>, rank: usize) -> Result<Option<Option<Vec<usize>>>> {
+pub(crate) fn reduce_axes(cx: &OpCx<'_>, rank: usize) -> Result<Option<Option<Vec<usize>>>> {
     let input_form = if cx.node.op_type == "ReduceSum" {
         cx.opset >= 13
     } else {
@@ -121,6 +126,59 @@ pub const OPS: &[OpDef] = &[
     OpDef::infer("ReduceLogSumExp", reduce),
     OpDef::infer("ArgMax", arg),
     OpDef::infer("ArgMin", arg),
+];
+
+fn part_reduce(cx: &PartCx<'_>) -> Result<Verdict> {
+    let a = match cx.only_first_split() {
+        Ok(a) => a,
+        Err(v) => return Ok(v),
+    };
+    let r = cx.dims(0).map(|d| d.len()).unwrap_or(0);
+    let keep = cx.op.attr_i("keepdims", 1) != 0;
+    let op = cx.op.node.op_type.as_str();
+    let axes = if op.starts_with("Arg") {
+        Some(Some(vec![norm_axis(cx.op.attr_i("axis", 0), r)?]))
+    } else {
+        reduce_axes(cx.op, r)?
+    };
+    let axes = match axes {
+        None => return Ok(Verdict::Refuse("the reduced axes are not constant".into())),
+        Some(None) => return Ok(Verdict::split_all(cx, a, Vec::new())),
+        Some(Some(axes)) => axes,
+    };
+    if !axes.contains(&a) {
+        let out = if keep {
+            a
+        } else {
+            a - axes.iter().filter(|&&x| x < a).count()
+        };
+        return Ok(Verdict::split_all(cx, out, Vec::new()));
+    }
+    if op == "ReduceMean" {
+        return Ok(Verdict::Local {
+            outputs: vec![Layout::Replicated],
+            needs: vec![Need::MeanStats],
+        });
+    }
+    Ok(Verdict::Refuse(format!(
+        "{op} over the split axis {a} has no rule (only ReduceMean is exchanged)"
+    )))
+}
+
+/// Partition rules of the reductions.
+pub const PARTITION: &[PartRule] = &[
+    PartRule::new("ReduceSum", part_reduce),
+    PartRule::new("ReduceProd", part_reduce),
+    PartRule::new("ReduceMax", part_reduce),
+    PartRule::new("ReduceMin", part_reduce),
+    PartRule::new("ReduceMean", part_reduce),
+    PartRule::new("ReduceL1", part_reduce),
+    PartRule::new("ReduceL2", part_reduce),
+    PartRule::new("ReduceSumSquare", part_reduce),
+    PartRule::new("ReduceLogSum", part_reduce),
+    PartRule::new("ReduceLogSumExp", part_reduce),
+    PartRule::new("ArgMax", part_reduce),
+    PartRule::new("ArgMin", part_reduce),
 ];
 
 #[cfg(test)]

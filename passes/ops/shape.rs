@@ -7,11 +7,19 @@
 //! rules read those values through [`OpCx::value`] and fall back to unknown dimensions when the
 //! values are not constant. The integer shape-computation subset is also evaluated for
 //! constant folding, with the exact integer semantics of the ONNX specification.
+//!
+//! Partition rules: Reshape/Flatten/Squeeze/Unsqueeze follow the split axis when the bands stay
+//! contiguous ([`part_reshape_like`]) and refuse merges that interleave them; Transpose
+//! permutes the axis; Concat/Split/Slice/Pad/Gather/Tile off the split axis are local and on it
+//! are refused (a Slice covering the whole axis is a no-op); Resize is local on the split axis
+//! only where every output row provably reads rows of its own band (checked row by row);
+//! Cast/Identity/Dropout/Where follow their data.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow, bail};
 
+use super::layout::{Layout, Need, PartCx, PartRule, Verdict, broadcast as part_broadcast};
 use super::{
     OpCx, OpDef, broadcast, broadcast_all, dims_product, fixed, join_dims, norm_axes, norm_axis,
     same_as, size_dim, tt, usize_dims,
@@ -1120,6 +1128,352 @@ pub const OPS: &[OpDef] = &[
     OpDef::infer("DepthToSpace", space_depth),
 ];
 
+// ---- Partition rules ----
+
+/// Reshape-like ops (Reshape, Flatten, Squeeze, Unsqueeze): output axis `b` is split iff the
+/// product of the output dims before `b` equals the product of the input dims before the split
+/// axis (each prefix index then owns one contiguous block of both tensors) and `n` divides
+/// `dim_b`. Merges of the split axis with an outer axis interleave the bands and are refused.
+fn part_reshape_like(cx: &PartCx<'_>) -> Result<Verdict> {
+    let a = match cx.only_first_split() {
+        Ok(a) => a,
+        Err(v) => return Ok(v),
+    };
+    let (Some(x), Some(y)) = (cx.dims(0), cx.out_dims(0)) else {
+        return Ok(Verdict::Refuse("shapes are not static".into()));
+    };
+    let prefix: i64 = x[..a].iter().product();
+    let mut p = 1i64;
+    let mut candidates = Vec::new();
+    for (b, &d) in y.iter().enumerate() {
+        if p == prefix {
+            candidates.push(b);
+        }
+        p = p.saturating_mul(d);
+    }
+    let pick = candidates
+        .iter()
+        .copied()
+        .find(|&b| y[b] > 1)
+        .or(candidates.first().copied());
+    let Some(b) = pick else {
+        return Ok(Verdict::Refuse(format!(
+            "reshaping {x:?} to {y:?} merges the split axis {a} with an outer axis: the bands would interleave"
+        )));
+    };
+    if y[b] % cx.n as i64 != 0 {
+        return Ok(Verdict::Indivisible(format!(
+            "{} bands do not divide axis {b} ({}) of the reshaped tensor",
+            cx.n, y[b]
+        )));
+    }
+    Ok(Verdict::split_all(cx, b, Vec::new()))
+}
+
+fn part_transpose(cx: &PartCx<'_>) -> Result<Verdict> {
+    let a = match cx.only_first_split() {
+        Ok(a) => a,
+        Err(v) => return Ok(v),
+    };
+    let r = cx.dims(0).map(|d| d.len()).unwrap_or(0);
+    let perm = perm_of(cx.op, r)?;
+    let Some(out) = perm.iter().position(|&p| p == a) else {
+        return Ok(Verdict::Refuse("bad permutation".into()));
+    };
+    Ok(Verdict::split_all(cx, out, Vec::new()))
+}
+
+fn part_concat(cx: &PartCx<'_>) -> Result<Verdict> {
+    let Some(o) = cx.out_dims(0) else {
+        return Ok(Verdict::Refuse("shapes are not static".into()));
+    };
+    let axis = norm_axis(cx.op.attr_i("axis", 0), o.len())?;
+    let split = cx.split_inputs();
+    let a = split[0].1;
+    if let Some(&(port, _)) = split.iter().find(|s| s.1 != a) {
+        return Ok(Verdict::Gather { port });
+    }
+    if a == axis {
+        return Ok(Verdict::Refuse(format!(
+            "Concat along the split axis {a}: the result's bands would mix bands of the inputs"
+        )));
+    }
+    let needs = (0..cx.layouts.len())
+        .filter(|&p| cx.layouts[p] == Layout::Replicated)
+        .map(|port| Need::SliceOperand { port, axis: a })
+        .collect();
+    Ok(Verdict::split_all(cx, a, needs))
+}
+
+fn part_split(cx: &PartCx<'_>) -> Result<Verdict> {
+    let a = match cx.only_first_split() {
+        Ok(a) => a,
+        Err(v) => return Ok(v),
+    };
+    let r = cx.dims(0).map(|d| d.len()).unwrap_or(0);
+    if norm_axis(cx.op.attr_i("axis", 0), r)? == a {
+        return Ok(Verdict::Refuse(format!("Split along the split axis {a}")));
+    }
+    Ok(Verdict::split_all(cx, a, Vec::new()))
+}
+
+fn part_slice(cx: &PartCx<'_>) -> Result<Verdict> {
+    let a = match cx.only_first_split() {
+        Ok(a) => a,
+        Err(v) => return Ok(v),
+    };
+    let Some(x) = cx.dims(0) else {
+        return Ok(Verdict::Refuse("shapes are not static".into()));
+    };
+    let Some(specs) = slice_params(cx.op, x.len())? else {
+        return Ok(Verdict::Refuse("Slice parameters are not constant".into()));
+    };
+    for (axis, start, end, step) in specs {
+        if axis != a {
+            continue;
+        }
+        let (first, count) = slice_range(x[a], start, end, step);
+        if !(first == 0 && count == x[a] && step == 1) {
+            return Ok(Verdict::Refuse(format!(
+                "Slice along the split axis {a} (rows {first}.. of {}, {count} taken)",
+                x[a]
+            )));
+        }
+    }
+    Ok(Verdict::split_all(cx, a, Vec::new()))
+}
+
+fn part_gather(cx: &PartCx<'_>) -> Result<Verdict> {
+    let a = match cx.only_first_split() {
+        Ok(a) => a,
+        Err(v) => return Ok(v),
+    };
+    let (Some(x), Some(i)) = (cx.dims(0), cx.dims(1)) else {
+        return Ok(Verdict::Refuse("shapes are not static".into()));
+    };
+    let axis = norm_axis(cx.op.attr_i("axis", 0), x.len())?;
+    if axis == a {
+        return Ok(Verdict::Refuse(format!("Gather along the split axis {a}")));
+    }
+    let out = if a < axis { a } else { a - 1 + i.len() };
+    Ok(Verdict::split_all(cx, out, Vec::new()))
+}
+
+fn part_pad(cx: &PartCx<'_>) -> Result<Verdict> {
+    let a = match cx.only_first_split() {
+        Ok(a) => a,
+        Err(v) => return Ok(v),
+    };
+    let r = cx.dims(0).map(|d| d.len()).unwrap_or(0);
+    let (pads, axes) = if cx.op.opset < 11 {
+        let p = cx
+            .op
+            .attr_ints("pads")
+            .or_else(|| cx.op.attr_ints("paddings"));
+        (p, None)
+    } else {
+        let axes = if cx.op.opset >= 18 && cx.op.has_input(3) {
+            match cx.op.ints(3)? {
+                Some(v) => Some(norm_axes(&v, r)?),
+                None => return Ok(Verdict::Refuse("Pad axes are not constant".into())),
+            }
+        } else {
+            None
+        };
+        (cx.op.ints(1)?, axes)
+    };
+    let Some(pads) = pads else {
+        return Ok(Verdict::Refuse("Pad pads are not constant".into()));
+    };
+    let axes = axes.unwrap_or_else(|| (0..r).collect());
+    let k = axes.len();
+    if let Some(i) = axes.iter().position(|&x| x == a)
+        && (pads.get(i) != Some(&0) || pads.get(i + k) != Some(&0))
+    {
+        return Ok(Verdict::Refuse(format!("Pad along the split axis {a}")));
+    }
+    Ok(Verdict::split_all(cx, a, Vec::new()))
+}
+
+/// The source row a nearest-neighbour resize reads for output row `o` (ONNX Resize semantics).
+fn nearest_source(mode: &str, nearest: &str, o: i64, input: i64, output: i64, scale: f64) -> i64 {
+    let o = o as f64;
+    let x = match mode {
+        "half_pixel" => (o + 0.5) / scale - 0.5,
+        "pytorch_half_pixel" if output > 1 => (o + 0.5) / scale - 0.5,
+        "pytorch_half_pixel" => 0.0,
+        "align_corners" if output > 1 => o * (input - 1) as f64 / (output - 1) as f64,
+        "align_corners" => 0.0,
+        "tf_half_pixel_for_nn" => (o + 0.5) / scale,
+        _ => o / scale,
+    };
+    let r = match nearest {
+        "floor" => x.floor(),
+        "ceil" => x.ceil(),
+        "round_prefer_ceil" => (x + 0.5).floor(),
+        _ => {
+            // round_prefer_floor: halves go down.
+            if x - x.floor() == 0.5 {
+                x.floor()
+            } else {
+                x.round()
+            }
+        }
+    };
+    (r as i64).clamp(0, input - 1)
+}
+
+fn part_resize(cx: &PartCx<'_>) -> Result<Verdict> {
+    let a = match cx.only_first_split() {
+        Ok(a) => a,
+        Err(v) => return Ok(v),
+    };
+    let (Some(x), Some(y)) = (cx.dims(0), cx.out_dims(0)) else {
+        return Ok(Verdict::Refuse("shapes are not static".into()));
+    };
+    let op = cx.op.node.op_type.as_str();
+    let mode = cx
+        .op
+        .node
+        .attr_s("mode")
+        .unwrap_or_else(|| "nearest".into());
+    let coord = if op == "Upsample" || cx.op.opset < 11 {
+        "asymmetric".to_string()
+    } else {
+        cx.op
+            .node
+            .attr_s("coordinate_transformation_mode")
+            .unwrap_or_else(|| "half_pixel".into())
+    };
+    let nearest = if op == "Upsample" || cx.op.opset < 11 {
+        "floor".to_string()
+    } else {
+        cx.op
+            .node
+            .attr_s("nearest_mode")
+            .unwrap_or_else(|| "round_prefer_floor".into())
+    };
+    if coord == "tf_crop_and_resize" {
+        return Ok(Verdict::Refuse(
+            "Resize with tf_crop_and_resize on a split tensor".into(),
+        ));
+    }
+    let (input, output, n) = (x[a], y[a], cx.n as i64);
+    if output == input {
+        return Ok(Verdict::split_all(cx, a, Vec::new()));
+    }
+    if mode != "nearest" {
+        return Ok(Verdict::Refuse(format!(
+            "{mode} Resize along the split axis {a} reads rows of neighbouring bands"
+        )));
+    }
+    if output % input != 0 {
+        return Ok(Verdict::Refuse(format!(
+            "Resize along the split axis {a} by a non-integer factor ({input} → {output})"
+        )));
+    }
+    if input % n != 0 {
+        return Ok(Verdict::Indivisible(format!(
+            "{n} bands do not divide the {input} rows resized"
+        )));
+    }
+    let scale = output as f64 / input as f64;
+    let (band_in, band_out) = (input / n, output / n);
+    for o in 0..output {
+        let src = nearest_source(&coord, &nearest, o, input, output, scale);
+        if src / band_in != o / band_out {
+            return Ok(Verdict::Refuse(format!(
+                "nearest Resize ({coord}, {nearest}) along the split axis {a}: output row {o} reads row {src} of another band"
+            )));
+        }
+    }
+    Ok(Verdict::split_all(cx, a, Vec::new()))
+}
+
+fn part_expand(cx: &PartCx<'_>) -> Result<Verdict> {
+    let a = match cx.only_first_split() {
+        Ok(a) => a,
+        Err(v) => return Ok(v),
+    };
+    let (Some(x), Some(y)) = (cx.dims(0), cx.out_dims(0)) else {
+        return Ok(Verdict::Refuse("shapes are not static".into()));
+    };
+    let out = a + y.len() - x.len();
+    if x[a] != y[out] {
+        return Ok(Verdict::Refuse(format!(
+            "Expand broadcasts the split axis {a} ({} → {})",
+            x[a], y[out]
+        )));
+    }
+    Ok(Verdict::split_all(cx, out, Vec::new()))
+}
+
+fn part_tile(cx: &PartCx<'_>) -> Result<Verdict> {
+    let a = match cx.only_first_split() {
+        Ok(a) => a,
+        Err(v) => return Ok(v),
+    };
+    match cx.op.ints(1)? {
+        Some(reps) if reps.get(a) == Some(&1) => Ok(Verdict::split_all(cx, a, Vec::new())),
+        Some(_) => Ok(Verdict::Refuse(format!(
+            "Tile repeats the split axis {a}: the bands would interleave"
+        ))),
+        None => Ok(Verdict::Refuse("Tile repeats are not constant".into())),
+    }
+}
+
+fn part_cast_like(cx: &PartCx<'_>) -> Result<Verdict> {
+    Ok(Verdict::local(vec![cx.layouts[0]]))
+}
+
+fn part_follow_data(cx: &PartCx<'_>) -> Result<Verdict> {
+    super::layout::follow(cx)
+}
+
+fn part_refuse(cx: &PartCx<'_>) -> Result<Verdict> {
+    let op = cx.op.node.op_type.as_str();
+    Ok(Verdict::Refuse(match op {
+        "Shape" | "Size" => format!(
+            "{op} of a split tensor: shape arithmetic must be constant after specialization"
+        ),
+        _ => format!("{op} on a split tensor has no rule"),
+    }))
+}
+
+/// Partition rules of the shape family.
+pub const PARTITION: &[PartRule] = &[
+    PartRule::new("Reshape", part_reshape_like),
+    PartRule::new("Flatten", part_reshape_like),
+    PartRule::new("Squeeze", part_reshape_like),
+    PartRule::new("Unsqueeze", part_reshape_like),
+    PartRule::new("Transpose", part_transpose),
+    PartRule::new("Concat", part_concat),
+    PartRule::new("Split", part_split),
+    PartRule::new("Slice", part_slice),
+    PartRule::new("Gather", part_gather),
+    PartRule::new("GatherElements", part_refuse),
+    PartRule::new("Shape", part_refuse),
+    PartRule::new("Size", part_refuse),
+    PartRule::new("ConstantOfShape", part_refuse),
+    PartRule::new("Range", part_refuse),
+    PartRule::new("Expand", part_expand),
+    PartRule::new("Tile", part_tile),
+    PartRule::new("Pad", part_pad),
+    PartRule::new("Resize", part_resize),
+    PartRule::new("Upsample", part_resize),
+    PartRule::new("Identity", part_follow_data),
+    PartRule::new("Dropout", part_follow_data),
+    PartRule::new("Cast", part_follow_data),
+    PartRule::new("CastLike", part_cast_like),
+    PartRule::new("Where", part_broadcast),
+    PartRule::new("Trilu", part_refuse),
+    PartRule::new("CumSum", part_refuse),
+    PartRule::new("ScatterND", part_refuse),
+    PartRule::new("ScatterElements", part_refuse),
+    PartRule::new("SpaceToDepth", part_refuse),
+    PartRule::new("DepthToSpace", part_refuse),
+];
+
 #[cfg(test)]
 mod tests {
     use super::super::testing::*;
@@ -1481,6 +1835,99 @@ mod tests {
                 vec![None, Tensor::from_vec(&[4], vec![1f32, 1.0, 3.0, 3.0]).ok()]
             ),
             "f32[1,1,6,6]"
+        );
+    }
+
+    #[test]
+    fn partition_rules_of_shape_ops() {
+        use crate::passes::ops::layout::testing::verdict;
+        use crate::passes::ops::layout::{Layout, Verdict};
+        let s = |axis| Layout::Split { axis };
+        let r = Layout::Replicated;
+        let spec = |v: &[i64]| Some(Tensor::from_i64s(v));
+        // Tokens: [2,H,W,C] → [2,H·W,C] keeps the split on axis 1.
+        let v = verdict(
+            &node("Reshape", vec![]),
+            17,
+            vec![f32t(&[2, 8, 8, 4]), None],
+            vec![None, spec(&[2, 64, 4])],
+            vec![s(1), r],
+            vec![f32t(&[2, 64, 4])],
+            4,
+        );
+        assert_eq!(v, Verdict::local(vec![s(1)]));
+        // torch's GroupNorm reshape [B,C,H,W] → [B,G,-1] merges channels with rows: refused.
+        let v = verdict(
+            &node("Reshape", vec![]),
+            17,
+            vec![f32t(&[2, 32, 8, 8]), None],
+            vec![None, spec(&[2, 8, 256])],
+            vec![s(2), r],
+            vec![f32t(&[2, 8, 256])],
+            2,
+        );
+        assert!(matches!(v, Verdict::Refuse(_)), "{v:?}");
+        // Concat along H is refused, along C is local.
+        let cat = |axis| node("Concat", vec![ai("axis", axis)]);
+        let v = verdict(
+            &cat(2),
+            17,
+            vec![f32t(&[1, 4, 8, 8]), f32t(&[1, 4, 8, 8])],
+            vec![],
+            vec![s(2), s(2)],
+            vec![f32t(&[1, 4, 16, 8])],
+            2,
+        );
+        assert!(matches!(v, Verdict::Refuse(_)), "{v:?}");
+        let v = verdict(
+            &cat(1),
+            17,
+            vec![f32t(&[1, 4, 8, 8]), f32t(&[1, 4, 8, 8])],
+            vec![],
+            vec![s(2), s(2)],
+            vec![f32t(&[1, 8, 8, 8])],
+            2,
+        );
+        assert_eq!(v, Verdict::local(vec![s(2)]));
+        // Nearest ×2 (asymmetric, floor) is local; bilinear is refused.
+        let nearest = node(
+            "Resize",
+            vec![
+                astr("mode", "nearest"),
+                astr("coordinate_transformation_mode", "asymmetric"),
+                astr("nearest_mode", "floor"),
+            ],
+        );
+        let scales = Some(Tensor::from_vec(&[4], vec![1.0f32, 1.0, 2.0, 2.0]).unwrap());
+        let v = verdict(
+            &nearest,
+            17,
+            vec![f32t(&[1, 4, 8, 8]), None, None],
+            vec![None, None, scales.clone()],
+            vec![s(2), r, r],
+            vec![f32t(&[1, 4, 16, 16])],
+            4,
+        );
+        assert_eq!(v, Verdict::local(vec![s(2)]));
+        let linear = node("Resize", vec![astr("mode", "linear")]);
+        let v = verdict(
+            &linear,
+            17,
+            vec![f32t(&[1, 4, 8, 8]), None, None],
+            vec![None, None, scales],
+            vec![s(2), r, r],
+            vec![f32t(&[1, 4, 16, 16])],
+            4,
+        );
+        assert!(matches!(v, Verdict::Refuse(_)), "{v:?}");
+        // Half-pixel nearest ×2 with round_prefer_floor reads only its own band, too.
+        assert_eq!(
+            super::nearest_source("half_pixel", "round_prefer_floor", 1, 8, 16, 2.0),
+            0
+        );
+        assert_eq!(
+            super::nearest_source("half_pixel", "round_prefer_floor", 2, 8, 16, 2.0),
+            1
         );
     }
 }

@@ -4,10 +4,12 @@
 //! model, missing ONNX Runtime), 2 internal error (a bug of dfc: errors marked [`Internal`], or
 //! a panic). Errors print their whole cause chain on stderr.
 
+pub mod compile;
 pub mod eval;
 pub mod inspect;
 pub mod passes;
 pub mod specialize;
+pub mod unet;
 pub mod verify;
 
 use std::process::ExitCode;
@@ -40,6 +42,10 @@ pub enum Command {
     Passes(passes::Args),
     /// Rewrite a model and check, through ONNX Runtime, that it still computes the same outputs.
     Verify(verify::Args),
+    /// Partition a UNet into per-GPU band graphs and write a plan folder.
+    Compile(compile::Args),
+    /// Run one UNet evaluation through a plan (split in, ranks in lockstep, gathered out).
+    Unet(unet::Args),
 }
 
 /// Runs the command line `args` (program name first) and returns the exit code.
@@ -92,6 +98,8 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Specialize(args) => specialize::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Verify(args) => verify::run(args),
+        Command::Compile(args) => compile::run(args),
         Command::Passes(args) => passes::run(args),
+        Command::Unet(args) => unet::run(args),
     }
 }

@@ -1,14 +1,17 @@
 //! Execution of models and plans.
 //!
 //! [`ort_env`] finds and loads ONNX Runtime; [`session`] runs one model file on named
-//! [`host::HostTensor`]s; [`host`] also reads and writes `.npz` files.
+//! [`host::HostTensor`]s; [`host`] also reads and writes `.npz` files; [`plan_exec`] runs a
+//! plan folder's rank graphs in lockstep.
 
 pub mod host;
 pub mod ort_env;
+pub mod plan_exec;
 pub mod rng;
 pub mod session;
 
 pub use host::{HostTensor, NamedTensors, difference, read_npz, write_npz};
 pub use ort_env::{INSTALL_HINT, environment, find_onnxruntime};
+pub use plan_exec::{ExecError, ExecOptions, PlanExecutor};
 pub use rng::Rng;
 pub use session::{ModelSession, SessionOptions, run_model};

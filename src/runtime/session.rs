@@ -1,9 +1,11 @@
 //! Running one ONNX model file in ONNX Runtime (CPU) on named host tensors.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
+use ort::operator::OperatorDomain;
 use ort::session::Session;
-use ort::session::builder::GraphOptimizationLevel;
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
 
 use super::host::HostTensor;
@@ -61,6 +63,60 @@ pub struct ModelSession {
 impl ModelSession {
     /// Loads `path` (its external data is resolved next to it).
     pub fn new(path: &Path, options: SessionOptions) -> Result<Self, RunError> {
+        Self::open(path, options, Ok::<_, String>)
+    }
+
+    /// Loads `path` with custom operator `domains` registered, for lockstep execution beside
+    /// other sessions: nodes run one at a time in one order (no parallel executor, one
+    /// inter-op thread), and intra-op threads sleep instead of spinning while an exchange waits.
+    ///
+    /// Sessions may be created concurrently: the first one in the process is created alone,
+    /// because ONNX Runtime registers a custom domain in a process-wide table without a lock
+    /// (two sessions registering `dfc` at once fail with "domain is already exist").
+    pub fn with_operators(
+        path: &Path,
+        options: SessionOptions,
+        domains: Vec<OperatorDomain>,
+    ) -> Result<Self, RunError> {
+        static REGISTERED: Mutex<bool> = Mutex::new(false);
+        let mut registered = REGISTERED.lock().unwrap_or_else(|e| e.into_inner());
+        if *registered {
+            drop(registered);
+            return Self::open_with_operators(path, options, domains);
+        }
+        let session = Self::open_with_operators(path, options, domains)?;
+        *registered = true;
+        Ok(session)
+    }
+
+    fn open_with_operators(
+        path: &Path,
+        options: SessionOptions,
+        domains: Vec<OperatorDomain>,
+    ) -> Result<Self, RunError> {
+        Self::open(path, options, move |b| {
+            let msg = |e: ort::Error<SessionBuilder>| e.to_string();
+            let mut b = b
+                .with_parallel_execution(false)
+                .map_err(msg)?
+                .with_inter_threads(1)
+                .map_err(msg)?
+                .with_intra_op_spinning(false)
+                .map_err(msg)?
+                .with_inter_op_spinning(false)
+                .map_err(msg)?;
+            for d in domains {
+                b = b.with_operators(d).map_err(msg)?;
+            }
+            Ok(b)
+        })
+    }
+
+    fn open(
+        path: &Path,
+        options: SessionOptions,
+        configure: impl FnOnce(SessionBuilder) -> Result<SessionBuilder, String>,
+    ) -> Result<Self, RunError> {
         let env = ort_env::environment()?;
         let err = |e: &dyn std::fmt::Display| RunError::Session {
             path: path.to_path_buf(),
@@ -77,6 +133,7 @@ impl ModelSession {
                 .with_optimization_level(GraphOptimizationLevel::Disable)
                 .map_err(|e| err(&e))?;
         }
+        builder = configure(builder).map_err(|e| err(&e))?;
         let session = builder.commit_from_file(path).map_err(|e| err(&e))?;
         Ok(Self {
             session,

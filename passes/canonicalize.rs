@@ -1,0 +1,403 @@
+//! `canonicalize`: turns every group-norm construct into one internal node,
+//! `dfc.internal:GroupNorm(x, scale?, bias?) {num_groups, epsilon}` with scale and bias per
+//! channel, so later passes see one construct:
+//!
+//! - torch's export pattern `Reshape(x, [B,G,-1]) → InstanceNormalization(scale = ones,
+//!   bias = zeros) → Reshape(back to x's shape) → Mul(γ[C,1,…]) → Add(β[C,1,…])` (the affine
+//!   tail is absorbed when present and read only by the chain; the scale and bias of the
+//!   InstanceNormalization are checked to be exactly ones and zeros);
+//! - `GroupNormalization` (opset 21: per-channel scale and bias; opsets 18–20: per-group, made
+//!   per-channel at compile time from the constants);
+//! - `InstanceNormalization` on a 4-D tensor (GroupNorm with one channel per group).
+//!
+//! **Invariant:** after this pass no `GroupNormalization` and no 4-D `InstanceNormalization`
+//! remains, and the values the rewritten chains produced keep their names and types. Rejects a
+//! `GroupNormalization` of opset 18–20 whose scale or bias is not constant. A pattern that
+//! does not match exactly (other constants, extra readers of an intermediate value) is left
+//! alone; `partition` then explains why it cannot be split.
+
+use anyhow::{Result, bail};
+
+use super::ops::norm::INTERNAL_DOMAIN;
+use super::ops::{default_opset, load_constant};
+use super::propagate::FALLBACK_OPSET;
+use super::{Pass, PassContext};
+use crate::ir::{Graph, Node, NodeId, ValueId};
+use crate::onnx::ExternalStore;
+use crate::onnx::proto::{AttributeProto, AttributeType};
+
+/// See the module documentation.
+pub struct Canonicalize;
+
+impl Pass for Canonicalize {
+    fn name(&self) -> &'static str {
+        "canonicalize"
+    }
+    fn description(&self) -> &'static str {
+        "rewrite GroupNorm constructs (torch pattern, GroupNormalization, 4-D InstanceNormalization) into one internal GroupNorm"
+    }
+    fn run(&self, g: &mut Graph, cx: &mut PassContext) -> Result<bool> {
+        let opset = default_opset(g).unwrap_or(FALLBACK_OPSET);
+        let mut changed = false;
+        for id in g.topo_order()? {
+            if !g.contains_node(id) {
+                continue;
+            }
+            let n = g.node(id);
+            if !(n.domain.is_empty() || n.domain == "ai.onnx") {
+                continue;
+            }
+            match n.op_type.as_str() {
+                "InstanceNormalization" => {
+                    if let Some(m) = match_torch_pattern(g, &cx.store, id)? {
+                        rewrite_pattern(g, m)?;
+                        changed = true;
+                    } else if rank_of(g, g.node(id).input(0)) == Some(4) {
+                        let c = dims_of(g, g.node(id).input(0)).map(|d| d[1]).unwrap_or(0);
+                        retarget(g, id, c);
+                        changed = true;
+                    }
+                }
+                "GroupNormalization" => {
+                    let groups = g.node(id).attr_i("num_groups", 0);
+                    if opset < 21 {
+                        per_group_to_per_channel(g, &cx.store, id, groups)?;
+                    }
+                    retarget(g, id, groups);
+                    changed = true;
+                }
+                _ => {}
+            }
+        }
+        if changed {
+            g.remove_dead_nodes();
+            g.remove_unused_values();
+        }
+        Ok(changed)
+    }
+}
+
+fn dims_of(g: &Graph, v: Option<ValueId>) -> Option<Vec<i64>> {
+    g.value(v?).tensor_type()?.static_dims()
+}
+
+fn rank_of(g: &Graph, v: Option<ValueId>) -> Option<usize> {
+    g.value(v?).tensor_type()?.rank()
+}
+
+fn int_attr(name: &str, v: i64) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        i: Some(v),
+        r#type: Some(AttributeType::Int as i32),
+        ..Default::default()
+    }
+}
+
+fn float_attr(name: &str, v: f32) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        f: Some(v),
+        r#type: Some(AttributeType::Float as i32),
+        ..Default::default()
+    }
+}
+
+/// Turns a GroupNormalization or InstanceNormalization node into the internal GroupNorm in
+/// place (same name, inputs and output).
+fn retarget(g: &mut Graph, id: NodeId, groups: i64) {
+    let n = g.node_mut(id);
+    let eps = n.attr_f("epsilon", 1e-5);
+    n.op_type = "GroupNorm".into();
+    n.domain = INTERNAL_DOMAIN.into();
+    n.attrs = vec![int_attr("num_groups", groups), float_attr("epsilon", eps)];
+}
+
+/// Opsets 18–20: scale and bias are per group; repeat each entry for the group's channels.
+fn per_group_to_per_channel(
+    g: &mut Graph,
+    store: &ExternalStore,
+    id: NodeId,
+    groups: i64,
+) -> Result<()> {
+    let name = g.node(id).name.clone();
+    let Some(c) = dims_of(g, g.node(id).input(0)).map(|d| d[1]) else {
+        bail!("GroupNormalization `{name}`: input shape is not static");
+    };
+    if groups <= 0 || c % groups != 0 {
+        bail!("GroupNormalization `{name}`: {c} channels do not divide into {groups} groups");
+    }
+    for port in [1, 2] {
+        let Some(v) = g.node(id).input(port) else {
+            continue;
+        };
+        let Some(t) = load_constant(g, store, v, 1 << 20)? else {
+            bail!(
+                "GroupNormalization `{name}` (opset < 21): its per-group scale and bias must be constants"
+            );
+        };
+        let per = (c / groups) as usize;
+        let picks: Vec<usize> = (0..c as usize).map(|i| i / per).collect();
+        let repeated = t.select(&[picks])?;
+        let what = if port == 1 { "scale" } else { "bias" };
+        let nv = g.add_constant(&format!("{name}.{what}"), repeated.to_proto(""));
+        g.set_input(id, port, Some(nv));
+    }
+    Ok(())
+}
+
+/// A matched torch GroupNorm chain.
+struct PatternMatch {
+    x: ValueId,
+    groups: i64,
+    eps: f32,
+    gamma: Option<ValueId>,
+    beta: Option<ValueId>,
+    /// The chain's nodes, the InstanceNormalization second.
+    nodes: Vec<NodeId>,
+    /// The value the chain produces (kept).
+    out: ValueId,
+}
+
+/// The single reader of `v` (and the port it reads), when there is exactly one and `v` is not
+/// a graph output.
+fn only_reader(g: &Graph, v: ValueId) -> Option<(NodeId, usize)> {
+    match g.value(v).uses() {
+        [one] if !g.outputs.contains(&v) => Some(*one),
+        _ => None,
+    }
+}
+
+fn all_equal(g: &Graph, store: &ExternalStore, v: ValueId, want: f64) -> Result<bool> {
+    Ok(match load_constant(g, store, v, 1 << 16)? {
+        Some(t) => t.to_f64s().iter().all(|&x| x == want),
+        None => false,
+    })
+}
+
+/// Whether `v` holds one value per channel laid out to broadcast over `[B,C,spatial…]`:
+/// shape `[C,1,…]` (rank of x − 1) or `[1,C,1,…]`.
+fn per_channel(g: &Graph, v: ValueId, c: i64, rank: usize) -> bool {
+    let Some(d) = dims_of(g, Some(v)) else {
+        return false;
+    };
+    let ok = |d: &[i64]| d.first() == Some(&c) && d[1..].iter().all(|&x| x == 1);
+    (d.len() == rank - 1 && ok(&d)) || (d.len() == rank && d[0] == 1 && ok(&d[1..]))
+}
+
+fn match_torch_pattern(
+    g: &Graph,
+    store: &ExternalStore,
+    inorm: NodeId,
+) -> Result<Option<PatternMatch>> {
+    let n = g.node(inorm);
+    let (Some(r1_out), Some(scale), Some(bias), Some(in_out)) =
+        (n.input(0), n.input(1), n.input(2), n.output(0))
+    else {
+        return Ok(None);
+    };
+    let Some((r1, 0)) = g.value(r1_out).producer() else {
+        return Ok(None);
+    };
+    if g.node(r1).op_type != "Reshape" || only_reader(g, r1_out) != Some((inorm, 0)) {
+        return Ok(None);
+    }
+    let Some(x) = g.node(r1).input(0) else {
+        return Ok(None);
+    };
+    let (Some(xd), Some(rd)) = (dims_of(g, Some(x)), dims_of(g, Some(r1_out))) else {
+        return Ok(None);
+    };
+    if xd.len() < 3 || rd.len() != 3 || rd[0] != xd[0] {
+        return Ok(None);
+    }
+    let (c, groups) = (xd[1], rd[1]);
+    if groups <= 0 || c % groups != 0 || rd[2] * groups != xd[1..].iter().product::<i64>() {
+        return Ok(None);
+    }
+    if !all_equal(g, store, scale, 1.0)? || !all_equal(g, store, bias, 0.0)? {
+        return Ok(None);
+    }
+    let Some((r2, 0)) = only_reader(g, in_out) else {
+        return Ok(None);
+    };
+    let Some(r2_out) = g.node(r2).output(0) else {
+        return Ok(None);
+    };
+    if g.node(r2).op_type != "Reshape" || dims_of(g, Some(r2_out)).as_deref() != Some(&xd) {
+        return Ok(None);
+    }
+    let mut m = PatternMatch {
+        x,
+        groups,
+        eps: n.attr_f("epsilon", 1e-5),
+        gamma: None,
+        beta: None,
+        nodes: vec![r1, inorm, r2],
+        out: r2_out,
+    };
+    // The affine tail: Mul by γ, then Add β, each read only by the chain.
+    let affine = |v: ValueId, op: &str| -> Option<(NodeId, ValueId, ValueId)> {
+        let (node, port) = only_reader(g, v)?;
+        let nd = g.node(node);
+        if nd.op_type != op || nd.inputs().len() != 2 {
+            return None;
+        }
+        let other = nd.input(1 - port)?;
+        if !per_channel(g, other, c, xd.len()) {
+            return None;
+        }
+        let out = nd.output(0)?;
+        (dims_of(g, Some(out)).as_deref() == Some(&xd)).then_some((node, other, out))
+    };
+    if let Some((mul, gamma, mul_out)) = affine(r2_out, "Mul") {
+        m.nodes.push(mul);
+        m.gamma = Some(gamma);
+        m.out = mul_out;
+        if let Some((add, beta, add_out)) = affine(mul_out, "Add") {
+            m.nodes.push(add);
+            m.beta = Some(beta);
+            m.out = add_out;
+        }
+    }
+    Ok(Some(m))
+}
+
+fn rewrite_pattern(g: &mut Graph, m: PatternMatch) -> Result<()> {
+    let inorm = m.nodes[1];
+    let name = g.node(inorm).name.clone();
+    let order = g.node(inorm).order;
+    for &n in m.nodes.iter().rev() {
+        g.remove_node(n);
+    }
+    let mut node = Node::new(name, "GroupNorm", INTERNAL_DOMAIN);
+    node.attrs = vec![
+        int_attr("num_groups", m.groups),
+        float_attr("epsilon", m.eps),
+    ];
+    let id = g.add_node(
+        node,
+        vec![Some(m.x), m.gamma, m.beta],
+        vec![Some(m.out)],
+        None,
+    )?;
+    // Sort where the chain was.
+    g.node_mut(id).order = order;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::DataType;
+    use crate::passes::test_graphs::{model, node, vi};
+    use crate::tensor::Tensor;
+
+    fn init(name: &str, t: Tensor) -> crate::onnx::proto::TensorProto {
+        let mut p = t.to_proto(name);
+        p.name = Some(name.into());
+        p
+    }
+
+    fn f32s(dims: &[usize], v: f32) -> Tensor {
+        let n = dims.iter().product();
+        Tensor::from_vec(dims, vec![v; n]).expect("tensor")
+    }
+
+    /// torch's pattern on x[2,8,4,4] with 4 groups; `scale` is the InstanceNorm scale value.
+    fn pattern(scale: f32) -> Graph {
+        let f = DataType::FLOAT;
+        let mut inorm = node("InstanceNormalization", "gn/in", &["r1", "s", "b"], &["i"]);
+        inorm.attribute.push(float_attr("epsilon", 1e-6));
+        model(
+            vec![
+                node("Reshape", "gn/r1", &["x", "spec"], &["r1"]),
+                inorm,
+                node("Reshape", "gn/r2", &["i", "back"], &["r2"]),
+                node("Mul", "gn/mul", &["r2", "gamma"], &["m"]),
+                node("Add", "gn/add", &["m", "beta"], &["y"]),
+            ],
+            vec![vi("x", f, &["2", "8", "4", "4"])],
+            vec![vi("y", f, &["2", "8", "4", "4"])],
+            vec![
+                init("spec", Tensor::from_i64s(&[0, 4, -1])),
+                init("back", Tensor::from_i64s(&[2, 8, 4, 4])),
+                init("s", f32s(&[4], scale)),
+                init("b", f32s(&[4], 0.0)),
+                init("gamma", f32s(&[8, 1, 1], 2.0)),
+                init("beta", f32s(&[8, 1, 1], 0.5)),
+            ],
+            17,
+        )
+    }
+
+    fn run(g: &mut Graph) -> Result<()> {
+        let mut cx = PassContext::new(ExternalStore::new(std::env::temp_dir()));
+        crate::passes::infer_shapes::InferShapes.run(g, &mut cx)?;
+        Canonicalize.run(g, &mut cx)?;
+        g.verify()?;
+        Ok(())
+    }
+
+    #[test]
+    fn torch_pattern_becomes_one_group_norm() -> Result<()> {
+        let mut g = pattern(1.0);
+        run(&mut g)?;
+        let dump = g.dump();
+        assert_eq!(g.node_count(), 1, "{dump}");
+        assert!(
+            dump.contains("gn/in = dfc.internal:GroupNorm(%0, ")
+                && dump.contains("num_groups=4, epsilon=0.000001")
+                && dump.contains(": f32[2,8,4,4]"),
+            "{dump}"
+        );
+        // The output keeps its name.
+        assert_eq!(g.value(g.outputs[0]).name, "y");
+        Ok(())
+    }
+
+    #[test]
+    fn instance_norm_with_a_real_scale_is_left_alone() -> Result<()> {
+        let mut g = pattern(1.5);
+        run(&mut g)?;
+        assert_eq!(g.node_count(), 5, "{}", g.dump());
+        Ok(())
+    }
+
+    #[test]
+    fn group_normalization_and_4d_instance_norm() -> Result<()> {
+        let f = DataType::FLOAT;
+        let mut gn = node("GroupNormalization", "gn", &["x", "s", "b"], &["y"]);
+        gn.attribute.push(int_attr("num_groups", 2));
+        let mut g = model(
+            vec![gn],
+            vec![vi("x", f, &["1", "4", "2", "2"])],
+            vec![vi("y", f, &["1", "4", "2", "2"])],
+            vec![init("s", f32s(&[2], 1.0)), init("b", f32s(&[2], 0.0))],
+            18,
+        );
+        run(&mut g)?;
+        let dump = g.dump();
+        assert!(dump.contains("init   %4 gn.scale: f32[4]"), "{dump}");
+        assert!(
+            dump.contains("GroupNorm(%0, %4, %5) {num_groups=2"),
+            "{dump}"
+        );
+
+        let mut g = model(
+            vec![node(
+                "InstanceNormalization",
+                "in",
+                &["x", "s", "b"],
+                &["y"],
+            )],
+            vec![vi("x", f, &["1", "4", "2", "2"])],
+            vec![vi("y", f, &["1", "4", "2", "2"])],
+            vec![init("s", f32s(&[4], 1.0)), init("b", f32s(&[4], 0.0))],
+            17,
+        );
+        run(&mut g)?;
+        assert!(g.dump().contains("{num_groups=4"), "{}", g.dump());
+        Ok(())
+    }
+}

@@ -1,0 +1,479 @@
+//! `partition`: sharding propagation. The model's spatial input (the first rank-4
+//! floating-point input, a UNet's `sample`) is split into `n` bands along its height (axis 2
+//! of NCHW); every other input and every constant is replicated. One sweep in topological
+//! order gives every value a layout from the partition rules of [`super::ops::layout`]: a node
+//! whose inputs are all replicated computes replicated outputs (the time embedding, the text
+//! path); otherwise its rule decides, possibly asking for an operand to be gathered first (the
+//! keys and values of self-attention).
+//!
+//! **Invariant:** after this pass every value has exactly one layout, replicated or split on
+//! one axis into `n` equal bands ([`Partition::layouts`]), and every node that needs an
+//! exchange or a per-band operand says so ([`Partition::needs`], [`Partition::gathers`]). The
+//! graph itself is not changed.
+//!
+//! Rejects, all listed in one error (node, op, reason): constructs without a rule on a split
+//! tensor (a Concat or Slice along the split axis, a bilinear Resize of a split tensor, a
+//! reduction other than a mean over the split axis, …). When the only problems are band
+//! counts that do not divide some split extent (or halos larger than a band), the error lists
+//! the band counts that would work instead.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write;
+
+use anyhow::Result;
+
+use super::ops::layout::{Layout, Need, PartCx, Verdict, partition_rule};
+use super::ops::{OpCx, default_opset};
+use super::propagate::FALLBACK_OPSET;
+use super::{NodeIssue, Pass, PassContext};
+use crate::ir::{Graph, NodeId, ValueId};
+use crate::onnx::ExternalStore;
+
+/// Axis of the spatial input cut into bands (H of NCHW).
+pub const BAND_AXIS: usize = 2;
+/// Largest band count suggested when a count does not divide the image.
+pub const MAX_SUGGESTED: usize = 64;
+
+/// The layouts of a graph cut into `n` bands.
+#[derive(Clone, Debug)]
+pub struct Partition {
+    pub n: usize,
+    /// The model input cut into bands.
+    pub spatial_input: ValueId,
+    /// Every value's layout (values absent here are replicated).
+    pub layouts: HashMap<ValueId, Layout>,
+    /// What each node needs to compute its bands locally.
+    pub needs: BTreeMap<NodeId, Vec<Need>>,
+    /// Operands to gather before they are read: `(node, input port, axis)`.
+    pub gathers: Vec<(NodeId, usize, usize)>,
+}
+
+impl Partition {
+    /// The layout of `v`.
+    pub fn layout(&self, v: ValueId) -> Layout {
+        self.layouts.get(&v).copied().unwrap_or(Layout::Replicated)
+    }
+
+    /// Text form: one line per node that touches a split value, in topological order.
+    pub fn dump(&self, g: &Graph) -> String {
+        let mut s = String::new();
+        let show = |l: Layout| match l {
+            Layout::Replicated => "R".to_string(),
+            Layout::Split { axis } => format!("S{axis}"),
+        };
+        let Ok(order) = g.topo_order() else {
+            return "# cannot order nodes\n".into();
+        };
+        for id in order {
+            let n = g.node(id);
+            let ins: Vec<Layout> = n
+                .inputs()
+                .iter()
+                .map(|v| v.map(|v| self.layout(v)).unwrap_or(Layout::Replicated))
+                .collect();
+            let outs: Vec<Layout> = n
+                .outputs()
+                .iter()
+                .map(|v| v.map(|v| self.layout(v)).unwrap_or(Layout::Replicated))
+                .collect();
+            if ins.iter().chain(&outs).all(|l| *l == Layout::Replicated) {
+                continue;
+            }
+            let _ = write!(
+                s,
+                "{} ({}): {} -> {}",
+                n.name,
+                n.op_type,
+                ins.iter().map(|&l| show(l)).collect::<Vec<_>>().join(","),
+                outs.iter().map(|&l| show(l)).collect::<Vec<_>>().join(",")
+            );
+            for (node, port, axis) in &self.gathers {
+                if *node == id {
+                    let _ = write!(s, " gather(input {port}, axis {axis})");
+                }
+            }
+            for need in self.needs.get(&id).into_iter().flatten() {
+                let _ = match need {
+                    Need::Halo { axis, top, bottom } => {
+                        write!(s, " halo(axis {axis}, top {top}, bottom {bottom})")
+                    }
+                    Need::SliceOperand { port, axis } => {
+                        write!(s, " band-slice(input {port}, axis {axis})")
+                    }
+                    Need::MeanStats => write!(s, " mean-stats"),
+                    Need::GroupNormStats => write!(s, " group-norm-stats"),
+                };
+            }
+            s.push('\n');
+        }
+        s
+    }
+}
+
+/// A node that cannot be partitioned as asked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub issue: NodeIssue,
+    /// Whether another band count could work.
+    pub indivisible: bool,
+}
+
+/// Errors of partitioning.
+#[derive(Debug, thiserror::Error)]
+pub enum PartitionError {
+    #[error("the model has no rank-4 floating-point input to cut into bands (inputs: {inputs})")]
+    NoSpatialInput { inputs: String },
+    #[error("{} node(s) cannot be partitioned into bands:\n{}", .0.len(), list(.0))]
+    Unsupported(Vec<NodeIssue>),
+    #[error(
+        "{n} bands do not fit this model at this size:\n{}\nband counts that work (≤ {max}): {}",
+        list_capped(issues),
+        valid_text(valid)
+    )]
+    Indivisible {
+        n: usize,
+        issues: Vec<NodeIssue>,
+        valid: Vec<usize>,
+        max: usize,
+    },
+}
+
+fn list(items: &[NodeIssue]) -> String {
+    items
+        .iter()
+        .map(|i| format!("  {i}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// At most 20 entries; long lists end with a count.
+fn list_capped(items: &[NodeIssue]) -> String {
+    const SHOWN: usize = 20;
+    let mut s = list(&items[..items.len().min(SHOWN)]);
+    if items.len() > SHOWN {
+        s += &format!("\n  … and {} more", items.len() - SHOWN);
+    }
+    s
+}
+
+fn valid_text(v: &[usize]) -> String {
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// The input cut into bands: the first rank-4 floating-point graph input.
+pub fn spatial_input(g: &Graph) -> Option<ValueId> {
+    g.inputs.iter().copied().find(|&v| {
+        g.value(v).init.is_none()
+            && g.value(v)
+                .tensor_type()
+                .is_some_and(|t| t.elem.is_float() && t.rank() == Some(4))
+    })
+}
+
+/// Computes the layouts of `g` cut into `n` bands, with every problem found.
+pub fn analyze(
+    g: &Graph,
+    store: &ExternalStore,
+    n: usize,
+) -> Result<(Partition, Vec<Problem>), PartitionError> {
+    let Some(spatial) = spatial_input(g) else {
+        return Err(PartitionError::NoSpatialInput {
+            inputs: g
+                .inputs
+                .iter()
+                .map(|&v| g.value(v).name.clone())
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    };
+    let opset = default_opset(g).unwrap_or(FALLBACK_OPSET);
+    let mut p = Partition {
+        n,
+        spatial_input: spatial,
+        layouts: HashMap::new(),
+        needs: BTreeMap::new(),
+        gathers: Vec::new(),
+    };
+    let mut problems = Vec::new();
+    let h = g
+        .value(spatial)
+        .tensor_type()
+        .and_then(|t| t.static_dims())
+        .map(|d| d[BAND_AXIS])
+        .unwrap_or(0);
+    if h % n as i64 != 0 {
+        problems.push(Problem {
+            issue: NodeIssue {
+                node: g.value(spatial).name.clone(),
+                op: "input".into(),
+                message: format!("{n} bands do not divide its height {h}"),
+            },
+            indivisible: true,
+        });
+    }
+    p.layouts.insert(spatial, Layout::Split { axis: BAND_AXIS });
+    let order = g.topo_order().map_err(|e| {
+        PartitionError::Unsupported(vec![NodeIssue {
+            node: String::new(),
+            op: String::new(),
+            message: e.to_string(),
+        }])
+    })?;
+    for id in order {
+        let node = g.node(id);
+        let mut layouts: Vec<Layout> = node
+            .inputs()
+            .iter()
+            .map(|v| v.map(|v| p.layout(v)).unwrap_or(Layout::Replicated))
+            .collect();
+        if layouts.iter().all(|l| *l == Layout::Replicated) {
+            continue;
+        }
+        let mut problem = |message: String, indivisible: bool| {
+            problems.push(Problem {
+                issue: NodeIssue {
+                    node: node.name.clone(),
+                    op: node.op_type.clone(),
+                    message,
+                },
+                indivisible,
+            })
+        };
+        let Some(rule) = partition_rule(&node.domain, &node.op_type) else {
+            problem(
+                format!("no partition rule for {} on a split tensor", node.op_type),
+                false,
+            );
+            continue;
+        };
+        let op = OpCx::new(g, store, node, opset, 1 << 20).with_group_size(n);
+        let outputs: Vec<_> = node
+            .outputs()
+            .iter()
+            .map(|v| v.and_then(|v| g.value(v).tensor_type().cloned()))
+            .collect();
+        let constant: Vec<bool> = node
+            .inputs()
+            .iter()
+            .map(|v| v.is_some_and(|v| super::ops::is_constant(g, v)))
+            .collect();
+        let mut verdict = None;
+        for _ in 0..=layouts.len() {
+            let cx = PartCx {
+                op: &op,
+                layouts: layouts.clone(),
+                constant: constant.clone(),
+                n,
+                n_outputs: outputs.len(),
+                outputs: outputs.clone(),
+            };
+            match (rule)(&cx) {
+                Ok(Verdict::Gather { port }) => match layouts.get(port).and_then(|l| l.axis()) {
+                    Some(axis) => {
+                        p.gathers.push((id, port, axis));
+                        layouts[port] = Layout::Replicated;
+                    }
+                    None => {
+                        verdict = Some(Verdict::Refuse(format!(
+                            "internal: asked to gather input {port}, which is not split"
+                        )));
+                        break;
+                    }
+                },
+                Ok(v) => {
+                    verdict = Some(v);
+                    break;
+                }
+                Err(e) => {
+                    verdict = Some(Verdict::Refuse(format!("{e:#}")));
+                    break;
+                }
+            }
+        }
+        match verdict {
+            Some(Verdict::Local {
+                outputs: outs,
+                needs,
+            }) => {
+                for (port, (v, l)) in node.outputs().iter().zip(outs).enumerate() {
+                    let Some(v) = v else { continue };
+                    if let Layout::Split { axis } = l {
+                        let extent = outputs
+                            .get(port)
+                            .and_then(|t| t.as_ref())
+                            .and_then(|t| t.static_dims())
+                            .and_then(|d| d.get(axis).copied());
+                        match extent {
+                            Some(e) if e % n as i64 == 0 => {}
+                            Some(e) => problem(
+                                format!("{n} bands do not divide axis {axis} ({e}) of its output"),
+                                true,
+                            ),
+                            None => problem("its output has no static shape".into(), false),
+                        }
+                    }
+                    p.layouts.insert(*v, l);
+                }
+                if !needs.is_empty() {
+                    p.needs.insert(id, needs);
+                }
+            }
+            Some(Verdict::Refuse(m)) => problem(m, false),
+            Some(Verdict::Indivisible(m)) => problem(m, true),
+            Some(Verdict::Gather { .. }) | None => {
+                problem("internal: the partition rule did not settle".into(), false)
+            }
+        }
+    }
+    Ok((p, problems))
+}
+
+/// Band counts up to `max` for which `g` partitions without problems.
+pub fn valid_counts(g: &Graph, store: &ExternalStore, max: usize) -> Vec<usize> {
+    (1..=max)
+        .filter(|&n| matches!(analyze(g, store, n), Ok((_, p)) if p.is_empty()))
+        .collect()
+}
+
+/// Partitions `g` into `n` bands or explains, in one error, every node that prevents it.
+pub fn partition(g: &Graph, store: &ExternalStore, n: usize) -> Result<Partition, PartitionError> {
+    let (p, problems) = analyze(g, store, n)?;
+    if problems.is_empty() {
+        return Ok(p);
+    }
+    if problems.iter().any(|p| !p.indivisible) {
+        return Err(PartitionError::Unsupported(
+            problems.into_iter().map(|p| p.issue).collect(),
+        ));
+    }
+    let h = g
+        .value(p.spatial_input)
+        .tensor_type()
+        .and_then(|t| t.static_dims())
+        .map(|d| d[BAND_AXIS])
+        .unwrap_or(1);
+    let max = MAX_SUGGESTED.min(h.max(1) as usize);
+    Err(PartitionError::Indivisible {
+        n,
+        issues: problems.into_iter().map(|p| p.issue).collect(),
+        valid: valid_counts(g, store, max),
+        max,
+    })
+}
+
+/// See the module documentation.
+pub struct PartitionPass;
+
+impl Pass for PartitionPass {
+    fn name(&self) -> &'static str {
+        "partition"
+    }
+    fn description(&self) -> &'static str {
+        "give every value a layout (replicated or split into bands) from the partition rules"
+    }
+    fn run(&self, g: &mut Graph, cx: &mut PassContext) -> Result<bool> {
+        let n = cx.partition_options.n;
+        if n == 0 {
+            anyhow::bail!("the number of bands must be at least 1");
+        }
+        cx.partition = Some(partition(g, &cx.store, n)?);
+        Ok(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::DataType;
+    use crate::onnx::proto::{AttributeProto, AttributeType};
+    use crate::passes::test_graphs::{model, node, vi};
+
+    fn attr_s(name: &str, v: &str) -> AttributeProto {
+        AttributeProto {
+            name: Some(name.into()),
+            s: Some(v.as_bytes().to_vec().into()),
+            r#type: Some(AttributeType::String as i32),
+            ..Default::default()
+        }
+    }
+
+    fn store() -> ExternalStore {
+        ExternalStore::new(std::env::temp_dir())
+    }
+
+    fn typed(mut g: Graph) -> Graph {
+        let mut cx = PassContext::new(store());
+        crate::passes::fold_constants::FoldConstants
+            .run(&mut g, &mut cx)
+            .expect("typing");
+        g
+    }
+
+    #[test]
+    fn every_offending_node_is_listed() {
+        let f = DataType::FLOAT;
+        let mut cat = node("Concat", "cat_h", &["x", "x"], &["c"]);
+        cat.attribute.push(AttributeProto {
+            name: Some("axis".into()),
+            i: Some(2),
+            r#type: Some(AttributeType::Int as i32),
+            ..Default::default()
+        });
+        let mut up = node("Resize", "up_bilinear", &["x", "", "scales"], &["u"]);
+        up.attribute.push(attr_s("mode", "linear"));
+        let scales = {
+            let mut t = crate::tensor::Tensor::from_vec(&[4], vec![1.0f32, 1.0, 2.0, 2.0])
+                .expect("tensor")
+                .to_proto("scales");
+            t.name = Some("scales".into());
+            t
+        };
+        let g = typed(model(
+            vec![cat, up],
+            vec![vi("x", f, &["1", "4", "8", "8"])],
+            vec![
+                vi("c", f, &["?", "?", "?", "?"]),
+                vi("u", f, &["?", "?", "?", "?"]),
+            ],
+            vec![scales],
+            17,
+        ));
+        let e = partition(&g, &store(), 2).expect_err("refused").to_string();
+        assert!(e.contains("2 node(s)"), "{e}");
+        assert!(
+            e.contains("`cat_h` (Concat)") && e.contains("along the split axis"),
+            "{e}"
+        );
+        assert!(
+            e.contains("`up_bilinear` (Resize)") && e.contains("linear"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn indivisible_counts_list_the_valid_ones() {
+        let f = DataType::FLOAT;
+        let g = typed(model(
+            vec![node("Relu", "relu", &["x"], &["y"])],
+            vec![vi("x", f, &["1", "4", "12", "8"])],
+            vec![vi("y", f, &["?", "?", "?", "?"])],
+            vec![],
+            17,
+        ));
+        let e = partition(&g, &store(), 5).expect_err("refused").to_string();
+        assert!(
+            e.contains("band counts that work (≤ 12): 1, 2, 3, 4, 6, 12"),
+            "{e}"
+        );
+        let p = partition(&g, &store(), 3).expect("3 divides 12");
+        let y = g.outputs[0];
+        assert_eq!(p.layout(y), Layout::Split { axis: 2 });
+    }
+}

@@ -1,0 +1,813 @@
+//! The semantics of the three exchange operators (DESIGN §3) on plain slices, independent of
+//! any executor: every backend's kernels call these (ONNX Runtime today, see [`super::ort_ops`]).
+//!
+//! A kernel is bound to a [`RankContext`]: the rank's position in its group, the group's
+//! [`Communicator`], the step number and whether this step may read stale context. The
+//! operators themselves carry only `slot` and their geometry (`axis`, `top`, `bottom`).
+//!
+//! | op | fresh (sync, warmup) | stale (displaced, after warmup) |
+//! |---|---|---|
+//! | `DfcHaloExchange` | `[last top rows of band r−1 ‖ x ‖ first bottom rows of band r+1]`, zero rows at the image edges | the neighbours' rows of the previous step |
+//! | `DfcStatsAllReduce` | mean over the group of `s` (f32) | `mean(s of step t−1) + s − s of step t−1` (paper Eq. 2); where the last axis has 2 entries (E\[x\], E\[x²\]) and the estimated variance is negative, the local pair |
+//! | `DfcPatchAllGather` | concatenation of every band's `x` along `axis`, band order | own band fresh, the others of the previous step |
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use half::f16;
+
+use super::comm::{Call, CommError, Communicator, Payload};
+
+/// Errors of an exchange operator.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExchangeError {
+    #[error(transparent)]
+    Comm(#[from] CommError),
+    /// The operator's input or attributes do not fit together.
+    #[error("{op} (slot {slot}): {reason}")]
+    Shape {
+        op: &'static str,
+        slot: u32,
+        reason: String,
+    },
+    /// A peer published something that does not match this rank's view of the slot.
+    #[error(
+        "{op} (slot {slot}): rank {peer} published {found} elements of {dtype}, expected {expected}"
+    )]
+    Mismatch {
+        op: &'static str,
+        slot: u32,
+        peer: usize,
+        found: usize,
+        dtype: &'static str,
+        expected: usize,
+    },
+}
+
+/// Element types the exchange operators move (f32 everywhere, f16 for halo and gather).
+pub trait Element: Copy + Default + Send + Sync + 'static {
+    /// Wraps owned elements as a payload.
+    fn into_payload(v: Vec<Self>) -> Payload;
+    /// The elements of a payload of this type (`None` for another type).
+    fn from_payload(p: &Payload) -> Option<&[Self]>;
+}
+
+impl Element for f32 {
+    fn into_payload(v: Vec<Self>) -> Payload {
+        Payload::F32(v)
+    }
+    fn from_payload(p: &Payload) -> Option<&[Self]> {
+        match p {
+            Payload::F32(v) => Some(v),
+            Payload::F16(_) => None,
+        }
+    }
+}
+
+impl Element for f16 {
+    fn into_payload(v: Vec<Self>) -> Payload {
+        Payload::F16(v)
+    }
+    fn from_payload(p: &Payload) -> Option<&[Self]> {
+        match p {
+            Payload::F16(v) => Some(v),
+            Payload::F32(_) => None,
+        }
+    }
+}
+
+/// What the exchange kernels of one rank's session are bound to.
+///
+/// The runtime calls [`begin_step`](Self::begin_step) before every evaluation of the rank graph;
+/// the kernels then number their calls in execution order.
+#[derive(Debug)]
+pub struct RankContext {
+    comm: Arc<Communicator>,
+    rank: usize,
+    step: AtomicU64,
+    index: AtomicUsize,
+    stale: AtomicBool,
+    always_fresh: HashSet<u32>,
+}
+
+impl RankContext {
+    /// The context of the rank at position `rank` of the group served by `comm`.
+    pub fn new(comm: Arc<Communicator>, rank: usize) -> Self {
+        Self {
+            comm,
+            rank,
+            step: AtomicU64::new(0),
+            index: AtomicUsize::new(0),
+            stale: AtomicBool::new(false),
+            always_fresh: HashSet::new(),
+        }
+    }
+
+    /// Slots that are exchanged fresh even in stale steps (the halo of the model's input, which
+    /// each rank holds only as its band; DESIGN §2).
+    pub fn with_always_fresh(mut self, slots: impl IntoIterator<Item = u32>) -> Self {
+        self.always_fresh = slots.into_iter().collect();
+        self
+    }
+
+    /// Position of this rank in its group (band order).
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// Number of ranks in the group.
+    pub fn group_size(&self) -> usize {
+        self.comm.size()
+    }
+
+    /// The group's communicator.
+    pub fn communicator(&self) -> &Arc<Communicator> {
+        &self.comm
+    }
+
+    /// Starts step `step` (strictly larger than the previous one; 0 first). With `stale`, the
+    /// exchanges of this step read the peers' context of the previous step (displaced mode
+    /// after warmup), except the [always fresh](Self::with_always_fresh) slots.
+    pub fn begin_step(&self, step: u64, stale: bool) {
+        self.step.store(step, Ordering::SeqCst);
+        self.index.store(0, Ordering::SeqCst);
+        self.stale.store(stale && step > 0, Ordering::SeqCst);
+    }
+
+    /// Ends the current step: peers still waiting for this rank at this step fail instead of
+    /// hanging (its graph has no exchange they expect).
+    pub fn end_step(&self) {
+        self.comm
+            .finish_step(self.rank, self.step.load(Ordering::SeqCst));
+    }
+
+    /// The current step.
+    pub fn step(&self) -> u64 {
+        self.step.load(Ordering::SeqCst)
+    }
+
+    /// The next call of this step at `slot`.
+    fn next_call(&self, slot: u32) -> Call {
+        let stale = self.stale.load(Ordering::SeqCst) && !self.always_fresh.contains(&slot);
+        Call {
+            rank: self.rank,
+            slot,
+            step: self.step.load(Ordering::SeqCst),
+            index: self.index.fetch_add(1, Ordering::SeqCst),
+            fresh: !stale,
+        }
+    }
+}
+
+/// `(outer, rows, inner)` of `shape` around `axis`.
+fn split_dims(shape: &[usize], axis: usize) -> (usize, usize, usize) {
+    let outer = shape[..axis].iter().product();
+    let inner = shape[axis + 1..].iter().product();
+    (outer, shape[axis], inner)
+}
+
+fn check_len(
+    op: &'static str,
+    slot: u32,
+    what: &str,
+    shape: &[usize],
+    len: usize,
+) -> Result<(), ExchangeError> {
+    let want: usize = shape.iter().product();
+    if want != len {
+        return Err(ExchangeError::Shape {
+            op,
+            slot,
+            reason: format!("{what} has {len} elements, its shape {shape:?} needs {want}"),
+        });
+    }
+    Ok(())
+}
+
+fn check_axis(
+    op: &'static str,
+    slot: u32,
+    shape: &[usize],
+    axis: usize,
+) -> Result<(), ExchangeError> {
+    if axis >= shape.len() {
+        return Err(ExchangeError::Shape {
+            op,
+            slot,
+            reason: format!("axis {axis} is outside the input's shape {shape:?}"),
+        });
+    }
+    Ok(())
+}
+
+fn payload_of<'a, T: Element>(
+    op: &'static str,
+    slot: u32,
+    peer: usize,
+    p: &'a Payload,
+    expected: usize,
+) -> Result<&'a [T], ExchangeError> {
+    match T::from_payload(p) {
+        Some(v) if v.len() == expected => Ok(v),
+        _ => Err(ExchangeError::Mismatch {
+            op,
+            slot,
+            peer,
+            found: p.len(),
+            dtype: p.dtype(),
+            expected,
+        }),
+    }
+}
+
+const HALO: &str = "DfcHaloExchange";
+const STATS: &str = "DfcStatsAllReduce";
+const GATHER: &str = "DfcPatchAllGather";
+
+/// The geometry attributes of a `DfcHaloExchange` node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Halo {
+    /// The split axis.
+    pub axis: usize,
+    /// Rows from the band above.
+    pub top: usize,
+    /// Rows from the band below.
+    pub bottom: usize,
+}
+
+/// Output shape of `DfcHaloExchange`.
+pub fn halo_output_shape(shape: &[usize], halo: Halo) -> Vec<usize> {
+    let mut out = shape.to_vec();
+    if let Some(d) = out.get_mut(halo.axis) {
+        *d += halo.top + halo.bottom;
+    }
+    out
+}
+
+/// Output shape of `DfcPatchAllGather` in a group of `n`.
+pub fn gather_output_shape(shape: &[usize], axis: usize, n: usize) -> Vec<usize> {
+    let mut out = shape.to_vec();
+    if let Some(d) = out.get_mut(axis) {
+        *d *= n;
+    }
+    out
+}
+
+/// `DfcHaloExchange`: `y = [last top rows of band r−1 ‖ x ‖ first bottom rows of band r+1]`
+/// along `axis` (zeros beyond the image edges). `x` has `shape`; `y` has
+/// [`halo_output_shape`].
+pub fn halo_exchange<T: Element>(
+    ctx: &RankContext,
+    slot: u32,
+    halo: Halo,
+    shape: &[usize],
+    x: &[T],
+    y: &mut [T],
+) -> Result<(), ExchangeError> {
+    let Halo { axis, top, bottom } = halo;
+    check_axis(HALO, slot, shape, axis)?;
+    check_len(HALO, slot, "the input", shape, x.len())?;
+    check_len(
+        HALO,
+        slot,
+        "the output",
+        &halo_output_shape(shape, halo),
+        y.len(),
+    )?;
+    let (outer, h, inner) = split_dims(shape, axis);
+    if top > h || bottom > h {
+        return Err(ExchangeError::Shape {
+            op: HALO,
+            slot,
+            reason: format!(
+                "a halo of {top} rows above and {bottom} below is larger than the band's {h} rows on axis {axis}; use fewer ranks"
+            ),
+        });
+    }
+    let (n, r) = (ctx.group_size(), ctx.rank());
+    let (above, below) = if n > 1 {
+        let call = ctx.next_call(slot);
+        // What the neighbours need: first `bottom` rows (for r−1), then last `top` rows (for r+1).
+        let mut send = Vec::with_capacity(outer * (top + bottom) * inner);
+        for o in 0..outer {
+            let base = o * h * inner;
+            send.extend_from_slice(&x[base..base + bottom * inner]);
+        }
+        for o in 0..outer {
+            let base = o * h * inner;
+            send.extend_from_slice(&x[base + (h - top) * inner..base + h * inner]);
+        }
+        let mut wanted = Vec::with_capacity(2);
+        if r > 0 {
+            wanted.push(r - 1);
+        }
+        if r + 1 < n {
+            wanted.push(r + 1);
+        }
+        let got = ctx.comm.exchange(call, T::into_payload(send), &wanted)?;
+        let mut got = wanted.into_iter().zip(got);
+        let above = if r > 0 { got.next() } else { None };
+        let below = if r + 1 < n { got.next() } else { None };
+        (above, below)
+    } else {
+        (None, None)
+    };
+    let expected = outer * (top + bottom) * inner;
+    let above = above
+        .as_ref()
+        .map(|(q, p)| payload_of::<T>(HALO, slot, *q, p, expected))
+        .transpose()?;
+    let below = below
+        .as_ref()
+        .map(|(q, p)| payload_of::<T>(HALO, slot, *q, p, expected))
+        .transpose()?;
+    let hy = h + top + bottom;
+    for o in 0..outer {
+        let dst = &mut y[o * hy * inner..(o + 1) * hy * inner];
+        let (dst_top, rest) = dst.split_at_mut(top * inner);
+        let (dst_mid, dst_bottom) = rest.split_at_mut(h * inner);
+        match &above {
+            // The band above sent its last `top` rows in the second part of its payload.
+            Some(p) => {
+                let start = outer * bottom * inner + o * top * inner;
+                dst_top.copy_from_slice(&p[start..start + top * inner]);
+            }
+            None => dst_top.fill(T::default()),
+        }
+        dst_mid.copy_from_slice(&x[o * h * inner..(o + 1) * h * inner]);
+        match &below {
+            // The band below sent its first `bottom` rows in the first part of its payload.
+            Some(p) => {
+                let start = o * bottom * inner;
+                dst_bottom.copy_from_slice(&p[start..start + bottom * inner]);
+            }
+            None => dst_bottom.fill(T::default()),
+        }
+    }
+    Ok(())
+}
+
+/// `DfcStatsAllReduce`: `g` = mean over the group of every rank's `s` (elementwise, summed in
+/// f64 in band order, so every rank gets the same bits). Stale: paper Eq. 2 (module docs).
+pub fn stats_all_reduce(
+    ctx: &RankContext,
+    slot: u32,
+    s: &[f32],
+    g: &mut [f32],
+) -> Result<(), ExchangeError> {
+    if s.len() != g.len() {
+        return Err(ExchangeError::Shape {
+            op: STATS,
+            slot,
+            reason: format!("input has {} elements, output {}", s.len(), g.len()),
+        });
+    }
+    let n = ctx.group_size();
+    if n == 1 {
+        g.copy_from_slice(s);
+        return Ok(());
+    }
+    let call = ctx.next_call(slot);
+    let all: Vec<usize> = (0..n).collect();
+    let got = ctx.comm.exchange(call, Payload::F32(s.to_vec()), &all)?;
+    let parts: Vec<&[f32]> = got
+        .iter()
+        .enumerate()
+        .map(|(q, p)| payload_of::<f32>(STATS, slot, q, p, s.len()))
+        .collect::<Result<_, _>>()?;
+    for (i, out) in g.iter_mut().enumerate() {
+        let sum: f64 = parts.iter().map(|p| f64::from(p[i])).sum();
+        *out = (sum / n as f64) as f32;
+    }
+    if !call.fresh {
+        // Corrected stale statistics: replace this band's stale contribution by its fresh one.
+        let own_old = parts[ctx.rank()];
+        for ((out, &fresh), &old) in g.iter_mut().zip(s).zip(own_old) {
+            *out += (fresh - old) / n as f32;
+        }
+        if s.len().is_multiple_of(2) {
+            for (pair, local) in g.chunks_exact_mut(2).zip(s.chunks_exact(2)) {
+                if pair[1] - pair[0] * pair[0] < 0.0 {
+                    pair.copy_from_slice(local);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `DfcPatchAllGather`: `y` = every band's `x` concatenated along `axis` in band order. `x` has
+/// `shape`; `y` has [`gather_output_shape`].
+pub fn patch_all_gather<T: Element>(
+    ctx: &RankContext,
+    slot: u32,
+    shape: &[usize],
+    axis: usize,
+    x: &[T],
+    y: &mut [T],
+) -> Result<(), ExchangeError> {
+    check_axis(GATHER, slot, shape, axis)?;
+    check_len(GATHER, slot, "the input", shape, x.len())?;
+    let (n, r) = (ctx.group_size(), ctx.rank());
+    check_len(
+        GATHER,
+        slot,
+        "the output",
+        &gather_output_shape(shape, axis, n),
+        y.len(),
+    )?;
+    if n == 1 {
+        y.copy_from_slice(x);
+        return Ok(());
+    }
+    let call = ctx.next_call(slot);
+    let peers: Vec<usize> = (0..n).filter(|&q| q != r).collect();
+    let got = ctx
+        .comm
+        .exchange(call, T::into_payload(x.to_vec()), &peers)?;
+    let parts: Vec<&[T]> = peers
+        .iter()
+        .zip(&got)
+        .map(|(&q, p)| payload_of::<T>(GATHER, slot, q, p, x.len()))
+        .collect::<Result<_, _>>()?;
+    let (outer, h, inner) = split_dims(shape, axis);
+    let block = h * inner;
+    for o in 0..outer {
+        for q in 0..n {
+            let src = if q == r {
+                x
+            } else {
+                parts[if q < r { q } else { q - 1 }]
+            };
+            let dst = (o * n + q) * block;
+            y[dst..dst + block].copy_from_slice(&src[o * block..(o + 1) * block]);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::thread;
+    use std::time::Duration;
+
+    use crate::runtime::Rng;
+
+    /// Runs `f(ctx)` on `n` rank threads of one group for `steps` steps; returns the results per
+    /// rank and step.
+    fn on_ranks<R: Send>(
+        n: usize,
+        steps: u64,
+        stale_after: Option<u64>,
+        f: impl Fn(&RankContext, u64) -> R + Sync,
+    ) -> Vec<Vec<R>> {
+        let comm = Arc::new(Communicator::new(n));
+        thread::scope(|s| {
+            let handles: Vec<_> = (0..n)
+                .map(|rank| {
+                    let ctx = RankContext::new(comm.clone(), rank);
+                    let f = &f;
+                    s.spawn(move || {
+                        (0..steps)
+                            .map(|step| {
+                                ctx.begin_step(step, stale_after.is_some_and(|w| step > w));
+                                let r = f(&ctx, step);
+                                ctx.end_step();
+                                r
+                            })
+                            .collect::<Vec<R>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("rank thread"))
+                .collect()
+        })
+    }
+
+    /// Full tensor [2, 8, 3] with value 100·o + 10·row + col; bands of 2 rows on axis 1.
+    fn full(step: u64) -> Vec<f32> {
+        let mut v = Vec::new();
+        for o in 0..2 {
+            for row in 0..8 {
+                for c in 0..3 {
+                    v.push((100 * o + 10 * row + c) as f32 + 1000.0 * step as f32);
+                }
+            }
+        }
+        v
+    }
+
+    fn band(full: &[f32], n: usize, r: usize) -> Vec<f32> {
+        let (h, inner) = (8 / n, 3);
+        let mut v = Vec::new();
+        for o in 0..2 {
+            let base = o * 8 * inner + r * h * inner;
+            v.extend_from_slice(&full[base..base + h * inner]);
+        }
+        v
+    }
+
+    /// Expected halo output computed by hand from the full tensor: rows r·h−top … (r+1)·h+bottom,
+    /// zeros outside 0..8.
+    fn expected_halo(full: &[f32], n: usize, r: usize, top: usize, bottom: usize) -> Vec<f32> {
+        let h = 8 / n;
+        let mut v = Vec::new();
+        for o in 0..2 {
+            for row in (r * h) as i64 - top as i64..((r + 1) * h + bottom) as i64 {
+                for c in 0..3 {
+                    v.push(if (0..8).contains(&row) {
+                        full[o * 24 + row as usize * 3 + c]
+                    } else {
+                        0.0
+                    });
+                }
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn halo_matches_rows_of_the_full_tensor_with_zero_edges() {
+        for (n, top, bottom) in [(4, 1, 1), (4, 2, 0), (2, 1, 2), (1, 1, 1), (8, 1, 0)] {
+            let got = on_ranks(n, 1, None, |ctx, step| {
+                let x = band(&full(step), n, ctx.rank());
+                let shape = [2, 8 / n, 3];
+                let mut y = vec![f32::NAN; 2 * (8 / n + top + bottom) * 3];
+                halo_exchange(
+                    ctx,
+                    0,
+                    Halo {
+                        axis: 1,
+                        top,
+                        bottom,
+                    },
+                    &shape,
+                    &x,
+                    &mut y,
+                )
+                .expect("halo");
+                y
+            });
+            for (r, per_step) in got.iter().enumerate() {
+                assert_eq!(
+                    per_step[0],
+                    expected_halo(&full(0), n, r, top, bottom),
+                    "n {n} rank {r} top {top} bottom {bottom}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn halo_in_f16() {
+        let n = 2;
+        let got = on_ranks(n, 1, None, |ctx, _| {
+            let x: Vec<f16> = band(&full(0), n, ctx.rank())
+                .into_iter()
+                .map(f16::from_f32)
+                .collect();
+            let mut y = vec![f16::NAN; 2 * 6 * 3];
+            halo_exchange(
+                ctx,
+                0,
+                Halo {
+                    axis: 1,
+                    top: 1,
+                    bottom: 1,
+                },
+                &[2, 4, 3],
+                &x,
+                &mut y,
+            )
+            .expect("halo");
+            y.into_iter().map(f16::to_f32).collect::<Vec<f32>>()
+        });
+        for (r, per_step) in got.iter().enumerate() {
+            assert_eq!(per_step[0], expected_halo(&full(0), n, r, 1, 1));
+        }
+    }
+
+    #[test]
+    fn halo_larger_than_the_band_is_an_error() {
+        let comm = Arc::new(Communicator::new(1));
+        let ctx = RankContext::new(comm, 0);
+        let mut y = vec![0f32; 6];
+        let err = halo_exchange(
+            &ctx,
+            3,
+            Halo {
+                axis: 0,
+                top: 3,
+                bottom: 1,
+            },
+            &[2, 1],
+            &[1.0, 2.0],
+            &mut y,
+        )
+        .expect_err("too big");
+        assert!(err.to_string().contains("larger than the band"), "{err}");
+    }
+
+    #[test]
+    fn stats_is_the_group_mean_on_every_rank() {
+        let n = 4;
+        let got = on_ranks(n, 3, None, |ctx, step| {
+            let r = ctx.rank() as f32;
+            let s = vec![r, 10.0 * r + step as f32, -r];
+            let mut g = vec![0f32; 3];
+            stats_all_reduce(ctx, 9, &s, &mut g).expect("stats");
+            g
+        });
+        for per_step in &got {
+            for (step, g) in per_step.iter().enumerate() {
+                // mean of 0..4 = 1.5
+                assert_eq!(g, &vec![1.5, 15.0 + step as f32, -1.5]);
+            }
+        }
+    }
+
+    #[test]
+    fn gather_concatenates_bands_in_order() {
+        for n in [1, 2, 4, 8] {
+            let got = on_ranks(n, 2, None, |ctx, step| {
+                let x = band(&full(step), n, ctx.rank());
+                let mut y = vec![f32::NAN; 48];
+                patch_all_gather(ctx, 2, &[2, 8 / n, 3], 1, &x, &mut y).expect("gather");
+                y
+            });
+            for per_step in &got {
+                for (step, y) in per_step.iter().enumerate() {
+                    assert_eq!(y, &full(step as u64), "n {n}");
+                }
+            }
+        }
+    }
+
+    /// One rank graph's worth of exchanges per step: halo, stats, gather, halo, on bands of a
+    /// step-dependent tensor.
+    fn pipeline(ctx: &RankContext, step: u64, n: usize, delay: Option<u64>) -> Vec<f32> {
+        let mut rng = delay.map(|seed| Rng::new(seed ^ (ctx.rank() as u64 * 7919) ^ step));
+        let mut pause = || {
+            if let Some(rng) = rng.as_mut() {
+                let us = (rng.uniform() * 300.0) as u64;
+                thread::sleep(Duration::from_micros(us));
+            }
+        };
+        let x = band(&full(step), n, ctx.rank());
+        let h = 8 / n;
+        let mut out = Vec::new();
+        pause();
+        let mut y = vec![0f32; 2 * (h + 2) * 3];
+        halo_exchange(
+            ctx,
+            0,
+            Halo {
+                axis: 1,
+                top: 1,
+                bottom: 1,
+            },
+            &[2, h, 3],
+            &x,
+            &mut y,
+        )
+        .expect("halo");
+        out.extend_from_slice(&y);
+        pause();
+        let mut g = vec![0f32; 2];
+        stats_all_reduce(ctx, 1, &x[..2], &mut g).expect("stats");
+        out.extend_from_slice(&g);
+        pause();
+        let mut z = vec![0f32; 48];
+        patch_all_gather(ctx, 2, &[2, h, 3], 1, &x, &mut z).expect("gather");
+        out.extend_from_slice(&z);
+        pause();
+        let mut w = vec![0f32; 2 * (h + 1) * 3];
+        halo_exchange(
+            ctx,
+            3,
+            Halo {
+                axis: 1,
+                top: 0,
+                bottom: 1,
+            },
+            &[2, h, 3],
+            &x,
+            &mut w,
+        )
+        .expect("halo");
+        out.extend_from_slice(&w);
+        out
+    }
+
+    #[test]
+    fn random_delays_give_the_same_results_as_none() {
+        for stale_after in [None, Some(2)] {
+            let n = 4;
+            let plain = on_ranks(n, 12, stale_after, |ctx, step| pipeline(ctx, step, n, None));
+            for seed in 1..4 {
+                let delayed = on_ranks(n, 12, stale_after, |ctx, step| {
+                    pipeline(ctx, step, n, Some(seed))
+                });
+                assert_eq!(plain, delayed, "seed {seed}, stale after {stale_after:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn eight_ranks_many_steps_do_not_deadlock() {
+        let n = 8;
+        let steps = 400;
+        let got = on_ranks(n, steps, Some(4), |ctx, step| {
+            let out = pipeline(ctx, step, n, None);
+            out.iter().map(|&v| f64::from(v)).sum::<f64>()
+        });
+        assert_eq!(got.len(), n);
+        assert!(got.iter().all(|per_step| per_step.len() == steps as usize));
+    }
+
+    #[test]
+    fn stale_steps_read_the_previous_steps_context() {
+        let n = 2;
+        // Stale from step 2 on: neighbours' halo rows and gathered bands come from step − 1.
+        let got = on_ranks(n, 5, Some(1), |ctx, step| {
+            let x = band(&full(step), n, ctx.rank());
+            let mut y = vec![0f32; 2 * 6 * 3];
+            halo_exchange(
+                ctx,
+                0,
+                Halo {
+                    axis: 1,
+                    top: 1,
+                    bottom: 1,
+                },
+                &[2, 4, 3],
+                &x,
+                &mut y,
+            )
+            .expect("halo");
+            let mut z = vec![0f32; 48];
+            patch_all_gather(ctx, 1, &[2, 4, 3], 1, &x, &mut z).expect("gather");
+            (y, z)
+        });
+        for (r, per_step) in got.iter().enumerate() {
+            for (step, (y, z)) in per_step.iter().enumerate() {
+                let step = step as u64;
+                let context = if step >= 2 { step - 1 } else { step };
+                let mut want_y = expected_halo(&full(context), n, r, 1, 1);
+                // Own rows always fresh.
+                let own = expected_halo(&full(step), n, r, 0, 0);
+                for o in 0..2 {
+                    want_y[o * 18 + 3..o * 18 + 15].copy_from_slice(&own[o * 12..o * 12 + 12]);
+                }
+                if r == 0 {
+                    for o in 0..2 {
+                        want_y[o * 18..o * 18 + 3].fill(0.0);
+                    }
+                } else {
+                    for o in 0..2 {
+                        want_y[o * 18 + 15..o * 18 + 18].fill(0.0);
+                    }
+                }
+                assert_eq!(y, &want_y, "rank {r} step {step}");
+                let mut want_z = full(context);
+                for o in 0..2 {
+                    let base = o * 24 + r * 12;
+                    want_z[base..base + 12].copy_from_slice(&full(step)[base..base + 12]);
+                }
+                assert_eq!(z, &want_z, "rank {r} step {step}");
+            }
+        }
+    }
+
+    #[test]
+    fn stale_stats_are_corrected_by_the_fresh_local_part() {
+        let n = 2;
+        let got = on_ranks(n, 4, Some(1), |ctx, step| {
+            // (mean, mean of squares) pairs that keep the variance positive.
+            let r = ctx.rank() as f32;
+            let s = vec![r + step as f32, 100.0 + r + step as f32];
+            let mut g = vec![0f32; 2];
+            stats_all_reduce(ctx, 0, &s, &mut g).expect("stats");
+            g
+        });
+        for (r, per_step) in got.iter().enumerate() {
+            for (step, g) in per_step.iter().enumerate() {
+                let t = step as f32;
+                let r = r as f32;
+                let want = if step >= 2 {
+                    // mean(step−1) + fresh − stale own
+                    let stale_mean = 0.5 + (t - 1.0);
+                    let m = stale_mean + (r + t - (r + t - 1.0)) / 2.0;
+                    vec![m, m + 100.0]
+                } else {
+                    vec![0.5 + t, 100.5 + t]
+                };
+                assert_eq!(g, &want, "rank {r} step {step}");
+            }
+        }
+    }
+}

@@ -1,0 +1,318 @@
+//! The exchange operators as ONNX Runtime custom operators (domain `dfc`), through `ort`'s
+//! custom-operator API.
+//!
+//! Each session registers its own [`operator_domain`], bound to the [`RankContext`] of the rank
+//! it runs; the kernels read `slot`, `axis`, `top` and `bottom` from the node and call the
+//! backend-independent semantics of [`super::exchange`]. Registered element types: f32 and f16
+//! for `DfcHaloExchange` and `DfcPatchAllGather`, f32 for `DfcStatsAllReduce`.
+//!
+//! A kernel never panics into ONNX Runtime (a panic across the C boundary would abort the
+//! process): panics are caught and returned as errors.
+
+use std::marker::PhantomData;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use half::f16;
+use ort::operator::{
+    BoxedKernel, ComputeContext, KernelContext, Operator, OperatorDomain, OperatorInput,
+    OperatorOutput, ShapeInferenceContext,
+};
+use ort::value::{PrimitiveTensorElementType, Shape, TensorElementType, ValueType};
+
+use super::exchange::{
+    Element, Halo, RankContext, gather_output_shape, halo_exchange, halo_output_shape,
+    patch_all_gather, stats_all_reduce,
+};
+
+/// The ONNX domain of the exchange operators.
+pub const DOMAIN: &str = "dfc";
+
+/// An operator domain `dfc` with every exchange operator bound to `ctx`. Register one per
+/// session (`SessionBuilder::with_operators`).
+pub fn operator_domain(ctx: Arc<RankContext>) -> ort::Result<OperatorDomain> {
+    OperatorDomain::new(DOMAIN)?
+        .add(HaloOp::<f32>::new(ctx.clone()))?
+        .add(HaloOp::<f16>::new(ctx.clone()))?
+        .add(StatsOp { ctx: ctx.clone() })?
+        .add(GatherOp::<f32>::new(ctx.clone()))?
+        .add(GatherOp::<f16>::new(ctx))
+}
+
+/// Element types an exchange kernel can be registered for.
+pub trait KernelElement: Element + PrimitiveTensorElementType {}
+impl KernelElement for f32 {}
+impl KernelElement for f16 {}
+
+fn ty<T: KernelElement>() -> TensorElementType {
+    T::into_tensor_element_type()
+}
+
+/// A required integer attribute; the error names the node.
+fn int_attr(k: &KernelContext<'_>, op: &str, node: &str, name: &str) -> ort::Result<i64> {
+    k.get::<i64>(name).ok_or_else(|| {
+        ort::Error::new(format!(
+            "{op} node `{node}` has no integer attribute `{name}`"
+        ))
+    })
+}
+
+/// A non-negative integer attribute (defaults to `default` when given).
+fn usize_attr(
+    k: &KernelContext<'_>,
+    op: &str,
+    node: &str,
+    name: &str,
+    default: Option<i64>,
+) -> ort::Result<usize> {
+    let v = match (k.get::<i64>(name), default) {
+        (Some(v), _) => v,
+        (None, Some(d)) => d,
+        (None, None) => int_attr(k, op, node, name)?,
+    };
+    usize::try_from(v).map_err(|_| {
+        ort::Error::new(format!(
+            "{op} node `{node}`: attribute `{name}` = {v} must be ≥ 0"
+        ))
+    })
+}
+
+fn slot_attr(k: &KernelContext<'_>, op: &str, node: &str) -> ort::Result<u32> {
+    let v = int_attr(k, op, node, "slot")?;
+    u32::try_from(v)
+        .map_err(|_| ort::Error::new(format!("{op} node `{node}`: slot {v} is out of range")))
+}
+
+/// Runs `f`, turning a panic into an error.
+fn guarded(node: &str, f: impl FnOnce() -> ort::Result<()>) -> ort::Result<()> {
+    std::panic::catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        let msg = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        Err(ort::Error::new(format!(
+            "exchange node `{node}` panicked: {msg}"
+        )))
+    })
+}
+
+fn dims(shape: &Shape, node: &str) -> ort::Result<Vec<usize>> {
+    shape
+        .iter()
+        .map(|&d| {
+            usize::try_from(d).map_err(|_| {
+                ort::Error::new(format!("node `{node}`: input has a negative dim {d}"))
+            })
+        })
+        .collect()
+}
+
+/// Sets output 0 to input 0's element type with `f` applied to its dims (unknown dims stay -1).
+fn infer_from_input(
+    ctx: &mut ShapeInferenceContext,
+    f: impl Fn(usize, i64) -> i64,
+) -> ort::Result<()> {
+    let Some(ValueType::Tensor {
+        ty,
+        shape,
+        dimension_symbols,
+    }) = ctx.inputs().into_iter().next()
+    else {
+        return Ok(());
+    };
+    let shape = Shape::new(
+        shape
+            .iter()
+            .enumerate()
+            .map(|(i, &d)| if d < 0 { d } else { f(i, d) }),
+    );
+    ctx.set_output(
+        0,
+        &ValueType::Tensor {
+            ty,
+            shape,
+            dimension_symbols,
+        },
+    )
+}
+
+/// `DfcHaloExchange(x) -> y`.
+struct HaloOp<T> {
+    ctx: Arc<RankContext>,
+    _t: PhantomData<T>,
+}
+
+impl<T> HaloOp<T> {
+    fn new(ctx: Arc<RankContext>) -> Self {
+        Self {
+            ctx,
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T: KernelElement> Operator for HaloOp<T> {
+    type Kernel<'a> = BoxedKernel<'a>;
+
+    fn name(&self) -> &str {
+        "DfcHaloExchange"
+    }
+
+    fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
+        [OperatorInput::required(ty::<T>())]
+    }
+
+    fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
+        [OperatorOutput::required(ty::<T>())]
+    }
+
+    fn create_kernel<'a>(&self, k: &KernelContext<'a>) -> ort::Result<BoxedKernel<'a>> {
+        let node = k.node_name()?;
+        let op = self.name();
+        let slot = slot_attr(k, op, &node)?;
+        let axis = usize_attr(k, op, &node, "axis", None)?;
+        let top = usize_attr(k, op, &node, "top", Some(0))?;
+        let bottom = usize_attr(k, op, &node, "bottom", Some(0))?;
+        let ctx = self.ctx.clone();
+        Ok(Box::new(move |c: &ComputeContext| {
+            guarded(&node, || {
+                let x = c
+                    .input(0)?
+                    .ok_or_else(|| ort::Error::new("missing input"))?;
+                let (shape, xs) = x.try_extract_tensor::<T>()?;
+                let shape = dims(shape, &node)?;
+                if axis >= shape.len() {
+                    return Err(ort::Error::new(format!(
+                        "node `{node}`: axis {axis} is outside the input's shape {shape:?}"
+                    )));
+                }
+                let halo = Halo { axis, top, bottom };
+                let out = halo_output_shape(&shape, halo);
+                let mut y = c
+                    .output(0, out.iter().map(|&d| d as i64).collect::<Vec<_>>())?
+                    .ok_or_else(|| ort::Error::new("missing output"))?;
+                let (_, ys) = y.try_extract_tensor_mut::<T>()?;
+                halo_exchange(&ctx, slot, halo, &shape, xs, ys)
+                    .map_err(|e| ort::Error::new(format!("node `{node}`: {e}")))
+            })
+        }))
+    }
+
+    fn infer_shape(&self, ctx: &mut ShapeInferenceContext) -> ort::Result<()> {
+        let axis = ctx.attr::<i64>("axis")?;
+        let extra = ctx.attr::<i64>("top").unwrap_or(0) + ctx.attr::<i64>("bottom").unwrap_or(0);
+        infer_from_input(ctx, |i, d| if i as i64 == axis { d + extra } else { d })
+    }
+}
+
+/// `DfcStatsAllReduce(s) -> g` (f32).
+struct StatsOp {
+    ctx: Arc<RankContext>,
+}
+
+impl Operator for StatsOp {
+    type Kernel<'a> = BoxedKernel<'a>;
+
+    fn name(&self) -> &str {
+        "DfcStatsAllReduce"
+    }
+
+    fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
+        [OperatorInput::required(TensorElementType::Float32)]
+    }
+
+    fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
+        [OperatorOutput::required(TensorElementType::Float32)]
+    }
+
+    fn create_kernel<'a>(&self, k: &KernelContext<'a>) -> ort::Result<BoxedKernel<'a>> {
+        let node = k.node_name()?;
+        let slot = slot_attr(k, self.name(), &node)?;
+        let ctx = self.ctx.clone();
+        Ok(Box::new(move |c: &ComputeContext| {
+            guarded(&node, || {
+                let s = c
+                    .input(0)?
+                    .ok_or_else(|| ort::Error::new("missing input"))?;
+                let (shape, ss) = s.try_extract_tensor::<f32>()?;
+                let mut g = c
+                    .output(0, shape.to_vec())?
+                    .ok_or_else(|| ort::Error::new("missing output"))?;
+                let (_, gs) = g.try_extract_tensor_mut::<f32>()?;
+                stats_all_reduce(&ctx, slot, ss, gs)
+                    .map_err(|e| ort::Error::new(format!("node `{node}`: {e}")))
+            })
+        }))
+    }
+
+    fn infer_shape(&self, ctx: &mut ShapeInferenceContext) -> ort::Result<()> {
+        infer_from_input(ctx, |_, d| d)
+    }
+}
+
+/// `DfcPatchAllGather(x) -> y`.
+struct GatherOp<T> {
+    ctx: Arc<RankContext>,
+    _t: PhantomData<T>,
+}
+
+impl<T> GatherOp<T> {
+    fn new(ctx: Arc<RankContext>) -> Self {
+        Self {
+            ctx,
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T: KernelElement> Operator for GatherOp<T> {
+    type Kernel<'a> = BoxedKernel<'a>;
+
+    fn name(&self) -> &str {
+        "DfcPatchAllGather"
+    }
+
+    fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
+        [OperatorInput::required(ty::<T>())]
+    }
+
+    fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
+        [OperatorOutput::required(ty::<T>())]
+    }
+
+    fn create_kernel<'a>(&self, k: &KernelContext<'a>) -> ort::Result<BoxedKernel<'a>> {
+        let node = k.node_name()?;
+        let op = self.name();
+        let slot = slot_attr(k, op, &node)?;
+        let axis = usize_attr(k, op, &node, "axis", None)?;
+        let ctx = self.ctx.clone();
+        Ok(Box::new(move |c: &ComputeContext| {
+            guarded(&node, || {
+                let x = c
+                    .input(0)?
+                    .ok_or_else(|| ort::Error::new("missing input"))?;
+                let (shape, xs) = x.try_extract_tensor::<T>()?;
+                let shape = dims(shape, &node)?;
+                if axis >= shape.len() {
+                    return Err(ort::Error::new(format!(
+                        "node `{node}`: axis {axis} is outside the input's shape {shape:?}"
+                    )));
+                }
+                let out = gather_output_shape(&shape, axis, ctx.group_size());
+                let mut y = c
+                    .output(0, out.iter().map(|&d| d as i64).collect::<Vec<_>>())?
+                    .ok_or_else(|| ort::Error::new("missing output"))?;
+                let (_, ys) = y.try_extract_tensor_mut::<T>()?;
+                patch_all_gather(&ctx, slot, &shape, axis, xs, ys)
+                    .map_err(|e| ort::Error::new(format!("node `{node}`: {e}")))
+            })
+        }))
+    }
+
+    fn infer_shape(&self, ctx: &mut ShapeInferenceContext) -> ort::Result<()> {
+        let axis = ctx.attr::<i64>("axis")?;
+        let n = self.ctx.group_size() as i64;
+        infer_from_input(ctx, |i, d| if i as i64 == axis { d * n } else { d })
+    }
+}

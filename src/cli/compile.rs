@@ -1,0 +1,105 @@
+//! `dfc compile`: partition a UNet into per-GPU band graphs and write a plan folder.
+//!
+//! `dfc compile MODEL --gpus N [--batch B --height H --width W --dim NAME=V …] [--mode
+//! sync|displaced|naive] [--warmup K] [--split-batch] [--dump-after PASS] [--timings] -o PLAN`.
+//! Sizes are those of the whole batch and image (latent elements); with `--split-batch` each
+//! CFG group runs half the batch on N/2 GPUs. `--dump-after PASS` prints the IR after that pass
+//! of the `compile` pipeline (and, after `partition`, every node's layouts) and writes nothing.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use super::specialize::SizeArgs;
+use crate::emit::{CompileOptions, compile};
+use crate::plan::Mode;
+
+/// Arguments of `dfc compile`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// The ONNX UNet to partition.
+    pub model: PathBuf,
+    /// Number of GPUs (ranks).
+    #[arg(long)]
+    pub gpus: usize,
+    #[command(flatten)]
+    pub sizes: SizeArgs,
+    /// How stale exchanged context may be.
+    #[arg(long, value_enum, default_value = "displaced")]
+    pub mode: Mode,
+    /// Synchronous steps after step 0 in displaced mode.
+    #[arg(long, default_value_t = 4)]
+    pub warmup: u32,
+    /// Put the two classifier-free-guidance halves of the batch on two groups of GPUs.
+    #[arg(long)]
+    pub split_batch: bool,
+    /// Print the IR after this pass and stop (nothing is written).
+    #[arg(long, value_name = "PASS")]
+    pub dump_after: Option<String>,
+    /// Print how long each pass took.
+    #[arg(long)]
+    pub timings: bool,
+    /// The plan folder to write.
+    #[arg(short, long)]
+    pub output: PathBuf,
+}
+
+/// Runs the command.
+pub fn run(args: &Args) -> Result<()> {
+    let opts = CompileOptions {
+        model: args.model.clone(),
+        output: args.output.clone(),
+        gpus: args.gpus,
+        sizes: args.sizes.options()?,
+        mode: args.mode,
+        warmup: args.warmup,
+        split_batch: args.split_batch,
+        dump_after: args.dump_after.clone(),
+    };
+    let report = compile(&opts)?;
+    let mut warnings = report.warnings.clone();
+    warnings.dedup();
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    if let Some((pass, dump)) = &report.dump {
+        println!("--- graph after `{pass}` ---");
+        print!("{dump}");
+    }
+    if args.timings {
+        for t in &report.timings {
+            println!(
+                "{:>16} {:>9.3} ms{}",
+                t.pass,
+                t.duration.as_secs_f64() * 1e3,
+                if t.changed { "" } else { "  (no change)" }
+            );
+        }
+        if report.plan.is_some() {
+            println!("{:>16} {:>9.3} ms", "emit", report.emit_seconds * 1e3);
+        }
+    }
+    if let Some(plan) = &report.plan {
+        let max = plan.bytes_per_step.iter().max().copied().unwrap_or(0);
+        let count = |k| plan.exchanges.iter().filter(|e| e.kind == k).count();
+        use crate::plan::ExchangeKind::*;
+        println!(
+            "compiled {} for {} GPU(s) ({:?}{}) -> {}: {} exchanges ({} halo, {} stats, {} gather), at most {} bytes received per rank per step",
+            args.model.display(),
+            plan.world_size,
+            plan.mode,
+            if plan.split_batch {
+                ", split batch"
+            } else {
+                ""
+            },
+            args.output.display(),
+            plan.exchanges.len(),
+            count(Halo),
+            count(Stats),
+            count(Gather),
+            max
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,659 @@
+//! The compiler driver and plan emission: load a model, run the `compile` pipeline, and write a
+//! plan folder (DESIGN §4): `rank{i}.onnx` for every rank, one shared weights file, and
+//! `plan.json` ([`crate::plan::Plan`]).
+//!
+//! Weights are written once: every initializer larger than [`EXTERNAL_THRESHOLD`] bytes goes
+//! into `weights.bin` (offsets aligned to [`ALIGN`]) and every rank graph references it through
+//! ONNX external data; tensors that were already external in the source keep their file, shared
+//! into the plan folder by hard link. Rank graphs differ only in their per-band constants.
+//!
+//! **Invariant:** a plan folder is written atomically: everything is built in a temporary folder
+//! next to the target and renamed into place; on any error nothing is left. An existing folder
+//! is replaced only when it is empty or holds a dfc plan.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow, bail};
+use sha2::{Digest, Sha256};
+
+use crate::cli::Internal;
+use crate::ir::{Dim, Graph, TensorType};
+use crate::onnx::proto::{StringStringEntryProto, TensorProto, tensor_proto::DataLocation};
+use crate::onnx::{self, ExternalData, ExternalStore};
+use crate::passes::localize::{BandConstant, LocalGraph, band_of};
+use crate::passes::partition::{BAND_AXIS, PartitionError};
+use crate::passes::specialize::{SpecializeError, SpecializeOptions};
+use crate::passes::{PartitionOptions, PassContext, PassError, PassManager, PassTiming};
+use crate::plan::{
+    ExchangeKind, ExchangeSpec, Layout as IoLayout, Mode, PLAN_FILE, PLAN_FORMAT, Plan, RankSpec,
+    TensorSpec,
+};
+use crate::tensor::Tensor;
+
+/// Initializers larger than this many bytes go to the shared weights file.
+pub const EXTERNAL_THRESHOLD: usize = 1024;
+/// Alignment of every tensor in the shared weights file.
+pub const ALIGN: u64 = 4096;
+/// Name of the shared weights file.
+pub const WEIGHTS_FILE: &str = "weights.bin";
+
+/// What to compile.
+#[derive(Clone, Debug)]
+pub struct CompileOptions {
+    pub model: PathBuf,
+    pub output: PathBuf,
+    /// World size (GPUs).
+    pub gpus: usize,
+    /// Sizes; `batch` is the full batch (both CFG halves).
+    pub sizes: SpecializeOptions,
+    pub mode: Mode,
+    pub warmup: u32,
+    pub split_batch: bool,
+    /// Stop after this pass and return its dump; nothing is written.
+    pub dump_after: Option<String>,
+}
+
+/// What a compilation did.
+#[derive(Debug, Default)]
+pub struct CompileReport {
+    pub timings: Vec<PassTiming>,
+    /// `(pass, dump)` when `dump_after` was given.
+    pub dump: Option<(String, String)>,
+    /// The plan written (absent when stopped early).
+    pub plan: Option<Plan>,
+    pub emit_seconds: f64,
+    pub warnings: Vec<String>,
+}
+
+/// A compiled local graph, ready to emit.
+pub struct Compiled {
+    pub graph: Graph,
+    pub local: LocalGraph,
+    pub store: ExternalStore,
+    pub src_dir: PathBuf,
+    /// Input types of the source model before specialization, by name.
+    pub original_inputs: HashMap<String, TensorType>,
+    pub original_outputs: HashMap<String, TensorType>,
+}
+
+fn user_error(e: PassError) -> anyhow::Error {
+    match e {
+        PassError::Failed { pass, error } => {
+            if error.is::<SpecializeError>() || error.is::<PartitionError>() {
+                return error;
+            }
+            if matches!(pass, "check-local") || error.to_string().starts_with("internal") {
+                return Internal(format!("pass `{pass}`: {error:#}")).into();
+            }
+            anyhow::Error::new(PassError::Failed { pass, error })
+        }
+        PassError::Verify { .. } => Internal(e.to_string()).into(),
+        other => other.into(),
+    }
+}
+
+/// Runs the `compile` pipeline on `opts.model`. Returns the report and, unless stopped early by
+/// `dump_after`, the local graph.
+pub fn compile_graph(opts: &CompileOptions) -> Result<(CompileReport, Option<Compiled>)> {
+    if opts.gpus == 0 {
+        bail!("--gpus must be at least 1");
+    }
+    let mut sizes = opts.sizes.clone();
+    let n = if opts.split_batch {
+        if !opts.gpus.is_multiple_of(2) {
+            bail!(
+                "--split-batch puts the two CFG halves on two groups of GPUs: --gpus must be even, not {}",
+                opts.gpus
+            );
+        }
+        let Some(b) = sizes.batch else {
+            bail!("--split-batch needs --batch (the full batch, both CFG halves)");
+        };
+        if b % 2 != 0 {
+            bail!("--split-batch needs an even batch, not {b}");
+        }
+        sizes.batch = Some(b / 2);
+        opts.gpus / 2
+    } else {
+        opts.gpus
+    };
+    let model = onnx::load(&opts.model)?;
+    let src_dir = model.dir.clone();
+    let store = model.external_store();
+    let mut graph = Graph::from_model(model.proto)
+        .with_context(|| format!("{} is not a well-formed graph", opts.model.display()))?;
+    let types = |g: &Graph, vs: &[crate::ir::ValueId]| -> HashMap<String, TensorType> {
+        vs.iter()
+            .filter_map(|&v| {
+                g.value(v)
+                    .tensor_type()
+                    .map(|t| (g.value(v).name.clone(), t.clone()))
+            })
+            .collect()
+    };
+    let original_inputs = types(&graph, &graph.inputs);
+    let original_outputs = types(&graph, &graph.outputs);
+    let mut cx = PassContext::new(store.clone());
+    cx.specialize = sizes;
+    cx.partition_options = PartitionOptions { n, mode: opts.mode };
+    let mut pm = PassManager::pipeline("compile")?;
+    if let Some(p) = &opts.dump_after {
+        pm = pm.dump_after(p)?.stop_after(p)?;
+    }
+    let run = pm.run(&mut graph, &mut cx).map_err(user_error)?;
+    let mut report = CompileReport {
+        timings: run.timings,
+        warnings: cx.diagnostics.warnings.clone(),
+        ..Default::default()
+    };
+    if let Some(pass) = run.stopped_after {
+        let mut dump = run
+            .dumps
+            .into_iter()
+            .next()
+            .map(|d| d.1)
+            .unwrap_or_default();
+        if pass == "partition"
+            && let Some(p) = &cx.partition
+        {
+            dump += "--- layouts ---\n";
+            dump += &p.dump(&graph);
+        }
+        report.dump = Some((pass.to_string(), dump));
+        return Ok((report, None));
+    }
+    let local = cx
+        .local
+        .take()
+        .ok_or_else(|| Internal("the compile pipeline produced no local graph".into()))?;
+    Ok((
+        report,
+        Some(Compiled {
+            graph,
+            local,
+            store,
+            src_dir,
+            original_inputs,
+            original_outputs,
+        }),
+    ))
+}
+
+/// Compiles `opts.model` and writes the plan folder `opts.output` (see the module docs).
+pub fn compile(opts: &CompileOptions) -> Result<CompileReport> {
+    let out_parent = match opts.output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if opts.dump_after.is_none() {
+        check_target(&opts.output, &out_parent)?;
+    }
+    let (mut report, compiled) = compile_graph(opts)?;
+    let Some(c) = compiled else {
+        return Ok(report);
+    };
+    let start = Instant::now();
+    let plan = emit(opts, &c, &out_parent)?;
+    report.emit_seconds = start.elapsed().as_secs_f64();
+    report.plan = Some(plan);
+    Ok(report)
+}
+
+fn check_target(target: &Path, parent: &Path) -> Result<()> {
+    if !parent.is_dir() {
+        bail!("output folder {} does not exist", parent.display());
+    }
+    if target.exists() {
+        if !target.is_dir() {
+            bail!(
+                "output {} exists and is not a folder; refusing to overwrite it",
+                target.display()
+            );
+        }
+        let empty = fs::read_dir(target)
+            .with_context(|| format!("reading {}", target.display()))?
+            .next()
+            .is_none();
+        if !empty && !target.join(PLAN_FILE).is_file() {
+            bail!(
+                "output folder {} is not empty and holds no dfc plan; refusing to overwrite it",
+                target.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn sha256_of(path: &Path) -> Result<String> {
+    let mut f = fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let k = f.read(&mut buf)?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Appends tensors to the shared weights file at aligned offsets.
+struct WeightsWriter {
+    file: fs::File,
+    len: u64,
+    location: String,
+}
+
+impl WeightsWriter {
+    /// Moves `t`'s bytes to the file when it is larger than the threshold and stored inline.
+    fn externalize(&mut self, t: &mut TensorProto, store: &ExternalStore) -> Result<()> {
+        if ExternalData::of(t)?.is_some() {
+            return Ok(());
+        }
+        let bytes: Vec<u8> = match &t.raw_data {
+            Some(b) => b.to_vec(),
+            None => {
+                if !Tensor::supports(crate::ir::DataType(t.data_type())) {
+                    return Ok(());
+                }
+                let decoded = Tensor::from_proto(t, store)?;
+                decoded
+                    .to_proto("")
+                    .raw_data
+                    .map(|b| b.to_vec())
+                    .unwrap_or_default()
+            }
+        };
+        if bytes.len() <= EXTERNAL_THRESHOLD {
+            return Ok(());
+        }
+        let offset = self.len.div_ceil(ALIGN) * ALIGN;
+        if offset > self.len {
+            self.file
+                .write_all(&vec![0u8; (offset - self.len) as usize])?;
+        }
+        self.file.write_all(&bytes)?;
+        self.len = offset + bytes.len() as u64;
+        let entry = |k: &str, v: String| StringStringEntryProto {
+            key: Some(k.into()),
+            value: Some(v),
+        };
+        *t = TensorProto {
+            dims: t.dims.clone(),
+            data_type: t.data_type,
+            name: t.name.clone(),
+            doc_string: t.doc_string.clone(),
+            metadata_props: t.metadata_props.clone(),
+            data_location: Some(DataLocation::External as i32),
+            external_data: vec![
+                entry("location", self.location.clone()),
+                entry("offset", offset.to_string()),
+                entry("length", bytes.len().to_string()),
+            ],
+            ..Default::default()
+        };
+        Ok(())
+    }
+}
+
+fn elem_bytes(dtype: crate::ir::DataType) -> u64 {
+    dtype.bits().map(|b| (b / 8).max(1) as u64).unwrap_or(4)
+}
+
+fn numel(d: &[i64]) -> u64 {
+    d.iter().map(|&x| x.max(0) as u64).product()
+}
+
+/// Bytes each band receives per step through one exchange (indexed by band).
+pub fn bytes_received(e: &crate::passes::localize::Exchange, n: usize) -> Vec<u64> {
+    let eb = elem_bytes(e.dtype);
+    let n64 = n as u64;
+    (0..n)
+        .map(|band| match e.kind {
+            ExchangeKind::Halo => {
+                let axis = e.axis.unwrap_or(BAND_AXIS);
+                let row: u64 = e
+                    .input_shape
+                    .iter()
+                    .enumerate()
+                    .filter(|(k, _)| *k != axis)
+                    .map(|(_, &d)| d.max(0) as u64)
+                    .product();
+                let top = if band > 0 {
+                    e.top.unwrap_or(0) as u64
+                } else {
+                    0
+                };
+                let bottom = if band + 1 < n {
+                    e.bottom.unwrap_or(0) as u64
+                } else {
+                    0
+                };
+                (top + bottom) * row * eb
+            }
+            ExchangeKind::Stats => (n64 - 1) * numel(&e.input_shape) * eb,
+            ExchangeKind::Gather => (n64 - 1) * numel(&e.input_shape) * eb,
+        })
+        .collect()
+}
+
+fn static_dims(t: &TensorType) -> Vec<i64> {
+    t.shape
+        .as_ref()
+        .map(|d| d.iter().map(|x| x.fixed().unwrap_or(-1)).collect())
+        .unwrap_or_default()
+}
+
+/// Whether an I/O tensor's dim 0 is the batch the CFG halves split: the source declares it
+/// symbolic (bound to the half batch) or fixed to the full batch.
+fn batch_axis(original: Option<&TensorType>, local: &[i64], half: i64) -> Option<usize> {
+    let d0 = original?.shape.as_ref()?.first()?;
+    let is_batch = match d0 {
+        Dim::Fixed(v) => *v == 2 * half,
+        _ => local.first() == Some(&half),
+    };
+    is_batch.then_some(0)
+}
+
+fn emit(opts: &CompileOptions, c: &Compiled, parent: &Path) -> Result<Plan> {
+    let n = c.local.n;
+    let world = opts.gpus;
+    let groups = if opts.split_batch { 2 } else { 1 };
+    let tmp = tempfile::Builder::new()
+        .prefix(".dfc-plan-")
+        .tempdir_in(parent)
+        .with_context(|| format!("creating a temporary folder in {}", parent.display()))?;
+    let dir = tmp.path().to_path_buf();
+    // Shared weights: one file, every large inline initializer once.
+    let taken: Vec<String> = c
+        .graph
+        .value_ids()
+        .filter_map(|v| c.graph.value(v).init.as_ref())
+        .filter_map(|t| ExternalData::of(t).ok().flatten())
+        .map(|e| e.location)
+        .collect();
+    let mut location = WEIGHTS_FILE.to_string();
+    let mut k = 1;
+    while taken.contains(&location) {
+        location = format!("weights.{k}.bin");
+        k += 1;
+    }
+    let mut weights = WeightsWriter {
+        file: fs::File::create(dir.join(&location))?,
+        len: 0,
+        location: location.clone(),
+    };
+    let mut base = c.graph.clone();
+    let band_values: Vec<_> = c
+        .local
+        .band_constants
+        .iter()
+        .map(|b| match b {
+            BandConstant::Slice { value, .. } | BandConstant::Bound { value, .. } => *value,
+        })
+        .collect();
+    let ids: Vec<_> = base.value_ids().collect();
+    for v in ids {
+        if band_values.contains(&v) {
+            continue;
+        }
+        if let Some(mut t) = base.value(v).init.clone() {
+            weights.externalize(&mut t, &c.store)?;
+            base.value_mut(v).init = Some(t);
+        }
+    }
+    // Per-band constants, computed once per band.
+    let mut band_inits: Vec<Vec<(crate::ir::ValueId, TensorProto)>> = Vec::new();
+    for band in 0..n {
+        let mut inits = Vec::new();
+        for b in &c.local.band_constants {
+            let (value, mut t) = match b {
+                BandConstant::Slice {
+                    value,
+                    source,
+                    axis,
+                } => {
+                    let full = Tensor::from_proto(source, &c.store)?;
+                    (*value, band_of(&full, *axis, band, n)?.to_proto(""))
+                }
+                BandConstant::Bound { value, rows, end } => {
+                    let r = band as i64 + i64::from(*end);
+                    (*value, Tensor::from_i64s(&[r * rows]).to_proto(""))
+                }
+            };
+            t.name = Some(base.value(value).name.clone());
+            weights.externalize(&mut t, &c.store)?;
+            inits.push((value, t));
+        }
+        band_inits.push(inits);
+    }
+    weights.file.sync_all()?;
+    let wrote_weights = weights.len > 0;
+    drop(weights);
+    if !wrote_weights {
+        fs::remove_file(dir.join(&location))?;
+    }
+    let mut shared_from_source = false;
+    for rank in 0..world {
+        let band = rank % n;
+        let mut g = base.clone();
+        for (v, t) in &band_inits[band] {
+            g.value_mut(*v).init = Some(t.clone());
+        }
+        let proto = g
+            .to_model()
+            .map_err(|e| Internal(format!("writing rank {rank}: {e}")))?;
+        if rank == 0 && !taken.is_empty() {
+            // Only the source's own external files are shared (ours are already here).
+            let source_refs = crate::onnx::proto::GraphProto {
+                initializer: c
+                    .graph
+                    .value_ids()
+                    .filter_map(|v| c.graph.value(v).init.clone())
+                    .filter(|t| matches!(ExternalData::of(t), Ok(Some(_))))
+                    .collect(),
+                ..Default::default()
+            };
+            onnx::external::share_into(&source_refs, &c.src_dir, &dir)?;
+            shared_from_source = true;
+        }
+        onnx::save(&proto, &dir.join(format!("rank{rank}.onnx")))?;
+    }
+    // plan.json
+    let g = &c.graph;
+    let spatial = crate::passes::partition::spatial_input(g)
+        .ok_or_else(|| Internal("no spatial input".into()))?;
+    let sd = g
+        .value(spatial)
+        .tensor_type()
+        .and_then(|t| t.static_dims())
+        .ok_or_else(|| Internal("spatial input not static".into()))?;
+    let (hl, w) = (sd[BAND_AXIS], sd[BAND_AXIS + 1]);
+    let half = sd[0];
+    let full_batch = half * groups as i64;
+    let spec = |v: crate::ir::ValueId, original: &HashMap<String, TensorType>| -> TensorSpec {
+        let name = g.value(v).name.clone();
+        let t = g.value(v).tensor_type().cloned().unwrap_or(TensorType {
+            elem: crate::ir::DataType::UNDEFINED,
+            shape: None,
+        });
+        let local = static_dims(&t);
+        let band_axis = c.local.io_layouts.get(&name).and_then(|l| l.axis());
+        let group_axis = if opts.split_batch {
+            batch_axis(original.get(&name), &local, half)
+        } else {
+            None
+        };
+        let mut shape = local.clone();
+        if let Some(a) = band_axis {
+            shape[a] *= n as i64;
+        }
+        if let Some(a) = group_axis {
+            shape[a] *= 2;
+        }
+        TensorSpec {
+            name,
+            dtype: t.elem.name().to_string(),
+            shape,
+            local_shape: local,
+            layout: IoLayout {
+                band_axis,
+                group_axis,
+            },
+        }
+    };
+    let inputs: Vec<TensorSpec> = g
+        .inputs
+        .iter()
+        .filter(|&&v| g.value(v).init.is_none())
+        .map(|&v| spec(v, &c.original_inputs))
+        .collect();
+    let outputs: Vec<TensorSpec> = g
+        .outputs
+        .iter()
+        .map(|&v| spec(v, &c.original_outputs))
+        .collect();
+    let mut exchanges = Vec::new();
+    for e in &c.local.exchanges {
+        let per_band = bytes_received(e, n);
+        exchanges.push(ExchangeSpec {
+            slot: e.slot,
+            kind: e.kind,
+            node: e.node.clone(),
+            for_node: e.for_node.clone(),
+            dtype: e.dtype.name().to_string(),
+            input_shape: e.input_shape.clone(),
+            output_shape: e.output_shape.clone(),
+            axis: e.axis,
+            top: e.top,
+            bottom: e.bottom,
+            bytes_received: (0..world).map(|r| per_band[r % n]).collect(),
+        });
+    }
+    let bytes_per_step = (0..world)
+        .map(|r| exchanges.iter().map(|e| e.bytes_received[r]).sum())
+        .collect();
+    let plan = Plan {
+        format: PLAN_FORMAT,
+        source: opts.model.display().to_string(),
+        source_sha256: sha256_of(&opts.model)?,
+        mode: opts.mode,
+        warmup: opts.warmup,
+        world_size: world,
+        split_batch: opts.split_batch,
+        groups: (0..groups)
+            .map(|gi| (gi * n..(gi + 1) * n).collect())
+            .collect(),
+        ranks: (0..world)
+            .map(|r| {
+                let (group, band) = (r / n, r % n);
+                let batch = if opts.split_batch {
+                    [group as i64 * half, (group as i64 + 1) * half]
+                } else {
+                    [0, full_batch]
+                };
+                RankSpec {
+                    rank: r,
+                    group,
+                    band,
+                    file: format!("rank{r}.onnx"),
+                    rows: [band as i64 * hl, (band as i64 + 1) * hl],
+                    batch,
+                }
+            })
+            .collect(),
+        latent: [hl * n as i64, w],
+        weights: if wrote_weights {
+            Some(location)
+        } else if shared_from_source {
+            taken.first().cloned()
+        } else {
+            None
+        },
+        inputs,
+        outputs,
+        exchanges,
+        bytes_per_step,
+    };
+    plan.check()
+        .map_err(|e| Internal(format!("the emitted plan is inconsistent: {e}")))?;
+    let text = serde_json::to_string_pretty(&plan)?;
+    onnx::write_atomic(&dir.join(PLAN_FILE), text.as_bytes())?;
+    install(tmp, &opts.output)?;
+    Ok(plan)
+}
+
+/// Moves the finished temporary folder to `target`, replacing an existing plan.
+fn install(tmp: tempfile::TempDir, target: &Path) -> Result<()> {
+    let parent = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    check_target(target, &parent)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755))?;
+    }
+    let staged = tmp.keep();
+    let mut old = None;
+    if target.exists() {
+        let trash = tempfile::Builder::new()
+            .prefix(".dfc-old-")
+            .tempdir_in(&parent)?
+            .keep();
+        let slot = trash.join("plan");
+        fs::rename(target, &slot).map_err(|e| {
+            let _ = fs::remove_dir_all(&staged);
+            anyhow!("cannot move the old plan {} aside: {e}", target.display())
+        })?;
+        old = Some(trash);
+    }
+    if let Err(e) = fs::rename(&staged, target) {
+        let _ = fs::remove_dir_all(&staged);
+        if let Some(t) = &old {
+            let _ = fs::rename(t.join("plan"), target);
+            let _ = fs::remove_dir_all(t);
+        }
+        bail!("cannot move the plan into {}: {e}", target.display());
+    }
+    if let Some(t) = old {
+        let _ = fs::remove_dir_all(t);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::DataType;
+    use crate::passes::localize::Exchange;
+
+    #[test]
+    fn halo_bytes_count_one_side_at_the_edges() {
+        let e = Exchange {
+            slot: 0,
+            kind: ExchangeKind::Halo,
+            node: "c.halo".into(),
+            for_node: "c".into(),
+            dtype: DataType::FLOAT,
+            input_shape: vec![2, 4, 8, 16],
+            output_shape: vec![2, 4, 10, 16],
+            axis: Some(2),
+            top: Some(1),
+            bottom: Some(1),
+        };
+        let row = 2 * 4 * 16 * 4;
+        assert_eq!(bytes_received(&e, 4), vec![row, 2 * row, 2 * row, row]);
+        let s = Exchange {
+            kind: ExchangeKind::Stats,
+            input_shape: vec![2, 8, 2],
+            ..e.clone()
+        };
+        assert_eq!(bytes_received(&s, 4), vec![3 * 2 * 8 * 2 * 4; 4]);
+    }
+}

@@ -1,0 +1,532 @@
+//! Executing a plan folder on the CPU: one ONNX Runtime session per rank, each registering its
+//! own `dfc` operator domain bound to its [`RankContext`], all ranks run in lockstep on threads
+//! of this process and exchange through the in-process [`Communicator`] of their group.
+//!
+//! [`PlanExecutor::run_unet`] is one UNet evaluation on full-size tensors: each input is split
+//! per its [`Layout`] (the rank's band along `band_axis`, the group's half along `group_axis`,
+//! else whole), every rank runs one step, and the outputs are gathered back (bands concatenated
+//! within a group, halves across groups) under the original names.
+//!
+//! **Invariant:** every session executes its nodes sequentially, so each rank reaches its
+//! exchanges in one fixed order; the communicator checks that the order agrees across ranks.
+//! A failing rank poisons every communicator, so the others return instead of waiting.
+//!
+//! Thread budget: `threads` (default: the available cores) is shared by the ranks; each session
+//! gets `max(1, threads / world_size)` intra-op threads.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ndarray::{ArrayD, Axis, Slice};
+
+use super::host::{HostTensor, NamedTensors};
+use super::ort_env::OrtEnvError;
+use super::session::{ModelSession, RunError, SessionOptions};
+use crate::plan::{Layout, Plan, PlanError, TensorSpec};
+use crate::plugins::{Communicator, RankContext, operator_domain};
+
+/// Errors of loading or running a plan.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Env(#[from] OrtEnvError),
+    #[error("rank {rank}: cannot create the dfc exchange operators: {message}")]
+    Operators { rank: usize, message: String },
+    #[error("rank {rank} failed")]
+    Rank {
+        rank: usize,
+        #[source]
+        source: RunError,
+    },
+    #[error("rank {rank} crashed: {message}")]
+    Panic { rank: usize, message: String },
+    #[error("the inputs have no `{name}` (the plan's inputs: {known})")]
+    MissingInput { name: String, known: String },
+    #[error("input `{name}`: {reason}")]
+    Input { name: String, reason: String },
+    #[error("output `{name}`: {reason}")]
+    Output { name: String, reason: String },
+    #[error("an earlier run of this plan failed ({0}); load the plan again")]
+    Failed(String),
+}
+
+/// Options of a [`PlanExecutor`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExecOptions {
+    /// Cores shared by all ranks (0: the available cores).
+    pub threads: usize,
+    /// Whether ONNX Runtime may rewrite the rank graphs.
+    pub optimize: bool,
+    /// Fail (instead of waiting on) an exchange that waits longer than this (`None`: no limit).
+    pub timeout: Option<Duration>,
+}
+
+impl Default for ExecOptions {
+    fn default() -> Self {
+        Self {
+            threads: 0,
+            optimize: true,
+            timeout: None,
+        }
+    }
+}
+
+impl ExecOptions {
+    /// Intra-op threads of each of `ranks` sessions.
+    pub fn threads_per_rank(&self, ranks: usize) -> usize {
+        let total = if self.threads > 0 {
+            self.threads
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        };
+        (total / ranks.max(1)).max(1)
+    }
+}
+
+struct Rank {
+    session: ModelSession,
+    ctx: Arc<RankContext>,
+}
+
+/// A loaded plan: the sessions of every rank and the communicators of every group.
+pub struct PlanExecutor {
+    dir: PathBuf,
+    plan: Plan,
+    ranks: Vec<Rank>,
+    comms: Vec<Arc<Communicator>>,
+    threads_per_rank: usize,
+    next_step: u64,
+    failed: Option<String>,
+}
+
+/// The first failure of a lockstep run; recording it poisons every group.
+struct Abort<'a> {
+    comms: &'a [Arc<Communicator>],
+    first: Mutex<Option<ExecError>>,
+}
+
+impl Abort<'_> {
+    fn fail(&self, err: ExecError) {
+        let mut first = self.first.lock().unwrap_or_else(|e| e.into_inner());
+        let reason = err.to_string();
+        let reason = match std::error::Error::source(&err) {
+            Some(s) => format!("{reason}: {s}"),
+            None => reason,
+        };
+        if first.is_none() {
+            *first = Some(err);
+        }
+        drop(first);
+        for c in self.comms {
+            c.poison(reason.clone());
+        }
+    }
+
+    fn take(self) -> Option<ExecError> {
+        self.first.into_inner().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "panic".into())
+}
+
+impl PlanExecutor {
+    /// Loads the plan folder `dir`: reads `plan.json` and creates every rank's session (in
+    /// parallel, one thread per rank).
+    pub fn load(dir: &Path, options: ExecOptions) -> Result<Self, ExecError> {
+        let plan = Plan::load(dir)?;
+        // Load the library before any thread touches the ONNX Runtime API.
+        super::ort_env::environment()?;
+        let comms: Vec<Arc<Communicator>> = plan
+            .groups
+            .iter()
+            .map(|g| Arc::new(Communicator::new(g.len()).with_timeout(options.timeout)))
+            .collect();
+        let threads_per_rank = options.threads_per_rank(plan.world_size);
+        let session_options = SessionOptions {
+            threads: threads_per_rank,
+            optimize: options.optimize,
+        };
+        let loaded: Vec<Result<Rank, ExecError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = plan
+                .ranks
+                .iter()
+                .map(|spec| {
+                    let comm = comms[spec.group].clone();
+                    let path = dir.join(&spec.file);
+                    s.spawn(move || -> Result<Rank, ExecError> {
+                        let ctx = Arc::new(RankContext::new(comm, spec.band));
+                        let domain =
+                            operator_domain(ctx.clone()).map_err(|e| ExecError::Operators {
+                                rank: spec.rank,
+                                message: e.to_string(),
+                            })?;
+                        let session =
+                            ModelSession::with_operators(&path, session_options, vec![domain])
+                                .map_err(|source| ExecError::Rank {
+                                    rank: spec.rank,
+                                    source,
+                                })?;
+                        Ok(Rank { session, ctx })
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .enumerate()
+                .map(|(rank, h)| {
+                    h.join().unwrap_or_else(|p| {
+                        Err(ExecError::Panic {
+                            rank,
+                            message: panic_message(&*p),
+                        })
+                    })
+                })
+                .collect()
+        });
+        let ranks = loaded.into_iter().collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            plan,
+            ranks,
+            comms,
+            threads_per_rank,
+            next_step: 0,
+            failed: None,
+        })
+    }
+
+    /// The plan.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// The plan folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Intra-op threads of each rank's session.
+    pub fn threads_per_rank(&self) -> usize {
+        self.threads_per_rank
+    }
+
+    /// One synchronous UNet evaluation on full-size `inputs` (named as in the original model;
+    /// entries that are not plan inputs are ignored). Returns the gathered outputs, in the
+    /// plan's order.
+    pub fn run_unet(&mut self, inputs: &[(String, HostTensor)]) -> Result<NamedTensors, ExecError> {
+        let per_rank = self.split_inputs(inputs)?;
+        let outputs = self.run_ranks(per_rank, false)?;
+        self.gather_outputs(&outputs)
+    }
+
+    /// Each rank's inputs, cut from full-size `inputs` per the plan's layouts.
+    pub fn split_inputs(
+        &self,
+        inputs: &[(String, HostTensor)],
+    ) -> Result<Vec<NamedTensors>, ExecError> {
+        let mut per_rank: Vec<NamedTensors> = vec![Vec::new(); self.plan.world_size];
+        for spec in &self.plan.inputs {
+            let Some((_, full)) = inputs.iter().find(|(n, _)| *n == spec.name) else {
+                return Err(ExecError::MissingInput {
+                    name: spec.name.clone(),
+                    known: self
+                        .plan
+                        .inputs
+                        .iter()
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            };
+            let bad = |reason: String| ExecError::Input {
+                name: spec.name.clone(),
+                reason,
+            };
+            check_tensor(spec, full, &spec.shape, "the plan's full").map_err(bad)?;
+            for r in &self.plan.ranks {
+                let part = split(
+                    full,
+                    &spec.layout,
+                    (r.group, self.plan.groups.len()),
+                    (r.band, self.plan.groups[r.group].len()),
+                )
+                .map_err(bad)?;
+                check_tensor(spec, &part, &spec.local_shape, "the plan's per-rank")
+                    .map_err(|e| bad(format!("rank {}: {e}", r.rank)))?;
+                per_rank[r.rank].push((spec.name.clone(), part));
+            }
+        }
+        Ok(per_rank)
+    }
+
+    /// The full-size outputs assembled from every rank's outputs.
+    pub fn gather_outputs(&self, per_rank: &[NamedTensors]) -> Result<NamedTensors, ExecError> {
+        let mut out = Vec::new();
+        for spec in &self.plan.outputs {
+            let bad = |reason: String| ExecError::Output {
+                name: spec.name.clone(),
+                reason,
+            };
+            let of_rank = |rank: usize| -> Result<&HostTensor, ExecError> {
+                let t = per_rank
+                    .get(rank)
+                    .and_then(|o| o.iter().find(|(n, _)| *n == spec.name))
+                    .map(|(_, t)| t)
+                    .ok_or_else(|| bad(format!("rank {rank} did not produce it")))?;
+                check_tensor(spec, t, &spec.local_shape, "the plan's per-rank")
+                    .map_err(|e| bad(format!("rank {rank}: {e}")))?;
+                Ok(t)
+            };
+            let mut groups = Vec::with_capacity(self.plan.groups.len());
+            for members in &self.plan.groups {
+                let bands: Vec<&HostTensor> = members
+                    .iter()
+                    .map(|&r| of_rank(r))
+                    .collect::<Result<_, _>>()?;
+                groups.push(match spec.layout.band_axis {
+                    Some(axis) => concat(&bands, axis).map_err(bad)?,
+                    None => bands[0].clone(),
+                });
+            }
+            let refs: Vec<&HostTensor> = groups.iter().collect();
+            let full = match spec.layout.group_axis {
+                Some(axis) => concat(&refs, axis).map_err(bad)?,
+                None => groups.swap_remove(0),
+            };
+            check_tensor(spec, &full, &spec.shape, "the plan's full").map_err(bad)?;
+            out.push((spec.name.clone(), full));
+        }
+        Ok(out)
+    }
+
+    /// Runs every rank once, in lockstep, on its own inputs; returns every rank's outputs.
+    /// With `stale`, exchanges read the previous step's context (displaced mode after warmup).
+    pub fn run_ranks(
+        &mut self,
+        inputs: Vec<NamedTensors>,
+        stale: bool,
+    ) -> Result<Vec<NamedTensors>, ExecError> {
+        if let Some(reason) = &self.failed {
+            return Err(ExecError::Failed(reason.clone()));
+        }
+        if inputs.len() != self.ranks.len() {
+            return Err(ExecError::Input {
+                name: String::new(),
+                reason: format!(
+                    "{} rank input sets for {} ranks",
+                    inputs.len(),
+                    self.ranks.len()
+                ),
+            });
+        }
+        let step = self.next_step;
+        self.next_step += 1;
+        let abort = Abort {
+            comms: &self.comms,
+            first: Mutex::new(None),
+        };
+        let results: Vec<Option<NamedTensors>> = std::thread::scope(|s| {
+            let abort = &abort;
+            let handles: Vec<_> = self
+                .ranks
+                .iter_mut()
+                .zip(inputs)
+                .enumerate()
+                .map(|(rank, (r, feed))| {
+                    s.spawn(move || {
+                        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            r.ctx.begin_step(step, stale);
+                            let out = r.session.run(&feed, false);
+                            if out.is_ok() {
+                                r.ctx.end_step();
+                            }
+                            out
+                        }));
+                        match run {
+                            Ok(Ok(out)) => Some(out),
+                            Ok(Err(source)) => {
+                                abort.fail(ExecError::Rank { rank, source });
+                                None
+                            }
+                            Err(p) => {
+                                abort.fail(ExecError::Panic {
+                                    rank,
+                                    message: panic_message(&*p),
+                                });
+                                None
+                            }
+                        }
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().ok().flatten())
+                .collect()
+        });
+        if let Some(err) = abort.take() {
+            self.failed = Some(err.to_string());
+            return Err(err);
+        }
+        results
+            .into_iter()
+            .enumerate()
+            .map(|(rank, r)| {
+                r.ok_or_else(|| ExecError::Panic {
+                    rank,
+                    message: "the rank thread ended without a result".into(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// Checks dtype and shape of `t` against `spec` and `shape`.
+fn check_tensor(
+    spec: &TensorSpec,
+    t: &HostTensor,
+    shape: &[i64],
+    which: &str,
+) -> Result<(), String> {
+    if t.dtype() != spec.dtype {
+        return Err(format!(
+            "element type {} where the plan has {}",
+            t.dtype(),
+            spec.dtype
+        ));
+    }
+    let dims: Vec<i64> = t.shape().iter().map(|&d| d as i64).collect();
+    if dims != shape {
+        return Err(format!("shape {dims:?} where {which} shape is {shape:?}"));
+    }
+    Ok(())
+}
+
+/// Part `index` of `parts` equal parts of `t` along `axis`.
+fn part_of(t: &HostTensor, axis: usize, parts: usize, index: usize) -> Result<HostTensor, String> {
+    let shape = t.shape();
+    let Some(&len) = shape.get(axis) else {
+        return Err(format!("axis {axis} is outside the shape {shape:?}"));
+    };
+    if parts == 0 || len % parts != 0 {
+        return Err(format!(
+            "size {len} on axis {axis} does not split into {parts} equal parts"
+        ));
+    }
+    let step = len / parts;
+    let cut = Slice::from(index * step..(index + 1) * step);
+    fn slice<T: Clone>(a: &ArrayD<T>, axis: usize, cut: Slice) -> ArrayD<T> {
+        a.slice_axis(Axis(axis), cut).to_owned()
+    }
+    Ok(match t {
+        HostTensor::F32(a) => HostTensor::F32(slice(a, axis, cut)),
+        HostTensor::F16(a) => HostTensor::F16(slice(a, axis, cut)),
+        HostTensor::I64(a) => HostTensor::I64(slice(a, axis, cut)),
+    })
+}
+
+/// The part of the full tensor `t` that the rank at `band` of a group of `group.1` ranks, in
+/// group `group.0` of `group.1`… holds: its group's half along `group_axis`, then its band
+/// along `band_axis`.
+fn split(
+    t: &HostTensor,
+    layout: &Layout,
+    (group, groups): (usize, usize),
+    (band, bands): (usize, usize),
+) -> Result<HostTensor, String> {
+    let mut t = t.clone();
+    if let Some(axis) = layout.group_axis {
+        t = part_of(&t, axis, groups, group)?;
+    }
+    if let Some(axis) = layout.band_axis {
+        t = part_of(&t, axis, bands, band)?;
+    }
+    Ok(t)
+}
+
+/// Concatenation of `parts` (same element type) along `axis`.
+fn concat(parts: &[&HostTensor], axis: usize) -> Result<HostTensor, String> {
+    fn cat<T: Clone>(arrays: Vec<&ArrayD<T>>, axis: usize) -> Result<ArrayD<T>, String> {
+        let views: Vec<_> = arrays.iter().map(|a| a.view()).collect();
+        ndarray::concatenate(Axis(axis), &views).map_err(|e| format!("cannot concatenate: {e}"))
+    }
+    macro_rules! all {
+        ($variant:ident) => {
+            parts
+                .iter()
+                .map(|p| match p {
+                    HostTensor::$variant(a) => Ok(a),
+                    other => Err(format!(
+                        "ranks returned mixed element types ({})",
+                        other.dtype()
+                    )),
+                })
+                .collect::<Result<Vec<_>, String>>()
+        };
+    }
+    match parts.first() {
+        None => Err("no parts to concatenate".into()),
+        Some(HostTensor::F32(_)) => Ok(HostTensor::F32(cat(all!(F32)?, axis)?)),
+        Some(HostTensor::F16(_)) => Ok(HostTensor::F16(cat(all!(F16)?, axis)?)),
+        Some(HostTensor::I64(_)) => Ok(HostTensor::I64(cat(all!(I64)?, axis)?)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::IxDyn;
+
+    fn iota(shape: &[usize]) -> HostTensor {
+        let n: usize = shape.iter().product();
+        HostTensor::F32(
+            ArrayD::from_shape_vec(IxDyn(shape), (0..n).map(|v| v as f32).collect())
+                .expect("shape"),
+        )
+    }
+
+    #[test]
+    fn split_then_concat_is_the_identity() {
+        let t = iota(&[2, 3, 8, 5]);
+        let layout = Layout {
+            band_axis: Some(2),
+            group_axis: Some(0),
+        };
+        let mut groups = Vec::new();
+        for g in 0..2 {
+            let bands: Vec<HostTensor> = (0..4)
+                .map(|b| split(&t, &layout, (g, 2), (b, 4)).expect("split"))
+                .collect();
+            assert_eq!(bands[0].shape(), &[1, 3, 2, 5]);
+            let refs: Vec<&HostTensor> = bands.iter().collect();
+            groups.push(concat(&refs, 2).expect("concat"));
+        }
+        let refs: Vec<&HostTensor> = groups.iter().collect();
+        assert_eq!(concat(&refs, 0).expect("concat"), t);
+    }
+
+    #[test]
+    fn uneven_split_is_an_error() {
+        let t = iota(&[1, 6]);
+        let err = part_of(&t, 1, 4, 0).expect_err("6 rows in 4 bands");
+        assert!(err.contains("does not split"), "{err}");
+    }
+
+    #[test]
+    fn thread_budget_is_shared() {
+        let o = ExecOptions {
+            threads: 8,
+            ..ExecOptions::default()
+        };
+        assert_eq!(o.threads_per_rank(2), 4);
+        assert_eq!(o.threads_per_rank(16), 1);
+    }
+}
