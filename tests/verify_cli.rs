@@ -1,4 +1,5 @@
-//! `dfc verify` end to end: the README's first command, and its refusals.
+//! `dfc verify` end to end: the README's first command (compile + run + compare), a naive plan
+//! that must fail the comparison, and the refusals.
 
 mod common;
 
@@ -12,6 +13,8 @@ fn verify_specializes_and_matches_the_original() -> Result<()> {
     let out = dfc(&[
         "verify".as_ref(),
         model.as_os_str(),
+        "--gpus".as_ref(),
+        "4".as_ref(),
         "--batch".as_ref(),
         "2".as_ref(),
         "--height".as_ref(),
@@ -39,6 +42,37 @@ fn verify_specializes_and_matches_the_original() -> Result<()> {
     assert!(
         stdout.contains(" ok\n") && !stdout.contains("FAILED"),
         "{stdout}"
+    );
+    assert!(
+        stdout.contains("verified: the 4-rank plan matches the original"),
+        "{stdout}"
+    );
+    Ok(())
+}
+
+#[test]
+fn verify_fails_a_naive_plan() -> Result<()> {
+    require_ort()?;
+    let model = root().join("models/sd15_tiny.onnx");
+    let out = dfc(&[
+        "verify".as_ref(),
+        model.as_os_str(),
+        "--gpus".as_ref(),
+        "4".as_ref(),
+        "--mode".as_ref(),
+        "naive".as_ref(),
+    ])?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("FAILED"), "{stdout}");
+    assert!(
+        stderr.contains("outputs beyond tolerance: out_sample"),
+        "{stderr}"
     );
     Ok(())
 }
