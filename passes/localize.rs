@@ -73,6 +73,26 @@ pub struct Exchange {
     pub axis: Option<usize>,
     pub top: Option<i64>,
     pub bottom: Option<i64>,
+    /// The exchanged tensor is a model input (possibly through Cast/Identity): its content is
+    /// known fresh on every rank at every step, so the runtime never serves it stale.
+    pub reads_model_input: bool,
+}
+
+/// Whether `v` is a graph input, directly or through a chain of Cast/Identity nodes.
+fn is_model_input(g: &Graph, mut v: ValueId) -> bool {
+    loop {
+        if g.inputs.contains(&v) {
+            return true;
+        }
+        let Some((p, _)) = g.value(v).producer() else {
+            return false;
+        };
+        let node = g.node(p);
+        match (node.op_type.as_str(), node.input(0)) {
+            ("Cast" | "Identity", Some(x)) if node.domain.is_empty() => v = x,
+            _ => return false,
+        }
+    }
 }
 
 /// What `localize` produced besides the graph.
@@ -389,6 +409,7 @@ pub fn localize(
             axis,
             top,
             bottom,
+            reads_model_input: is_model_input(g, x),
         });
         g.node_mut(id).set_attr(int_attr("slot", slot as i64));
         slot += 1;

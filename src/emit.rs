@@ -532,6 +532,7 @@ fn emit(opts: &CompileOptions, c: &Compiled, parent: &Path) -> Result<Plan> {
             axis: e.axis,
             top: e.top,
             bottom: e.bottom,
+            always_fresh: e.reads_model_input,
             bytes_received: (0..world).map(|r| per_band[r % n]).collect(),
         });
     }

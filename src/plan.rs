@@ -113,6 +113,10 @@ pub struct ExchangeSpec {
     /// Halo rows from the band above / below.
     pub top: Option<i64>,
     pub bottom: Option<i64>,
+    /// Never stale, in any mode but `naive`: the exchanged tensor is a model input (the first
+    /// convolution's halo of the latent), so its fresh rows are exchanged at every step.
+    #[serde(default)]
+    pub always_fresh: bool,
     /// Bytes each rank receives per step through this slot, indexed by rank.
     pub bytes_received: Vec<u64>,
 }

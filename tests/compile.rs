@@ -227,6 +227,18 @@ fn every_fixture_compiles_for_1_2_4_8_gpus_with_the_analytic_exchange_volume() -
                 from_slots == plan.bytes_per_step,
                 "{name} n={n}: totals disagree"
             );
+            // Only the first convolution's halo of the latent itself is exchanged fresh always.
+            let fresh: Vec<&str> = plan
+                .exchanges
+                .iter()
+                .filter(|e| e.always_fresh)
+                .map(|e| e.for_node.as_str())
+                .collect();
+            let want_fresh: &[&str] = if n == 1 { &[] } else { &["/unet/conv_in/Conv"] };
+            ensure!(
+                fresh == want_fresh,
+                "{name} n={n}: always-fresh exchanges {fresh:?}, want {want_fresh:?}"
+            );
             for r in &plan.ranks {
                 let path = out.join(&r.file);
                 let rm = dfc::onnx::load(&path).with_context(|| path.display().to_string())?;

@@ -161,6 +161,7 @@ fn exchange(slot: u32, kind: ExchangeKind, dtype: &str, axis: Option<usize>) -> 
         axis,
         top: None,
         bottom: None,
+        always_fresh: false,
         bytes_received: Vec::new(),
     }
 }

@@ -154,6 +154,12 @@ impl PlanExecutor {
             threads: threads_per_rank,
             optimize: options.optimize,
         };
+        let always_fresh: Vec<u32> = plan
+            .exchanges
+            .iter()
+            .filter(|e| e.always_fresh)
+            .map(|e| e.slot)
+            .collect();
         let loaded: Vec<Result<Rank, ExecError>> = std::thread::scope(|s| {
             let handles: Vec<_> = plan
                 .ranks
@@ -161,8 +167,11 @@ impl PlanExecutor {
                 .map(|spec| {
                     let comm = comms[spec.group].clone();
                     let path = dir.join(&spec.file);
+                    let always_fresh = always_fresh.clone();
                     s.spawn(move || -> Result<Rank, ExecError> {
-                        let ctx = Arc::new(RankContext::new(comm, spec.band));
+                        let ctx = Arc::new(
+                            RankContext::new(comm, spec.band).with_always_fresh(always_fresh),
+                        );
                         let domain =
                             operator_domain(ctx.clone()).map_err(|e| ExecError::Operators {
                                 rank: spec.rank,
