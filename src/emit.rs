@@ -647,6 +647,7 @@ mod tests {
             axis: Some(2),
             top: Some(1),
             bottom: Some(1),
+            reads_model_input: false,
         };
         let row = 2 * 4 * 16 * 4;
         assert_eq!(bytes_received(&e, 4), vec![row, 2 * row, 2 * row, row]);
