@@ -102,25 +102,6 @@ pub fn compile_graph(opts: &CompileOptions) -> Result<(CompileReport, Option<Com
     if opts.gpus == 0 {
         bail!("--gpus must be at least 1");
     }
-    let mut sizes = opts.sizes.clone();
-    let n = if opts.split_batch {
-        if !opts.gpus.is_multiple_of(2) {
-            bail!(
-                "--split-batch puts the two CFG halves on two groups of GPUs: --gpus must be even, not {}",
-                opts.gpus
-            );
-        }
-        let Some(b) = sizes.batch else {
-            bail!("--split-batch needs --batch (the full batch, both CFG halves)");
-        };
-        if b % 2 != 0 {
-            bail!("--split-batch needs an even batch, not {b}");
-        }
-        sizes.batch = Some(b / 2);
-        opts.gpus / 2
-    } else {
-        opts.gpus
-    };
     let model = onnx::load(&opts.model)?;
     let src_dir = model.dir.clone();
     let store = model.external_store();
@@ -134,6 +115,43 @@ pub fn compile_graph(opts: &CompileOptions) -> Result<(CompileReport, Option<Com
                     .map(|t| (g.value(v).name.clone(), t.clone()))
             })
             .collect()
+    };
+    let mut sizes = opts.sizes.clone();
+    let n = if opts.split_batch {
+        if !opts.gpus.is_multiple_of(2) {
+            bail!(
+                "--split-batch puts the two CFG halves on two groups of GPUs: --gpus must be even, not {}",
+                opts.gpus
+            );
+        }
+        // Each group runs a graph specialized to half the batch, so the batch axis must be
+        // free to bind.
+        let spatial = graph.inputs.iter().copied().find(|&v| {
+            graph
+                .value(v)
+                .tensor_type()
+                .is_some_and(|t| t.elem.is_float() && t.rank() == Some(4))
+        });
+        if let Some(v) = spatial {
+            let t = graph.value(v).tensor_type().cloned();
+            if let Some(b) = t.as_ref().and_then(|t| t.shape.as_ref()?.first()?.fixed()) {
+                bail!(
+                    "--split-batch needs a model with a dynamic batch axis: input `{}` has its batch fixed to {b}; \
+                     export the UNet with a dynamic batch axis (each CFG group runs half the batch)",
+                    graph.value(v).name
+                );
+            }
+        }
+        let Some(b) = sizes.batch else {
+            bail!("--split-batch needs --batch (the full batch, both CFG halves)");
+        };
+        if b % 2 != 0 {
+            bail!("--split-batch needs an even batch, not {b}");
+        }
+        sizes.batch = Some(b / 2);
+        opts.gpus / 2
+    } else {
+        opts.gpus
     };
     let original_inputs = types(&graph, &graph.inputs);
     let original_outputs = types(&graph, &graph.outputs);

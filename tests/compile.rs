@@ -494,6 +494,23 @@ fn split_batch_puts_the_cfg_halves_on_two_groups() -> Result<()> {
     o.gpus = 3;
     let e = compile(&o).err().map(|e| e.to_string()).unwrap_or_default();
     ensure!(e.contains("must be even"), "{e}");
+    // A batch baked into the export cannot be halved.
+    let mut fixed = options(
+        &root().join("models/sd15_tiny.onnx"),
+        &tmp.path().join("fixed"),
+        4,
+        &SpecializeOptions::default(),
+    );
+    fixed.split_batch = true;
+    let e = compile(&fixed)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    ensure!(
+        e.contains("dynamic batch axis") && e.contains("`sample` has its batch fixed to 2"),
+        "{e}"
+    );
+    ensure!(!tmp.path().join("fixed").exists());
     Ok(())
 }
 
