@@ -24,7 +24,7 @@ use super::propagate::FALLBACK_OPSET;
 use super::{Pass, PassContext};
 use crate::ir::{Graph, Node, NodeId, ValueId};
 use crate::onnx::ExternalStore;
-use crate::onnx::proto::{AttributeProto, AttributeType};
+use crate::onnx::proto::AttributeProto;
 
 /// See the module documentation.
 pub struct Canonicalize;
@@ -85,24 +85,6 @@ fn rank_of(g: &Graph, v: Option<ValueId>) -> Option<usize> {
     g.value(v?).tensor_type()?.rank()
 }
 
-fn int_attr(name: &str, v: i64) -> AttributeProto {
-    AttributeProto {
-        name: Some(name.into()),
-        i: Some(v),
-        r#type: Some(AttributeType::Int as i32),
-        ..Default::default()
-    }
-}
-
-fn float_attr(name: &str, v: f32) -> AttributeProto {
-    AttributeProto {
-        name: Some(name.into()),
-        f: Some(v),
-        r#type: Some(AttributeType::Float as i32),
-        ..Default::default()
-    }
-}
-
 /// Turns a GroupNormalization or InstanceNormalization node into the internal GroupNorm in
 /// place (same name, inputs and output).
 fn retarget(g: &mut Graph, id: NodeId, groups: i64) {
@@ -110,7 +92,10 @@ fn retarget(g: &mut Graph, id: NodeId, groups: i64) {
     let eps = n.attr_f("epsilon", 1e-5);
     n.op_type = "GroupNorm".into();
     n.domain = INTERNAL_DOMAIN.into();
-    n.attrs = vec![int_attr("num_groups", groups), float_attr("epsilon", eps)];
+    n.attrs = vec![
+        AttributeProto::int("num_groups", groups),
+        AttributeProto::float("epsilon", eps),
+    ];
 }
 
 /// Opsets 18–20: scale and bias are per group; repeat each entry for the group's channels.
@@ -272,8 +257,8 @@ fn rewrite_pattern(g: &mut Graph, m: PatternMatch) -> Result<()> {
     }
     let mut node = Node::new(name, "GroupNorm", INTERNAL_DOMAIN);
     node.attrs = vec![
-        int_attr("num_groups", m.groups),
-        float_attr("epsilon", m.eps),
+        AttributeProto::int("num_groups", m.groups),
+        AttributeProto::float("epsilon", m.eps),
     ];
     let id = g.add_node(
         node,
@@ -308,7 +293,7 @@ mod tests {
     fn pattern(scale: f32) -> Graph {
         let f = DataType::FLOAT;
         let mut inorm = node("InstanceNormalization", "gn/in", &["r1", "s", "b"], &["i"]);
-        inorm.attribute.push(float_attr("epsilon", 1e-6));
+        inorm.attribute.push(AttributeProto::float("epsilon", 1e-6));
         model(
             vec![
                 node("Reshape", "gn/r1", &["x", "spec"], &["r1"]),
@@ -368,7 +353,7 @@ mod tests {
     fn group_normalization_and_4d_instance_norm() -> Result<()> {
         let f = DataType::FLOAT;
         let mut gn = node("GroupNormalization", "gn", &["x", "s", "b"], &["y"]);
-        gn.attribute.push(int_attr("num_groups", 2));
+        gn.attribute.push(AttributeProto::int("num_groups", 2));
         let mut g = model(
             vec![gn],
             vec![vi("x", f, &["1", "4", "2", "2"])],

@@ -38,7 +38,7 @@ use super::partition::Partition;
 use super::propagate::FALLBACK_OPSET;
 use super::{Pass, PassContext};
 use crate::ir::{DataType, Graph, Node, NodeId, TensorType, ValueId, ValueType};
-use crate::onnx::proto::{AttributeProto, AttributeType, OperatorSetIdProto, TensorProto};
+use crate::onnx::proto::{AttributeProto, OperatorSetIdProto, TensorProto};
 use crate::plan::{ExchangeKind, Mode};
 use crate::tensor::Tensor;
 
@@ -128,24 +128,6 @@ impl Pass for Localize {
         let local = localize(g, &p, mode, &cx.store)?;
         cx.local = Some(local);
         Ok(true)
-    }
-}
-
-fn ints_attr(name: &str, v: &[i64]) -> AttributeProto {
-    AttributeProto {
-        name: Some(name.into()),
-        ints: v.to_vec(),
-        r#type: Some(AttributeType::Ints as i32),
-        ..Default::default()
-    }
-}
-
-fn int_attr(name: &str, v: i64) -> AttributeProto {
-    AttributeProto {
-        name: Some(name.into()),
-        i: Some(v),
-        r#type: Some(AttributeType::Int as i32),
-        ..Default::default()
     }
 }
 
@@ -287,7 +269,10 @@ pub fn localize(
                         "DfcPatchAllGather",
                         DOMAIN,
                         &[v],
-                        vec![int_attr("axis", axis as i64), int_attr("slot", 0)],
+                        vec![
+                            AttributeProto::int("axis", axis as i64),
+                            AttributeProto::int("slot", 0),
+                        ],
                         t,
                     )?;
                     for_node.insert(g.value(y).name.clone(), name.clone());
@@ -350,7 +335,7 @@ pub fn localize(
                         "DfcStatsAllReduce",
                         DOMAIN,
                         &[o],
-                        vec![int_attr("slot", 0)],
+                        vec![AttributeProto::int("slot", 0)],
                         y,
                     )?;
                     for_node.insert(sname, name.clone());
@@ -411,7 +396,8 @@ pub fn localize(
             bottom,
             reads_model_input: is_model_input(g, x),
         });
-        g.node_mut(id).set_attr(int_attr("slot", slot as i64));
+        g.node_mut(id)
+            .set_attr(AttributeProto::int("slot", slot as i64));
         slot += 1;
     }
     let imports = &mut g.shell.opset_import;
@@ -507,10 +493,10 @@ fn halo(
             DOMAIN,
             &[x],
             vec![
-                int_attr("axis", axis as i64),
-                int_attr("top", top),
-                int_attr("bottom", bottom),
-                int_attr("slot", 0),
+                AttributeProto::int("axis", axis as i64),
+                AttributeProto::int("top", top),
+                AttributeProto::int("bottom", bottom),
+                AttributeProto::int("slot", 0),
             ],
             t,
         )?;
@@ -528,7 +514,7 @@ fn halo(
     }
     let node = g.node_mut(id);
     node.attrs.retain(|a| a.name() != "auto_pad");
-    node.set_attr(ints_attr("pads", &pads));
+    node.set_attr(AttributeProto::ints("pads", &pads));
     Ok(())
 }
 
@@ -684,26 +670,23 @@ fn localize_shape_inputs(g: &mut Graph, id: NodeId, opset: i64) -> Result<()> {
     Ok(())
 }
 
-fn lower_group_norm(
+/// Normalizes `x` [B, C, …] per (batch, group) with statistics computed in fp32 from the
+/// band and averaged over the group's bands by `DfcStatsAllReduce`: E[x] and E[x²] are
+/// exchanged, var = max(E[x²] − E[x]², 0). Returns the normalized tensor in `x`'s type.
+#[allow(clippy::too_many_arguments)]
+fn normalize_across_bands(
     g: &mut Graph,
-    id: NodeId,
-    exchange: bool,
+    b: &Builder,
+    name: &str,
+    x: ValueId,
+    xt: &TensorType,
+    groups: i64,
+    eps: f32,
     opset: i64,
     for_node: &mut HashMap<String, String>,
-) -> Result<()> {
-    let node = g.node(id).clone();
-    let name = node.name.clone();
-    let b = Builder { anchor: id };
-    let x = node.input(0).ok_or_else(|| anyhow!("no input"))?;
-    let y = node.output(0).ok_or_else(|| anyhow!("no output"))?;
-    let groups = node.attr_i("num_groups", 1);
-    let eps = node.attr_f("epsilon", 1e-5);
-    let xt = static_type(g, x)?;
+) -> Result<ValueId> {
     let xd = xt.static_dims().unwrap_or_default();
-    let (bsz, c) = (xd[0], xd[1]);
-    if groups <= 0 || c % groups != 0 {
-        bail!("{c} channels do not divide into {groups} groups");
-    }
+    let bsz = xd[0];
     let per_group: i64 = xd[1..].iter().product::<i64>() / groups;
     let f32t = |d: &[i64]| TensorType::fixed(DataType::FLOAT, d);
     let elem = xt.elem;
@@ -714,7 +697,7 @@ fn lower_group_norm(
             "Cast",
             "",
             &[x],
-            vec![int_attr("to", DataType::FLOAT.0 as i64)],
+            vec![AttributeProto::int("to", DataType::FLOAT.0 as i64)],
             f32t(&xd),
         )?
     } else {
@@ -735,11 +718,14 @@ fn lower_group_norm(
     let mean_of = |g: &mut Graph, what: &str, v: ValueId| -> Result<ValueId> {
         let (inputs, attrs) = if opset >= 18 {
             let axes = i64_const(g, &format!("{name}.{what}_axes"), &[2]);
-            (vec![v, axes], vec![int_attr("keepdims", 1)])
+            (vec![v, axes], vec![AttributeProto::int("keepdims", 1)])
         } else {
             (
                 vec![v],
-                vec![ints_attr("axes", &[2]), int_attr("keepdims", 1)],
+                vec![
+                    AttributeProto::ints("axes", &[2]),
+                    AttributeProto::int("keepdims", 1),
+                ],
             )
         };
         b.op(
@@ -763,7 +749,7 @@ fn lower_group_norm(
         f32t(&flat),
     )?;
     let mean_sq = mean_of(g, "mean_sq", sq)?;
-    let (mean, mean_sq) = if exchange {
+    let (mean, mean_sq) = {
         let both = [bsz, groups, 2];
         let s = b.op(
             g,
@@ -771,7 +757,7 @@ fn lower_group_norm(
             "Concat",
             "",
             &[mean, mean_sq],
-            vec![int_attr("axis", 2)],
+            vec![AttributeProto::int("axis", 2)],
             f32t(&both),
         )?;
         let sname = format!("{name}.stats");
@@ -781,10 +767,10 @@ fn lower_group_norm(
             "DfcStatsAllReduce",
             DOMAIN,
             &[s],
-            vec![int_attr("slot", 0)],
+            vec![AttributeProto::int("slot", 0)],
             f32t(&both),
         )?;
-        for_node.insert(g.value(gs).name.clone(), name.clone());
+        for_node.insert(g.value(gs).name.clone(), name.to_string());
         let pick = |g: &mut Graph, what: &str, k: i64| -> Result<ValueId> {
             let st = i64_const(g, &format!("{name}.{what}_start"), &[k]);
             let en = i64_const(g, &format!("{name}.{what}_end"), &[k + 1]);
@@ -800,8 +786,6 @@ fn lower_group_norm(
             )
         };
         (pick(g, "global_mean", 0)?, pick(g, "global_mean_sq", 1)?)
-    } else {
-        (mean, mean_sq)
     };
     let m2 = b.op(
         g,
@@ -885,10 +869,91 @@ fn lower_group_norm(
             "Cast",
             "",
             &[last],
-            vec![int_attr("to", elem.0 as i64)],
+            vec![AttributeProto::int("to", elem.0 as i64)],
             TensorType::fixed(elem, &xd),
         )?;
     }
+    Ok(last)
+}
+
+/// Normalizes `x` [B, C, …] per (batch, group) with the statistics of this band alone, in
+/// torch's export form (Reshape → InstanceNormalization → Reshape), which ONNX Runtime runs
+/// with its fused kernel: what a one-band plan and the `naive` mode compute.
+fn normalize_locally(
+    g: &mut Graph,
+    b: &Builder,
+    name: &str,
+    x: ValueId,
+    xt: &TensorType,
+    groups: i64,
+    eps: f32,
+) -> Result<ValueId> {
+    let xd = xt.static_dims().unwrap_or_default();
+    let per_group: i64 = xd[1..].iter().product::<i64>() / groups;
+    let flat = [xd[0], groups, per_group];
+    let flat_shape = i64_const(g, &format!("{name}.flat_shape"), &flat);
+    let xr = b.op(
+        g,
+        &format!("{name}.flat"),
+        "Reshape",
+        "",
+        &[x, flat_shape],
+        vec![],
+        TensorType::fixed(xt.elem, &flat),
+    )?;
+    let ones =
+        Tensor::F32(ndarray::ArrayD::from_elem(vec![groups as usize], 1f32)).cast(xt.elem)?;
+    let zeros =
+        Tensor::F32(ndarray::ArrayD::from_elem(vec![groups as usize], 0f32)).cast(xt.elem)?;
+    let scale = g.add_constant(&format!("{name}.ones"), ones.to_proto(""));
+    let bias = g.add_constant(&format!("{name}.zeros"), zeros.to_proto(""));
+    let nrm = b.op(
+        g,
+        &format!("{name}.instance_norm"),
+        "InstanceNormalization",
+        "",
+        &[xr, scale, bias],
+        vec![AttributeProto::float("epsilon", eps)],
+        TensorType::fixed(xt.elem, &flat),
+    )?;
+    let back_shape = i64_const(g, &format!("{name}.unflat_shape"), &xd);
+    b.op(
+        g,
+        &format!("{name}.unflat"),
+        "Reshape",
+        "",
+        &[nrm, back_shape],
+        vec![],
+        TensorType::fixed(xt.elem, &xd),
+    )
+}
+
+fn lower_group_norm(
+    g: &mut Graph,
+    id: NodeId,
+    exchange: bool,
+    opset: i64,
+    for_node: &mut HashMap<String, String>,
+) -> Result<()> {
+    let node = g.node(id).clone();
+    let name = node.name.clone();
+    let b = Builder { anchor: id };
+    let x = node.input(0).ok_or_else(|| anyhow!("no input"))?;
+    let y = node.output(0).ok_or_else(|| anyhow!("no output"))?;
+    let groups = node.attr_i("num_groups", 1);
+    let eps = node.attr_f("epsilon", 1e-5);
+    let xt = static_type(g, x)?;
+    let xd = xt.static_dims().unwrap_or_default();
+    let c = xd[1];
+    if groups <= 0 || c % groups != 0 {
+        bail!("{c} channels do not divide into {groups} groups");
+    }
+    let elem = xt.elem;
+    let mut last = if exchange {
+        normalize_across_bands(g, &b, &name, x, &xt, groups, eps, opset, for_node)?
+    } else {
+        normalize_locally(g, &b, &name, x, &xt, groups, eps)?
+    };
     // γ and β broadcast over [B, C, spatial…] as [C, 1, …].
     let mut affine = Vec::new();
     for (port, op, what) in [(1, "Mul", "scale"), (2, "Add", "shift")] {
@@ -970,7 +1035,8 @@ mod tests {
     fn conv_gets_a_halo_and_no_padding() -> Result<()> {
         let f = DataType::FLOAT;
         let mut conv = node("Conv", "conv", &["x", "w"], &["y"]);
-        conv.attribute.push(ints_attr("pads", &[1, 1, 1, 1]));
+        conv.attribute
+            .push(AttributeProto::ints("pads", &[1, 1, 1, 1]));
         let w = {
             let mut t = Tensor::zeros(f, &[4, 4, 3, 3])?.to_proto("w");
             t.name = Some("w".into());

@@ -491,3 +491,35 @@ pub struct FunctionProto {
     #[prost(message, repeated, tag = "14")]
     pub metadata_props: Vec<StringStringEntryProto>,
 }
+
+impl AttributeProto {
+    /// An `INT` attribute.
+    pub fn int(name: &str, v: i64) -> Self {
+        Self {
+            name: Some(name.into()),
+            i: Some(v),
+            r#type: Some(AttributeType::Int as i32),
+            ..Default::default()
+        }
+    }
+
+    /// An `INTS` attribute.
+    pub fn ints(name: &str, v: &[i64]) -> Self {
+        Self {
+            name: Some(name.into()),
+            ints: v.to_vec(),
+            r#type: Some(AttributeType::Ints as i32),
+            ..Default::default()
+        }
+    }
+
+    /// A `FLOAT` attribute.
+    pub fn float(name: &str, v: f32) -> Self {
+        Self {
+            name: Some(name.into()),
+            f: Some(v),
+            r#type: Some(AttributeType::Float as i32),
+            ..Default::default()
+        }
+    }
+}
