@@ -75,14 +75,18 @@ impl Default for ExecOptions {
 }
 
 impl ExecOptions {
-    /// Intra-op threads of each of `ranks` sessions.
-    pub fn threads_per_rank(&self, ranks: usize) -> usize {
-        let total = if self.threads > 0 {
+    /// The cores shared by all ranks.
+    pub fn cores(&self) -> usize {
+        if self.threads > 0 {
             self.threads
         } else {
             std::thread::available_parallelism().map_or(1, |n| n.get())
-        };
-        (total / ranks.max(1)).max(1)
+        }
+    }
+
+    /// Intra-op threads of each of `ranks` sessions.
+    pub fn threads_per_rank(&self, ranks: usize) -> usize {
+        (self.cores() / ranks.max(1)).max(1)
     }
 }
 
@@ -153,6 +157,8 @@ impl PlanExecutor {
         let session_options = SessionOptions {
             threads: threads_per_rank,
             optimize: options.optimize,
+            // Spinning pays only while every rank's threads have a core of their own.
+            spin: plan.world_size * threads_per_rank <= options.cores(),
         };
         let always_fresh: Vec<u32> = plan
             .exchanges

@@ -43,6 +43,9 @@ pub struct SessionOptions {
     pub threads: usize,
     /// Whether ONNX Runtime may rewrite the graph (all levels); off runs it as written.
     pub optimize: bool,
+    /// Whether idle intra-op threads spin before sleeping (ONNX Runtime's default). Worth it
+    /// when the session has its cores to itself; wasteful when ranks share them.
+    pub spin: bool,
 }
 
 impl Default for SessionOptions {
@@ -50,6 +53,7 @@ impl Default for SessionOptions {
         Self {
             threads: 0,
             optimize: true,
+            spin: true,
         }
     }
 }
@@ -68,7 +72,7 @@ impl ModelSession {
 
     /// Loads `path` with custom operator `domains` registered, for lockstep execution beside
     /// other sessions: nodes run one at a time in one order (no parallel executor, one
-    /// inter-op thread), and intra-op threads sleep instead of spinning while an exchange waits.
+    /// inter-op thread); intra-op threads spin only if `options.spin`.
     ///
     /// Sessions may be created concurrently: the first one in the process is created alone,
     /// because ONNX Runtime registers a custom domain in a process-wide table without a lock
@@ -101,7 +105,7 @@ impl ModelSession {
                 .map_err(msg)?
                 .with_inter_threads(1)
                 .map_err(msg)?
-                .with_intra_op_spinning(false)
+                .with_intra_op_spinning(options.spin)
                 .map_err(msg)?
                 .with_inter_op_spinning(false)
                 .map_err(msg)?;

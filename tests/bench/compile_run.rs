@@ -6,8 +6,9 @@
 //!   `models/sdxl_tiny_dynamic.onnx` at 2×4×32×32 for 1, 2, 4 and 8 GPUs;
 //! - one UNet evaluation of `models/sd15_tiny.onnx` (reference inputs of its `.io.npz`): a plain
 //!   ONNX Runtime session on the original model, and plans of 1, 2 and 4 ranks run by
-//!   `PlanExecutor`, interleaved run by run so that machine noise hits all of them alike; every
-//!   side gets the same total thread budget (all cores).
+//!   `PlanExecutor`, every side with the same total thread budget (all cores). Runners take
+//!   turns in blocks of runs (5 rounds), with a pause between blocks: interleaving single runs
+//!   would let one session's spinning pool threads slow the next session down.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -81,6 +82,7 @@ fn main() -> anyhow::Result<()> {
         SessionOptions {
             threads: cores,
             optimize: true,
+            spin: true,
         },
     )?;
     let mut plans = Vec::new();
@@ -106,21 +108,33 @@ fn main() -> anyhow::Result<()> {
     for (_, p) in &mut plans {
         p.run_unet(&inputs)?;
     }
+    let rounds = 5;
+    let per_block = iterations.div_ceil(rounds).max(2);
     let mut plain_t = Vec::new();
     let mut plan_t: Vec<Vec<Duration>> = vec![Vec::new(); plans.len()];
-    for _ in 0..iterations {
-        let t = Instant::now();
+    let pause = || std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..rounds {
+        // The first run of each block only wakes the runner's threads up.
         plain.run(&inputs, true)?;
-        plain_t.push(t.elapsed());
-        for (i, (_, p)) in plans.iter_mut().enumerate() {
+        for _ in 0..per_block {
             let t = Instant::now();
+            plain.run(&inputs, true)?;
+            plain_t.push(t.elapsed());
+        }
+        pause();
+        for (i, (_, p)) in plans.iter_mut().enumerate() {
             p.run_unet(&inputs)?;
-            plan_t[i].push(t.elapsed());
+            for _ in 0..per_block {
+                let t = Instant::now();
+                p.run_unet(&inputs)?;
+                plan_t[i].push(t.elapsed());
+            }
+            pause();
         }
     }
     let base = median(plain_t);
     println!(
-        "\nunet step {} ({cores} cores), {iterations} interleaved runs",
+        "\nunet step {} ({cores} cores), {rounds} rounds of {per_block} runs per runner",
         model.display()
     );
     println!("{:<28} {:>10} {:>8}", "runner", "median ms", "ratio");

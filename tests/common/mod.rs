@@ -80,6 +80,7 @@ pub fn session_options() -> SessionOptions {
     SessionOptions {
         threads: 1,
         optimize: true,
+        spin: true,
     }
 }
 
