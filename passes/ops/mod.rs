@@ -489,30 +489,15 @@ pub(crate) mod testing {
     }
 
     pub fn ai(name: &str, v: i64) -> AttributeProto {
-        AttributeProto {
-            name: Some(name.into()),
-            i: Some(v),
-            r#type: Some(AttributeType::Int as i32),
-            ..Default::default()
-        }
+        AttributeProto::int(name, v)
     }
 
     pub fn aints(name: &str, v: &[i64]) -> AttributeProto {
-        AttributeProto {
-            name: Some(name.into()),
-            ints: v.to_vec(),
-            r#type: Some(AttributeType::Ints as i32),
-            ..Default::default()
-        }
+        AttributeProto::ints(name, v)
     }
 
     pub fn af(name: &str, v: f32) -> AttributeProto {
-        AttributeProto {
-            name: Some(name.into()),
-            f: Some(v),
-            r#type: Some(AttributeType::Float as i32),
-            ..Default::default()
-        }
+        AttributeProto::float(name, v)
     }
 
     pub fn astr(name: &str, v: &str) -> AttributeProto {

@@ -4,11 +4,11 @@
 //! (inputs and reference outputs together) can be passed as is. With `--reference`, outputs
 //! are compared with the same-named arrays of that file and the largest errors printed.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::runtime::{self, SessionOptions, difference, read_npz, write_npz};
+use crate::runtime::{self, HostTensor, SessionOptions, difference, read_npz, write_npz};
 
 /// Arguments of `dfc eval`.
 #[derive(Debug, Clone, clap::Args)]
@@ -37,12 +37,22 @@ pub fn run(args: &Args) -> Result<()> {
         ..SessionOptions::default()
     };
     let outputs = runtime::run_model(&args.model, &inputs, options)?;
-    for (name, t) in &outputs {
+    report_outputs(&outputs, args.reference.as_deref(), args.output.as_deref())
+}
+
+/// Prints the outputs' types, compares them with the same-named arrays of `reference` (if
+/// given) and writes them to `output` (if given). Shared by `dfc eval` and `dfc unet`.
+pub(crate) fn report_outputs(
+    outputs: &[(String, HostTensor)],
+    reference: Option<&Path>,
+    output: Option<&Path>,
+) -> Result<()> {
+    for (name, t) in outputs {
         println!("{name}: {}{:?}", t.dtype(), t.shape());
     }
-    if let Some(path) = &args.reference {
+    if let Some(path) = reference {
         let reference = read_npz(path)?;
-        for (name, t) in &outputs {
+        for (name, t) in outputs {
             let Some((_, r)) = reference.iter().find(|(n, _)| n == name) else {
                 bail!("{} has no array `{name}` to compare with", path.display());
             };
@@ -61,8 +71,8 @@ pub fn run(args: &Args) -> Result<()> {
             );
         }
     }
-    if let Some(path) = &args.output {
-        write_npz(path, &outputs).with_context(|| format!("writing {}", path.display()))?;
+    if let Some(path) = output {
+        write_npz(path, outputs).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }

@@ -8,9 +8,9 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
-use crate::runtime::{ExecOptions, PlanExecutor, difference, read_npz, write_npz};
+use crate::runtime::{ExecOptions, PlanExecutor, read_npz};
 
 /// Arguments of `dfc unet`.
 #[derive(Debug, Clone, clap::Args)]
@@ -74,32 +74,5 @@ pub fn run(args: &Args) -> Result<()> {
         loaded.as_secs_f64(),
         times[0],
     );
-    for (name, t) in &outputs {
-        println!("{name}: {}{:?}", t.dtype(), t.shape());
-    }
-    if let Some(path) = &args.reference {
-        let reference = read_npz(path)?;
-        for (name, t) in &outputs {
-            let Some((_, r)) = reference.iter().find(|(n, _)| n == name) else {
-                bail!("{} has no array `{name}` to compare with", path.display());
-            };
-            let d = difference(t, r).map_err(|e| {
-                anyhow::anyhow!("output `{name}` does not match the reference: {e}")
-            })?;
-            println!(
-                "{name}: max abs error {:e}, max error relative to the reference's range {:e}{}",
-                d.max_abs,
-                d.max_rel,
-                if d.non_finite {
-                    " (NaN/inf mismatch)"
-                } else {
-                    ""
-                }
-            );
-        }
-    }
-    if let Some(path) = &args.output {
-        write_npz(path, &outputs).with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(())
+    super::eval::report_outputs(&outputs, args.reference.as_deref(), args.output.as_deref())
 }
