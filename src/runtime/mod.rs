@@ -8,6 +8,7 @@ pub mod host;
 pub mod ort_env;
 pub mod plan_exec;
 pub mod rng;
+pub mod sampler;
 pub mod session;
 
 pub use host::{HostTensor, NamedTensors, difference, read_npz, write_npz};
