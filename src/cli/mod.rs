@@ -8,6 +8,7 @@ pub mod compile;
 pub mod eval;
 pub mod inspect;
 pub mod passes;
+pub mod run;
 pub mod specialize;
 pub mod unet;
 pub mod verify;
@@ -46,6 +47,8 @@ pub enum Command {
     Compile(compile::Args),
     /// Run one UNet evaluation through a plan (split in, ranks in lockstep, gathered out).
     Unet(unet::Args),
+    /// Sample a latent through a plan (bands in lockstep, pointwise samplers per band).
+    Run(run::Args),
 }
 
 /// Runs the command line `args` (program name first) and returns the exit code.
@@ -101,5 +104,6 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Compile(args) => compile::run(args),
         Command::Passes(args) => passes::run(args),
         Command::Unet(args) => unet::run(args),
+        Command::Run(args) => run::run(args),
     }
 }

@@ -2,13 +2,15 @@
 //!
 //! [`ort_env`] finds and loads ONNX Runtime; [`session`] runs one model file on named
 //! [`host::HostTensor`]s; [`host`] also reads and writes `.npz` files; [`plan_exec`] runs a
-//! plan folder's rank graphs in lockstep.
+//! plan folder's rank graphs in lockstep; [`sampling`] runs a whole sampling loop through a
+//! plan with [`sampler`]'s update rules.
 
 pub mod host;
 pub mod ort_env;
 pub mod plan_exec;
 pub mod rng;
 pub mod sampler;
+pub mod sampling;
 pub mod session;
 
 pub use host::{HostTensor, NamedTensors, difference, read_npz, write_npz};

@@ -233,6 +233,13 @@ impl PlanExecutor {
         self.threads_per_rank
     }
 
+    /// Number of lockstep steps run so far by this executor (every [`run_ranks`](Self::run_ranks)
+    /// is one step; the step numbers keep increasing across calls, so the first stale step of
+    /// a sampling loop reads the context of the loop's previous step).
+    pub fn steps_run(&self) -> u64 {
+        self.next_step
+    }
+
     /// One synchronous UNet evaluation on full-size `inputs` (named as in the original model;
     /// entries that are not plan inputs are ignored). Returns the gathered outputs, in the
     /// plan's order.
@@ -247,8 +254,22 @@ impl PlanExecutor {
         &self,
         inputs: &[(String, HostTensor)],
     ) -> Result<Vec<NamedTensors>, ExecError> {
+        self.split_inputs_except(inputs, &[])
+    }
+
+    /// Like [`split_inputs`](Self::split_inputs), for every plan input except those named in
+    /// `skip` (which the caller feeds per rank itself, e.g. the latent band and the timestep
+    /// of a sampling loop); entries of `inputs` named in `skip` are ignored.
+    pub fn split_inputs_except(
+        &self,
+        inputs: &[(String, HostTensor)],
+        skip: &[&str],
+    ) -> Result<Vec<NamedTensors>, ExecError> {
         let mut per_rank: Vec<NamedTensors> = vec![Vec::new(); self.plan.world_size];
         for spec in &self.plan.inputs {
+            if skip.contains(&spec.name.as_str()) {
+                continue;
+            }
             let Some((_, full)) = inputs.iter().find(|(n, _)| *n == spec.name) else {
                 return Err(ExecError::MissingInput {
                     name: spec.name.clone(),
@@ -257,6 +278,7 @@ impl PlanExecutor {
                         .inputs
                         .iter()
                         .map(|s| s.name.as_str())
+                        .filter(|n| !skip.contains(n))
                         .collect::<Vec<_>>()
                         .join(", "),
                 });
@@ -322,8 +344,10 @@ impl PlanExecutor {
         Ok(out)
     }
 
-    /// Runs every rank once, in lockstep, on its own inputs; returns every rank's outputs.
-    /// With `stale`, exchanges read the previous step's context (displaced mode after warmup).
+    /// Runs every rank once, in lockstep, on its own inputs; returns every rank's outputs,
+    /// indexed by rank, without gathering them. With `stale`, exchanges read the context of
+    /// the previous call (displaced mode after warmup): each call is step
+    /// [`steps_run`](Self::steps_run) of the ranks' contexts, one more than the call before.
     pub fn run_ranks(
         &mut self,
         inputs: Vec<NamedTensors>,

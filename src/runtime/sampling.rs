@@ -1,0 +1,444 @@
+//! The sampling loop over a plan: every rank holds only its band of the latent and steps its
+//! own sampler over it (the updates are pointwise, see [`super::sampler`]); the full latent is
+//! assembled once, at the end.
+//!
+//! Conventions (diffusers'):
+//! - the plan's model takes the latent as the band-split 4-D input (`sample`, NCHW, split along
+//!   H) and the timestep as `timestep`; every other input (the conditioning:
+//!   `encoder_hidden_states`, SDXL's `text_embeds`/`time_ids`, …) is given at full batch and
+//!   split by [`PlanExecutor::split_inputs_except`];
+//! - with classifier-free guidance the model was compiled for batch `2·n` (unconditional half
+//!   first) and samples `n` images. Without split batch, each rank feeds `x ‖ x` (its band,
+//!   duplicated along the batch), and combines the two halves of its band output with
+//!   [`guide`]. With `--split-batch` (two groups), group 0 runs the unconditional half and
+//!   group 1 the conditional half, each on `x`; the guidance combination needs the other
+//!   group's band output of the same step. On the CPU runtime the executor holds both groups'
+//!   outputs after each lockstep step, so the pair is combined in host memory and both members
+//!   step identical samplers on the guided band. A GPU backend (one process per GPU) does the
+//!   same with a paired exchange: rank `b` of group 0 and rank `b` of group 1 swap their band
+//!   outputs (send/recv of `n·C·h·W` elements), then both combine and step.
+//! - without guidance (or guidance 1) the batch is sampled as is (`n` = the model batch; under
+//!   split batch each group samples its half of the images);
+//! - the initial noise is the full `[n, C, H, W]` [`latent_noise`] of the seed, of which each
+//!   rank keeps its rows (and its images), so a banded run starts from exactly the
+//!   single-device run's noise;
+//! - step `i` is stale (displaced mode) when `i > warmup`: steps `0..=warmup` are synchronous.
+
+use std::ops::Range;
+
+use half::f16;
+use ndarray::{ArrayD, IxDyn};
+use thiserror::Error;
+
+use super::host::{HostTensor, NamedTensors};
+use super::plan_exec::{ExecError, PlanExecutor};
+use super::sampler::{
+    Sampler, SamplerConfig, SamplerError, band_rows, guide, latent_noise, put_rows, take_rows,
+};
+use crate::plan::{Mode, Plan, TensorSpec};
+
+/// Name of the latent input (diffusers' UNets).
+pub const LATENT_INPUT: &str = "sample";
+/// Name of the timestep input (diffusers' UNets).
+pub const TIMESTEP_INPUT: &str = "timestep";
+
+/// Errors of the sampling loop.
+#[derive(Debug, Error)]
+pub enum SampleError {
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    #[error(transparent)]
+    Sampler(#[from] SamplerError),
+    /// The plan does not fit the sampling loop's conventions.
+    #[error("this plan cannot be sampled: {0}")]
+    Plan(String),
+    /// The options do not fit the plan.
+    #[error("{0}")]
+    Options(String),
+}
+
+/// What to sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleOptions {
+    /// The sampler (kind, steps, schedule); every rank builds its own from it.
+    pub sampler: SamplerConfig,
+    /// Classifier-free guidance scale (`None` or 1: no guidance, the batch is used as is).
+    pub guidance: Option<f32>,
+    /// Seed of the initial noise.
+    pub seed: u64,
+}
+
+impl SampleOptions {
+    /// The guidance scale when classifier-free guidance is on.
+    pub fn cfg_scale(&self) -> Option<f32> {
+        self.guidance.filter(|&g| g != 1.0)
+    }
+}
+
+/// The result of a sampling loop.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampled {
+    /// The final latent, `[n, C, H, W]`.
+    pub latent: ArrayD<f32>,
+    /// Wall time of each step (seconds), UNet and sampler.
+    pub step_seconds: Vec<f64>,
+}
+
+/// How the plan's inputs and outputs serve the loop.
+struct Roles<'a> {
+    latent: &'a TensorSpec,
+    timestep: &'a TensorSpec,
+    output: &'a TensorSpec,
+}
+
+fn roles(plan: &Plan) -> Result<Roles<'_>, SampleError> {
+    let names = |specs: &[TensorSpec]| {
+        specs
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let find = |name: &str| plan.inputs.iter().find(|s| s.name == name);
+    let latent = find(LATENT_INPUT).ok_or_else(|| {
+        SampleError::Plan(format!(
+            "it has no latent input `{LATENT_INPUT}` (its inputs: {})",
+            names(&plan.inputs)
+        ))
+    })?;
+    let timestep = find(TIMESTEP_INPUT).ok_or_else(|| {
+        SampleError::Plan(format!(
+            "it has no timestep input `{TIMESTEP_INPUT}` (its inputs: {})",
+            names(&plan.inputs)
+        ))
+    })?;
+    if latent.shape.len() != 4 || latent.layout.band_axis != Some(2) {
+        return Err(SampleError::Plan(format!(
+            "the latent `{}` must be NCHW split along H; it is {:?} split along {:?}",
+            latent.name, latent.shape, latent.layout.band_axis
+        )));
+    }
+    if !matches!(latent.layout.group_axis, None | Some(0)) {
+        return Err(SampleError::Plan(format!(
+            "the latent `{}` is split between groups along axis {:?}, not the batch",
+            latent.name, latent.layout.group_axis
+        )));
+    }
+    if !matches!(latent.dtype.as_str(), "f32" | "f16") {
+        return Err(SampleError::Plan(format!(
+            "the latent `{}` has element type {}; f32 or f16 expected",
+            latent.name, latent.dtype
+        )));
+    }
+    if timestep.layout.band_axis.is_some() {
+        return Err(SampleError::Plan(format!(
+            "the timestep `{}` is split into bands",
+            timestep.name
+        )));
+    }
+    let output = plan
+        .outputs
+        .iter()
+        .find(|o| o.shape == latent.shape && o.layout == latent.layout)
+        .ok_or_else(|| {
+            SampleError::Plan(format!(
+                "no output has the latent's shape {:?} and split (its outputs: {})",
+                latent.shape,
+                names(&plan.outputs)
+            ))
+        })?;
+    if !matches!(output.dtype.as_str(), "f32" | "f16") {
+        return Err(SampleError::Plan(format!(
+            "the model output `{}` has element type {}; f32 or f16 expected",
+            output.name, output.dtype
+        )));
+    }
+    Ok(Roles {
+        latent,
+        timestep,
+        output,
+    })
+}
+
+/// One rank's share of the loop.
+struct RankState {
+    /// The band's images (batch entries of the final latent).
+    images: Range<usize>,
+    rows: Range<usize>,
+    /// The band of the latent, `[images, C, rows, W]`, row-major.
+    x: Vec<f32>,
+    sampler: Box<dyn Sampler>,
+}
+
+fn tensor_of(dtype: &str, shape: &[usize], data: Vec<f32>) -> Result<HostTensor, SampleError> {
+    let bad = |e: ndarray::ShapeError| SampleError::Plan(format!("shape {shape:?}: {e}"));
+    Ok(match dtype {
+        "f16" => HostTensor::F16(
+            ArrayD::from_shape_vec(IxDyn(shape), data.into_iter().map(f16::from_f32).collect())
+                .map_err(bad)?,
+        ),
+        _ => HostTensor::F32(ArrayD::from_shape_vec(IxDyn(shape), data).map_err(bad)?),
+    })
+}
+
+fn floats_of(t: &HostTensor, name: &str) -> Result<Vec<f32>, SampleError> {
+    match t {
+        HostTensor::F32(a) => Ok(a.iter().copied().collect()),
+        HostTensor::F16(a) => Ok(a.iter().map(|v| v.to_f32()).collect()),
+        HostTensor::I64(_) => Err(SampleError::Plan(format!(
+            "the model output `{name}` is integer"
+        ))),
+    }
+}
+
+/// The timestep input of one rank: `spec`'s local shape filled with `t` in `spec`'s element
+/// type (integer types truncate, as torch's `.long()` does).
+fn timestep_tensor(spec: &TensorSpec, t: f64) -> Result<HostTensor, SampleError> {
+    let shape: Vec<usize> = spec
+        .local_shape
+        .iter()
+        .map(|&d| d.max(0) as usize)
+        .collect();
+    Ok(match spec.dtype.as_str() {
+        "f32" => HostTensor::F32(ArrayD::from_elem(IxDyn(&shape), t as f32)),
+        "f16" => HostTensor::F16(ArrayD::from_elem(IxDyn(&shape), f16::from_f64(t))),
+        "i64" => HostTensor::I64(ArrayD::from_elem(IxDyn(&shape), t as i64)),
+        other => {
+            return Err(SampleError::Plan(format!(
+                "the timestep `{}` has element type {other}; f32, f16 or i64 expected",
+                spec.name
+            )));
+        }
+    })
+}
+
+/// Samples with the plan loaded in `exec`: `cond` holds every model input but the latent and
+/// the timestep, at full batch (entries named like those two, or unknown to the plan, are
+/// ignored). `progress` is called after every step with the number of steps done.
+pub fn sample(
+    exec: &mut PlanExecutor,
+    cond: &[(String, HostTensor)],
+    options: &SampleOptions,
+    mut progress: impl FnMut(usize),
+) -> Result<Sampled, SampleError> {
+    let plan = exec.plan().clone();
+    let Roles {
+        latent,
+        timestep,
+        output,
+    } = roles(&plan)?;
+    let dims: Vec<usize> = latent.shape.iter().map(|&d| d.max(0) as usize).collect();
+    let [batch, channels, height, width] = [dims[0], dims[1], dims[2], dims[3]];
+    let local_dims: Vec<usize> = latent
+        .local_shape
+        .iter()
+        .map(|&d| d.max(0) as usize)
+        .collect();
+    let groups = plan.groups.len();
+    let split = latent.layout.group_axis.is_some() && groups > 1;
+    let cfg = options.cfg_scale();
+    if cfg.is_some() && split && groups != 2 {
+        return Err(SampleError::Plan(format!(
+            "guidance with a split batch needs 2 groups, the plan has {groups}"
+        )));
+    }
+    if cfg.is_some() && !batch.is_multiple_of(2) {
+        return Err(SampleError::Options(format!(
+            "guidance needs the model compiled for an even batch (unconditional half first); \
+             the plan's batch is {batch} (compile with --batch {}, or sample without --guidance)",
+            2 * batch
+        )));
+    }
+    let images = if cfg.is_some() { batch / 2 } else { batch };
+    let full_shape = [images, channels, height, width];
+    let noise = latent_noise(options.seed, full_shape);
+    let plane = channels * height * width;
+
+    let cond_per_rank =
+        exec.split_inputs_except(cond, &[latent.name.as_str(), timestep.name.as_str()])?;
+    let mut states = Vec::with_capacity(plan.world_size);
+    for r in &plan.ranks {
+        let bands = plan.groups[r.group].len();
+        let rows = band_rows(height, r.band, bands)?;
+        let mine = match (cfg, split) {
+            (None, true) => {
+                let per = batch / groups;
+                r.group * per..(r.group + 1) * per
+            }
+            _ => 0..images,
+        };
+        let mut x = take_rows(
+            &noise[mine.start * plane..mine.end * plane],
+            [mine.len(), channels, height, width],
+            rows.clone(),
+        )?;
+        let sampler = options.sampler.build()?;
+        sampler.init_latents(&mut x);
+        let model_batch = if cfg.is_some() && !split {
+            2 * mine.len()
+        } else {
+            mine.len()
+        };
+        let want = [model_batch, channels, rows.len(), width];
+        if local_dims != want {
+            return Err(SampleError::Plan(format!(
+                "rank {}: the latent's per-rank shape is {local_dims:?}, the loop feeds {want:?}",
+                r.rank
+            )));
+        }
+        states.push(RankState {
+            images: mine,
+            rows,
+            x,
+            sampler,
+        });
+    }
+
+    let steps = options.sampler.steps;
+    let timesteps: Vec<f64> = states[0].sampler.timesteps().to_vec();
+    let mut step_seconds = Vec::with_capacity(steps);
+    for (i, &t) in timesteps.iter().enumerate() {
+        let start = std::time::Instant::now();
+        let stale = plan.mode == Mode::Displaced && i as u64 > u64::from(plan.warmup);
+        let ts = timestep_tensor(timestep, t)?;
+        let mut feeds: Vec<NamedTensors> = Vec::with_capacity(plan.world_size);
+        for (s, cond) in states.iter().zip(&cond_per_rank) {
+            let mut scaled = vec![0f32; s.x.len()];
+            s.sampler.scale_model_input(i, &s.x, &mut scaled)?;
+            if cfg.is_some() && !split {
+                scaled.extend_from_within(..);
+            }
+            let mut feed = cond.clone();
+            feed.push((
+                latent.name.clone(),
+                tensor_of(&latent.dtype, &local_dims, scaled)?,
+            ));
+            feed.push((timestep.name.clone(), ts.clone()));
+            feeds.push(feed);
+        }
+        let outs = exec.run_ranks(feeds, stale)?;
+        let mut bands: Vec<Vec<f32>> = outs
+            .iter()
+            .enumerate()
+            .map(|(rank, o)| {
+                let t = o
+                    .iter()
+                    .find(|(n, _)| *n == output.name)
+                    .map(|(_, t)| t)
+                    .ok_or_else(|| {
+                        SampleError::Plan(format!("rank {rank} did not produce `{}`", output.name))
+                    })?;
+                floats_of(t, &output.name)
+            })
+            .collect::<Result<_, _>>()?;
+        let guided: Vec<Vec<f32>> = match cfg {
+            None => std::mem::take(&mut bands),
+            Some(scale) if !split => bands
+                .iter()
+                .map(|b| {
+                    let (u, c) = b.split_at(b.len() / 2);
+                    guide(u, c, scale)
+                })
+                .collect::<Result<_, _>>()?,
+            // The CFG pair: band b of group 0 (unconditional) and of group 1 (conditional).
+            Some(scale) => plan
+                .ranks
+                .iter()
+                .map(|r| {
+                    let u = plan.groups[0][r.band];
+                    let c = plan.groups[1][r.band];
+                    guide(&bands[u], &bands[c], scale)
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        for (s, g) in states.iter_mut().zip(&guided) {
+            s.sampler.step(i, g, &mut s.x)?;
+        }
+        step_seconds.push(start.elapsed().as_secs_f64());
+        progress(i + 1);
+    }
+    let mut full = vec![0f32; noise.len()];
+    for s in &states {
+        let part = &mut full[s.images.start * plane..s.images.end * plane];
+        put_rows(
+            &s.x,
+            [s.images.len(), channels, height, width],
+            s.rows.clone(),
+            part,
+        )?;
+    }
+    let latent = ArrayD::from_shape_vec(IxDyn(&full_shape), full)
+        .map_err(|e| SampleError::Plan(format!("final latent: {e}")))?;
+    Ok(Sampled {
+        latent,
+        step_seconds,
+    })
+}
+
+/// A visualization of latents `[n, C, H, W]` (no VAE decoder): the first three channels mapped
+/// from [-1, 1] to [0, 255] as RGB (missing channels black; one channel as gray), the images
+/// side by side. Returns `(width, height, rgb bytes)`.
+pub fn latent_preview(latent: &ArrayD<f32>) -> Result<(u32, u32, Vec<u8>), String> {
+    let &[n, c, h, w] = latent.shape() else {
+        return Err(format!("latent of shape {:?}, not NCHW", latent.shape()));
+    };
+    let width = n * w;
+    let mut rgb = vec![0u8; width * h * 3];
+    let to_byte = |v: f32| (((v.clamp(-1.0, 1.0) + 1.0) * 127.5).round()) as u8;
+    for img in 0..n {
+        for y in 0..h {
+            for x in 0..w {
+                let px = ((y * width) + img * w + x) * 3;
+                for ch in 0..3 {
+                    let src = if c == 1 {
+                        Some(0)
+                    } else {
+                        (ch < c).then_some(ch)
+                    };
+                    if let Some(src) = src {
+                        rgb[px + ch] = to_byte(latent[[img, src, y, x]]);
+                    }
+                }
+            }
+        }
+    }
+    let (wu, hu) = (
+        u32::try_from(width).map_err(|_| "image too wide".to_string())?,
+        u32::try_from(h).map_err(|_| "image too tall".to_string())?,
+    );
+    Ok((wu, hu, rgb))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preview_maps_channels_side_by_side() {
+        let mut l = ArrayD::<f32>::zeros(IxDyn(&[2, 4, 1, 2]));
+        l[[0, 0, 0, 0]] = 1.0;
+        l[[1, 2, 0, 1]] = -1.0;
+        l[[1, 1, 0, 0]] = 5.0;
+        let (w, h, rgb) = latent_preview(&l).expect("nchw");
+        assert_eq!((w, h), (4, 1));
+        assert_eq!(&rgb[0..3], &[255, 128, 128]);
+        assert_eq!(&rgb[6..9], &[128, 255, 128]);
+        assert_eq!(&rgb[9..12], &[128, 128, 0]);
+    }
+
+    #[test]
+    fn timestep_fills_the_spec() {
+        let spec = TensorSpec {
+            name: "timestep".into(),
+            dtype: "i64".into(),
+            shape: vec![2],
+            local_shape: vec![1],
+            layout: crate::plan::Layout {
+                band_axis: None,
+                group_axis: Some(0),
+            },
+        };
+        let t = timestep_tensor(&spec, 981.7).expect("i64");
+        assert_eq!(t, HostTensor::I64(ArrayD::from_elem(IxDyn(&[1]), 981)));
+    }
+}
