@@ -287,8 +287,11 @@ pub trait Sampler: Send {
     }
 
     /// The standard deviation of the initial latent: the pipeline starts from
-    /// `noise * init_noise_sigma` (see [`Sampler::init_latents`]).
-    fn init_noise_sigma(&self) -> f32;
+    /// `noise * init_noise_sigma` (see [`Sampler::init_latents`]). 1 unless the sampler
+    /// works in sigma space.
+    fn init_noise_sigma(&self) -> f32 {
+        1.0
+    }
 
     /// Scales unit-variance `noise` in place into the initial latent.
     fn init_latents(&self, noise: &mut [f32]) {
@@ -296,13 +299,19 @@ pub trait Sampler: Send {
         noise.iter_mut().for_each(|v| *v *= s);
     }
 
-    /// Writes the model input of step `step` for latent `x` into `out`.
+    /// Writes the model input of step `step` for latent `x` into `out`: `x` itself unless the
+    /// sampler works in sigma space.
     fn scale_model_input(
         &self,
         step: usize,
         x: &[f32],
         out: &mut [f32],
-    ) -> Result<(), SamplerError>;
+    ) -> Result<(), SamplerError> {
+        check_step(step, self.num_steps())?;
+        check_len("model input", x.len(), out.len())?;
+        out.copy_from_slice(x);
+        Ok(())
+    }
 
     /// Advances `x` in place from step `step`'s timestep to the next, given the model output
     /// (guided, if classifier-free guidance is used) at that step.
@@ -559,22 +568,6 @@ impl Sampler for Ddim {
         &self.timesteps
     }
 
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    fn scale_model_input(
-        &self,
-        step: usize,
-        x: &[f32],
-        out: &mut [f32],
-    ) -> Result<(), SamplerError> {
-        check_step(step, self.timesteps.len())?;
-        check_len("model input", x.len(), out.len())?;
-        out.copy_from_slice(x);
-        Ok(())
-    }
-
     fn step(
         &mut self,
         step: usize,
@@ -735,22 +728,6 @@ impl Sampler for DpmPp2m {
 
     fn sigmas(&self) -> Option<&[f32]> {
         Some(&self.sigmas)
-    }
-
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    fn scale_model_input(
-        &self,
-        step: usize,
-        x: &[f32],
-        out: &mut [f32],
-    ) -> Result<(), SamplerError> {
-        check_step(step, self.timesteps.len())?;
-        check_len("model input", x.len(), out.len())?;
-        out.copy_from_slice(x);
-        Ok(())
     }
 
     fn step(
