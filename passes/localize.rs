@@ -266,7 +266,7 @@ pub fn localize(
                     let y = b.op(
                         g,
                         &gname,
-                        "DfcPatchAllGather",
+                        ExchangeKind::Gather.op_type(),
                         DOMAIN,
                         &[v],
                         vec![
@@ -332,7 +332,7 @@ pub fn localize(
                     b.op_into(
                         g,
                         &sname,
-                        "DfcStatsAllReduce",
+                        ExchangeKind::Stats.op_type(),
                         DOMAIN,
                         &[o],
                         vec![AttributeProto::int("slot", 0)],
@@ -364,11 +364,8 @@ pub fn localize(
         if node.domain != DOMAIN {
             continue;
         }
-        let kind = match node.op_type.as_str() {
-            "DfcHaloExchange" => ExchangeKind::Halo,
-            "DfcStatsAllReduce" => ExchangeKind::Stats,
-            "DfcPatchAllGather" => ExchangeKind::Gather,
-            other => bail!("internal: unknown exchange operator {other}"),
+        let Some(kind) = ExchangeKind::from_op_type(&node.op_type) else {
+            bail!("internal: unknown exchange operator {}", node.op_type);
         };
         let (Some(x), Some(y)) = (node.input(0), node.output(0)) else {
             bail!("internal: exchange `{}` is not connected", node.name);
@@ -489,7 +486,7 @@ fn halo(
         let y = b.op(
             g,
             &hname,
-            "DfcHaloExchange",
+            ExchangeKind::Halo.op_type(),
             DOMAIN,
             &[x],
             vec![
@@ -764,7 +761,7 @@ fn normalize_across_bands(
         let gs = b.op(
             g,
             &sname,
-            "DfcStatsAllReduce",
+            ExchangeKind::Stats.op_type(),
             DOMAIN,
             &[s],
             vec![AttributeProto::int("slot", 0)],

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use half::f16;
 
 use super::comm::{Call, CommError, Communicator, Payload};
+use crate::plan::ExchangeKind;
 
 /// Errors of an exchange operator.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -221,9 +222,9 @@ fn payload_of<'a, T: Element>(
     }
 }
 
-const HALO: &str = "DfcHaloExchange";
-const STATS: &str = "DfcStatsAllReduce";
-const GATHER: &str = "DfcPatchAllGather";
+const HALO: &str = ExchangeKind::Halo.op_type();
+const STATS: &str = ExchangeKind::Stats.op_type();
+const GATHER: &str = ExchangeKind::Gather.op_type();
 
 /// The geometry attributes of a `DfcHaloExchange` node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -20,6 +20,8 @@ use ort::operator::{
 };
 use ort::value::{PrimitiveTensorElementType, Shape, TensorElementType, ValueType};
 
+use crate::plan::ExchangeKind;
+
 use super::exchange::{
     Element, Halo, RankContext, gather_output_shape, halo_exchange, halo_output_shape,
     patch_all_gather, stats_all_reduce,
@@ -156,7 +158,7 @@ impl<T: KernelElement> Operator for HaloOp<T> {
     type Kernel<'a> = BoxedKernel<'a>;
 
     fn name(&self) -> &str {
-        "DfcHaloExchange"
+        ExchangeKind::Halo.op_type()
     }
 
     fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
@@ -215,7 +217,7 @@ impl Operator for StatsOp {
     type Kernel<'a> = BoxedKernel<'a>;
 
     fn name(&self) -> &str {
-        "DfcStatsAllReduce"
+        ExchangeKind::Stats.op_type()
     }
 
     fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
@@ -270,7 +272,7 @@ impl<T: KernelElement> Operator for GatherOp<T> {
     type Kernel<'a> = BoxedKernel<'a>;
 
     fn name(&self) -> &str {
-        "DfcPatchAllGather"
+        ExchangeKind::Gather.op_type()
     }
 
     fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {

@@ -44,13 +44,25 @@ pub enum ExchangeKind {
 }
 
 impl ExchangeKind {
+    /// Every kind.
+    pub const ALL: [ExchangeKind; 3] = [
+        ExchangeKind::Halo,
+        ExchangeKind::Stats,
+        ExchangeKind::Gather,
+    ];
+
     /// The ONNX operator name (domain `dfc`).
-    pub fn op_type(self) -> &'static str {
+    pub const fn op_type(self) -> &'static str {
         match self {
             ExchangeKind::Halo => "DfcHaloExchange",
             ExchangeKind::Stats => "DfcStatsAllReduce",
             ExchangeKind::Gather => "DfcPatchAllGather",
         }
+    }
+
+    /// The kind whose operator is `op_type`.
+    pub fn from_op_type(op_type: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.op_type() == op_type)
     }
 }
 

@@ -14,6 +14,7 @@ use anyhow::{Result, anyhow, bail};
 use super::layout::{PartCx, PartRule, Verdict};
 use super::{OpCx, OpDef, norm_axis, tt};
 use crate::ir::{Dim, TensorType};
+use crate::plan::ExchangeKind;
 
 /// Domain of the exchange operators.
 pub const DOMAIN: &str = "dfc";
@@ -60,9 +61,9 @@ fn gather(cx: &OpCx<'_>) -> Result<Vec<TensorType>> {
 
 /// The exchange operators.
 pub const OPS: &[OpDef] = &[
-    OpDef::infer("DfcHaloExchange", halo),
-    OpDef::infer("DfcStatsAllReduce", stats),
-    OpDef::infer("DfcPatchAllGather", gather),
+    OpDef::infer(ExchangeKind::Halo.op_type(), halo),
+    OpDef::infer(ExchangeKind::Stats.op_type(), stats),
+    OpDef::infer(ExchangeKind::Gather.op_type(), gather),
 ];
 
 fn already_partitioned(_cx: &PartCx<'_>) -> Result<Verdict> {
@@ -73,9 +74,9 @@ fn already_partitioned(_cx: &PartCx<'_>) -> Result<Verdict> {
 
 /// Partition rules: refuse (see the module documentation).
 pub const PARTITION: &[PartRule] = &[
-    PartRule::new("DfcHaloExchange", already_partitioned),
-    PartRule::new("DfcStatsAllReduce", already_partitioned),
-    PartRule::new("DfcPatchAllGather", already_partitioned),
+    PartRule::new(ExchangeKind::Halo.op_type(), already_partitioned),
+    PartRule::new(ExchangeKind::Stats.op_type(), already_partitioned),
+    PartRule::new(ExchangeKind::Gather.op_type(), already_partitioned),
 ];
 
 #[cfg(test)]
