@@ -25,6 +25,7 @@
 //! later call returns [`CommError::Poisoned`], so no rank hangs on a peer that is gone.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -157,11 +158,36 @@ struct OrderLog {
     slots: Vec<Option<u32>>,
 }
 
+/// Pseudo-random delays injected around every exchange, to show that results do not depend on
+/// the ranks' timing: each call sleeps before publishing and after reading, for a duration in
+/// `[0, max)` drawn from `(seed, rank, slot, step, call index)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Jitter {
+    pub seed: u64,
+    pub max: Duration,
+}
+
+impl Jitter {
+    fn sleep(&self, call: &Call, phase: u8) {
+        let max = self.max.as_nanos() as u64;
+        if max == 0 {
+            return;
+        }
+        let mut h = std::hash::DefaultHasher::new();
+        (
+            self.seed, call.rank, call.slot, call.step, call.index, phase,
+        )
+            .hash(&mut h);
+        std::thread::sleep(Duration::from_nanos(h.finish() % max));
+    }
+}
+
 /// The communicator of one group of ranks (threads of this process).
 #[derive(Debug)]
 pub struct Communicator {
     size: usize,
     timeout: Option<Duration>,
+    jitter: Option<Jitter>,
     slots: Mutex<HashMap<u32, Arc<Slot>>>,
     poisoned: AtomicBool,
     reason: Mutex<Option<String>>,
@@ -182,6 +208,7 @@ impl Communicator {
         Self {
             size: size.max(1),
             timeout: None,
+            jitter: None,
             slots: Mutex::new(HashMap::new()),
             poisoned: AtomicBool::new(false),
             reason: Mutex::new(None),
@@ -194,6 +221,12 @@ impl Communicator {
     /// for ranks that do not run matching graphs. `None` waits forever.
     pub fn with_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// Sleeps pseudo-randomly around every exchange (see [`Jitter`]); `None`: no delays.
+    pub fn with_jitter(mut self, jitter: Option<Jitter>) -> Self {
+        self.jitter = jitter;
         self
     }
 
@@ -318,8 +351,16 @@ impl Communicator {
         data: Payload,
         wanted: &[usize],
     ) -> Result<Vec<Arc<Payload>>, CommError> {
-        self.exchange_inner(call, data, wanted)
-            .map_err(|e| self.fail(e))
+        if let Some(j) = &self.jitter {
+            j.sleep(&call, 0);
+        }
+        let got = self
+            .exchange_inner(call, data, wanted)
+            .map_err(|e| self.fail(e))?;
+        if let Some(j) = &self.jitter {
+            j.sleep(&call, 1);
+        }
+        Ok(got)
     }
 
     fn exchange_inner(

@@ -8,7 +8,7 @@
 //! | op | fresh (sync, warmup) | stale (displaced, after warmup) |
 //! |---|---|---|
 //! | `DfcHaloExchange` | `[last top rows of band r−1 ‖ x ‖ first bottom rows of band r+1]`, zero rows at the image edges | the neighbours' rows of the previous step |
-//! | `DfcStatsAllReduce` | mean over the group of `s` (f32) | `mean(s of step t−1) + s − s of step t−1` (paper Eq. 2); where the last axis has 2 entries (E\[x\], E\[x²\]) and the estimated variance is negative, the local pair |
+//! | `DfcStatsAllReduce` | mean over the group of `s` (f32) | by the context's [`GnMode`]: `corrected` (default, paper Eq. 2) `mean(s of step t−1) + s − s of step t−1`, where the last axis has 2 entries (E\[x\], E\[x²\]) and the estimated variance is negative the local pair; `stale` the previous step's mean with the own part fresh; `sync` fresh; `separate` the local `s` |
 //! | `DfcPatchAllGather` | concatenation of every band's `x` along `axis`, band order | own band fresh, the others of the previous step |
 
 use std::collections::HashSet;
@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use half::f16;
 
 use super::comm::{Call, CommError, Communicator, Payload};
-use crate::plan::ExchangeKind;
+use crate::plan::{ExchangeKind, GnMode};
 
 /// Errors of an exchange operator.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -90,6 +90,7 @@ pub struct RankContext {
     index: AtomicUsize,
     stale: AtomicBool,
     always_fresh: HashSet<u32>,
+    gn: GnMode,
 }
 
 impl RankContext {
@@ -102,7 +103,15 @@ impl RankContext {
             index: AtomicUsize::new(0),
             stale: AtomicBool::new(false),
             always_fresh: HashSet::new(),
+            gn: GnMode::default(),
         }
+    }
+
+    /// How `DfcStatsAllReduce` treats GroupNorm statistics in stale steps (default
+    /// [`GnMode::Corrected`]).
+    pub fn with_gn(mut self, gn: GnMode) -> Self {
+        self.gn = gn;
+        self
     }
 
     /// Slots that are exchanged fresh even in stale steps (the halo of the model's input, which
@@ -148,9 +157,18 @@ impl RankContext {
         self.step.load(Ordering::SeqCst)
     }
 
+    /// Whether the calls of this step at `slot` read the previous step's payloads.
+    fn is_stale(&self, slot: u32) -> bool {
+        self.stale.load(Ordering::SeqCst) && !self.always_fresh.contains(&slot)
+    }
+
     /// The next call of this step at `slot`.
     fn next_call(&self, slot: u32) -> Call {
-        let stale = self.stale.load(Ordering::SeqCst) && !self.always_fresh.contains(&slot);
+        self.next_call_as(slot, self.is_stale(slot))
+    }
+
+    /// The next call of this step at `slot`, stale or not.
+    fn next_call_as(&self, slot: u32, stale: bool) -> Call {
         Call {
             rank: self.rank,
             slot,
@@ -365,11 +383,12 @@ pub fn stats_all_reduce(
         });
     }
     let n = ctx.group_size();
-    if n == 1 {
+    let stale = ctx.is_stale(slot);
+    if n == 1 || (stale && ctx.gn == GnMode::Separate) {
         g.copy_from_slice(s);
         return Ok(());
     }
-    let call = ctx.next_call(slot);
+    let call = ctx.next_call_as(slot, stale && ctx.gn != GnMode::Sync);
     let all: Vec<usize> = (0..n).collect();
     let got = ctx.comm.exchange(call, Payload::F32(s.to_vec()), &all)?;
     let parts: Vec<&[f32]> = got
@@ -381,17 +400,25 @@ pub fn stats_all_reduce(
         let sum: f64 = parts.iter().map(|p| f64::from(p[i])).sum();
         *out = (sum / n as f64) as f32;
     }
-    if !call.fresh {
-        // Corrected stale statistics: replace this band's stale contribution by its fresh one.
-        let own_old = parts[ctx.rank()];
-        for ((out, &fresh), &old) in g.iter_mut().zip(s).zip(own_old) {
-            *out += (fresh - old) / n as f32;
-        }
-        if s.len().is_multiple_of(2) {
-            for (pair, local) in g.chunks_exact_mut(2).zip(s.chunks_exact(2)) {
-                if pair[1] - pair[0] * pair[0] < 0.0 {
-                    pair.copy_from_slice(local);
-                }
+    if call.fresh {
+        return Ok(());
+    }
+    // The previous step's mean, with this band's change since then: all of it extrapolated
+    // to the whole image (corrected), or only its own share (stale).
+    let share = match ctx.gn {
+        GnMode::Corrected => 1.0,
+        _ => 1.0 / n as f32,
+    };
+    let own_old = parts[ctx.rank()];
+    for ((out, &fresh), &old) in g.iter_mut().zip(s).zip(own_old) {
+        *out += (fresh - old) * share;
+    }
+    // A mean of (E[x], E[x²]) pairs keeps the variance non-negative; an extrapolated one may
+    // not: fall back to the band's own pair there.
+    if ctx.gn == GnMode::Corrected && s.len().is_multiple_of(2) {
+        for (pair, local) in g.chunks_exact_mut(2).zip(s.chunks_exact(2)) {
+            if pair[1] - pair[0] * pair[0] < 0.0 {
+                pair.copy_from_slice(local);
             }
         }
     }
@@ -784,31 +811,90 @@ mod tests {
         }
     }
 
+    /// Runs `stats_all_reduce` with `gn` on `n` ranks for 5 steps (stale after step 1), rank `r`
+    /// contributing `s(r, step)`.
+    fn stats_run(
+        n: usize,
+        gn: GnMode,
+        s: impl Fn(usize, u64) -> Vec<f32> + Sync,
+    ) -> Vec<Vec<Vec<f32>>> {
+        let comm = Arc::new(Communicator::new(n));
+        thread::scope(|scope| {
+            let handles: Vec<_> = (0..n)
+                .map(|rank| {
+                    let ctx = RankContext::new(comm.clone(), rank).with_gn(gn);
+                    let s = &s;
+                    scope.spawn(move || {
+                        (0..5)
+                            .map(|step| {
+                                ctx.begin_step(step, step > 1);
+                                let x = s(rank, step);
+                                let mut g = vec![0f32; x.len()];
+                                stats_all_reduce(&ctx, 0, &x, &mut g).expect("stats");
+                                ctx.end_step();
+                                g
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("rank"))
+                .collect()
+        })
+    }
+
     #[test]
-    fn stale_stats_are_corrected_by_the_fresh_local_part() {
+    fn stale_stats_follow_the_gn_mode() {
         let n = 2;
-        let got = on_ranks(n, 4, Some(1), |ctx, step| {
-            // (mean, mean of squares) pairs that keep the variance positive.
-            let r = ctx.rank() as f32;
-            let s = vec![r + step as f32, 100.0 + r + step as f32];
-            let mut g = vec![0f32; 2];
-            stats_all_reduce(ctx, 0, &s, &mut g).expect("stats");
-            g
-        });
-        for (r, per_step) in got.iter().enumerate() {
-            for (step, g) in per_step.iter().enumerate() {
-                let t = step as f32;
-                let r = r as f32;
-                let want = if step >= 2 {
-                    // mean(step−1) + fresh − stale own
-                    let stale_mean = 0.5 + (t - 1.0);
-                    let m = stale_mean + (r + t - (r + t - 1.0)) / 2.0;
-                    vec![m, m + 100.0]
-                } else {
-                    vec![0.5 + t, 100.5 + t]
-                };
-                assert_eq!(g, &want, "rank {r} step {step}");
+        // (E[x], E[x²]) pairs changing at a different rate on each band.
+        let m = |r: usize, t: u64| r as f32 + t as f32 * (r as f32 + 1.0);
+        let s = |r: usize, t: u64| vec![m(r, t), 100.0 + m(r, t)];
+        let mean = |t: u64| (0..n).map(|r| m(r, t)).sum::<f32>() / n as f32;
+        for gn in [
+            GnMode::Corrected,
+            GnMode::Stale,
+            GnMode::Sync,
+            GnMode::Separate,
+        ] {
+            let got = stats_run(n, gn, s);
+            for (r, per_step) in got.iter().enumerate() {
+                for (t, g) in per_step.iter().enumerate() {
+                    let t = t as u64;
+                    let want = if t <= 1 {
+                        mean(t)
+                    } else {
+                        match gn {
+                            GnMode::Corrected => mean(t - 1) + m(r, t) - m(r, t - 1),
+                            GnMode::Stale => mean(t - 1) + (m(r, t) - m(r, t - 1)) / n as f32,
+                            GnMode::Sync => mean(t),
+                            GnMode::Separate => m(r, t),
+                        }
+                    };
+                    assert_eq!(g, &vec![want, 100.0 + want], "{gn:?}: rank {r} step {t}");
+                }
             }
         }
+    }
+
+    #[test]
+    fn corrected_stats_fall_back_to_the_band_where_the_variance_would_be_negative() {
+        // Step ≥ 1: band 0 moves its mean from 0 to 3 (variance 10 → 1), band 1 stays at
+        // (0, 0.1). Extrapolated: (0 + 3, 5.05) has variance 5.05 − 9 < 0.
+        let s = |r: usize, t: u64| match (r, t) {
+            (0, 0) => vec![0.0, 10.0],
+            (0, _) => vec![3.0, 10.0],
+            _ => vec![0.0, 0.1],
+        };
+        let got = stats_run(2, GnMode::Corrected, s);
+        // Step 2 is stale; band 0 reads step 1 (already moved) — unchanged, exact.
+        assert_eq!(got[0][2], vec![1.5, 5.05]);
+        let shifted = |r: usize, t: u64| s(r, t.saturating_sub(1));
+        let got = stats_run(2, GnMode::Corrected, shifted);
+        // Now band 0 changes between steps 1 and 2 (a stale step): fallback to its own pair.
+        assert_eq!(got[0][2], vec![3.0, 10.0]);
+        // Band 1 did not change: the stale mean.
+        assert_eq!(got[1][2], vec![0.0, 5.05]);
     }
 }

@@ -14,6 +14,6 @@ pub mod comm;
 pub mod exchange;
 pub mod ort_ops;
 
-pub use comm::{Call, CommError, Communicator, Payload};
+pub use comm::{Call, CommError, Communicator, Jitter, Payload};
 pub use exchange::{ExchangeError, RankContext};
 pub use ort_ops::{DOMAIN, operator_domain};

@@ -29,8 +29,8 @@ use crate::passes::partition::{BAND_AXIS, PartitionError};
 use crate::passes::specialize::{SpecializeError, SpecializeOptions};
 use crate::passes::{PartitionOptions, PassContext, PassError, PassManager, PassTiming};
 use crate::plan::{
-    ExchangeKind, ExchangeSpec, Layout as IoLayout, Mode, PLAN_FILE, PLAN_FORMAT, Plan, RankSpec,
-    TensorSpec,
+    ExchangeKind, ExchangeSpec, GnMode, Layout as IoLayout, Mode, PLAN_FILE, PLAN_FORMAT, Plan,
+    RankSpec, TensorSpec,
 };
 use crate::tensor::Tensor;
 
@@ -52,6 +52,8 @@ pub struct CompileOptions {
     pub sizes: SpecializeOptions,
     pub mode: Mode,
     pub warmup: u32,
+    /// GroupNorm statistics in displaced mode's stale steps.
+    pub gn: GnMode,
     pub split_batch: bool,
     /// Stop after this pass and return its dump; nothing is written.
     pub dump_after: Option<String>,
@@ -563,6 +565,7 @@ fn emit(opts: &CompileOptions, c: &Compiled, parent: &Path) -> Result<Plan> {
         source_sha256: sha256_of(&opts.model)?,
         mode: opts.mode,
         warmup: opts.warmup,
+        gn: opts.gn,
         world_size: world,
         split_batch: opts.split_batch,
         groups: (0..groups)

@@ -54,6 +54,7 @@ fn options(model: &Path, out: &Path, n: usize, sizes: &SpecializeOptions) -> Com
         sizes: sizes.clone(),
         mode: Mode::Sync,
         warmup: 4,
+        gn: Default::default(),
         split_batch: false,
         dump_after: None,
     }

@@ -41,6 +41,7 @@ fn plan_error(f: &Fixture, n: usize, mode: Mode, split_batch: bool) -> Result<f6
         sizes: sizes_for(&f.name),
         mode,
         warmup: 4,
+        gn: Default::default(),
         split_batch,
         dump_after: None,
     })
@@ -178,6 +179,7 @@ fn per_band_constants_and_mean_statistics() -> Result<()> {
             sizes: SpecializeOptions::default(),
             mode: Mode::Sync,
             warmup: 4,
+            gn: Default::default(),
             split_batch: false,
             dump_after: None,
         })?;

@@ -22,6 +22,7 @@ fn dump_after(pass: &str) -> Result<String> {
         sizes: Default::default(),
         mode: Mode::Sync,
         warmup: 4,
+        gn: Default::default(),
         split_batch: false,
         dump_after: Some(pass.to_string()),
     };

@@ -204,6 +204,7 @@ fn write_plan(
         source_sha256: "0".repeat(64),
         mode: Mode::Sync,
         warmup: 0,
+        gn: Default::default(),
         world_size: world,
         split_batch: shape.groups > 1,
         groups,

@@ -12,6 +12,7 @@ use anyhow::{Context, Result, ensure};
 use dfc::emit::{CompileOptions, compile};
 use dfc::passes::specialize::SpecializeOptions;
 use dfc::plan::Mode;
+use dfc::plugins::Jitter;
 use dfc::runtime::host::{HostTensor, difference, read_npz, write_npz};
 use dfc::runtime::sampler::{Prediction, SamplerConfig, SamplerKind};
 use dfc::runtime::sampling::{SampleOptions, sample};
@@ -47,6 +48,7 @@ fn compile_plan(
         sizes,
         mode,
         warmup: 1,
+        gn: Default::default(),
         split_batch,
         dump_after: None,
     })
@@ -54,24 +56,35 @@ fn compile_plan(
     Ok(())
 }
 
+fn exec_options() -> ExecOptions {
+    ExecOptions {
+        threads: 4,
+        timeout: Some(Duration::from_secs(120)),
+        ..ExecOptions::default()
+    }
+}
+
 /// Samples `STEPS` DDIM steps with guidance through the plan in `dir`.
 fn sample_plan(dir: &Path, cond: &[(String, HostTensor)]) -> Result<HostTensor> {
-    let mut exec = PlanExecutor::load(
-        dir,
-        ExecOptions {
-            threads: 4,
-            optimize: true,
-            timeout: Some(Duration::from_secs(120)),
-        },
-    )?;
+    sample_steps(dir, cond, STEPS, exec_options())
+}
+
+/// Samples `steps` DDIM steps with guidance through the plan in `dir`.
+fn sample_steps(
+    dir: &Path,
+    cond: &[(String, HostTensor)],
+    steps: usize,
+    exec: ExecOptions,
+) -> Result<HostTensor> {
+    let mut exec = PlanExecutor::load(dir, exec)?;
     let options = SampleOptions {
-        sampler: SamplerConfig::sd15(SamplerKind::Ddim, STEPS, Prediction::Epsilon),
+        sampler: SamplerConfig::sd15(SamplerKind::Ddim, steps, Prediction::Epsilon),
         guidance: Some(GUIDANCE),
         seed: SEED,
     };
     let mut seen = Vec::new();
     let out = sample(&mut exec, cond, &options, |done| seen.push(done))?;
-    ensure!(seen == (1..=STEPS).collect::<Vec<_>>(), "progress {seen:?}");
+    ensure!(seen == (1..=steps).collect::<Vec<_>>(), "progress {seen:?}");
     ensure!(
         out.latent.iter().all(|v| v.is_finite()),
         "non-finite latent"
@@ -138,6 +151,44 @@ fn banded_sampling_matches_one_rank_and_displaced_beats_naive() -> Result<()> {
         naive > displaced && naive_l2 > displaced_l2,
         "naive ({naive}, L2 {naive_l2}) is not worse than displaced ({displaced}, L2 {displaced_l2})"
     );
+    Ok(())
+}
+
+#[test]
+fn eight_ranks_give_the_same_samples_whatever_their_timing() -> Result<()> {
+    require_ort()?;
+    let tmp = tempfile::tempdir()?;
+    let plan = tmp.path().join("plan");
+    compile_plan(
+        &root().join("models/sd15_tiny.onnx"),
+        &plan,
+        8,
+        Mode::Displaced,
+        false,
+        SpecializeOptions::default(),
+    )?;
+    let cond = read_npz(&root().join("models/sd15_tiny.io.npz"))?;
+    let steps = 20;
+    let plain = sample_steps(&plan, &cond, steps, exec_options())?;
+    for seed in [1, 2] {
+        let jittered = sample_steps(
+            &plan,
+            &cond,
+            steps,
+            ExecOptions {
+                jitter: Some(Jitter {
+                    seed,
+                    max: Duration::from_micros(1500),
+                }),
+                ..exec_options()
+            },
+        )?;
+        ensure!(
+            jittered == plain,
+            "random delays (seed {seed}) changed the result: {:?}",
+            difference(&jittered, &plain)
+        );
+    }
     Ok(())
 }
 

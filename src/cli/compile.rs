@@ -1,7 +1,8 @@
 //! `dfc compile`: partition a UNet into per-GPU band graphs and write a plan folder.
 //!
 //! `dfc compile MODEL --gpus N [--batch B --height H --width W --dim NAME=V …] [--mode
-//! sync|displaced|naive] [--warmup K] [--split-batch] [--dump-after PASS] [--timings] -o PLAN`.
+//! sync|displaced|naive] [--warmup K] [--gn corrected|stale|sync|separate] [--split-batch]
+//! [--dump-after PASS] [--timings] -o PLAN`.
 //! Sizes are those of the whole batch and image (latent elements); with `--split-batch` each
 //! CFG group runs half the batch on N/2 GPUs. `--dump-after PASS` prints the IR after that pass
 //! of the `compile` pipeline (and, after `partition`, every node's layouts) and writes nothing.
@@ -12,7 +13,7 @@ use anyhow::Result;
 
 use super::specialize::SizeArgs;
 use crate::emit::{CompileOptions, compile};
-use crate::plan::Mode;
+use crate::plan::{GnMode, Mode};
 
 /// Arguments of `dfc compile`.
 #[derive(Debug, Clone, clap::Args)]
@@ -30,6 +31,9 @@ pub struct Args {
     /// Synchronous steps after step 0 in displaced mode.
     #[arg(long, default_value_t = 4)]
     pub warmup: u32,
+    /// GroupNorm statistics in displaced mode's stale steps (the paper's ablation).
+    #[arg(long, value_enum, default_value = "corrected")]
+    pub gn: GnMode,
     /// Put the two classifier-free-guidance halves of the batch on two groups of GPUs.
     #[arg(long)]
     pub split_batch: bool,
@@ -53,6 +57,7 @@ pub fn run(args: &Args) -> Result<()> {
         sizes: args.sizes.options()?,
         mode: args.mode,
         warmup: args.warmup,
+        gn: args.gn,
         split_batch: args.split_batch,
         dump_after: args.dump_after.clone(),
     };

@@ -92,6 +92,7 @@ pub fn run(args: &Args) -> Result<()> {
         sizes: args.sizes.options()?,
         mode: args.mode,
         warmup: 4,
+        gn: Default::default(),
         split_batch: args.split_batch,
         dump_after: None,
     };

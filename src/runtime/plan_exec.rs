@@ -24,7 +24,7 @@ use super::host::{HostTensor, NamedTensors};
 use super::ort_env::OrtEnvError;
 use super::session::{ModelSession, RunError, SessionOptions};
 use crate::plan::{Layout, Plan, PlanError, TensorSpec};
-use crate::plugins::{Communicator, RankContext, operator_domain};
+use crate::plugins::{Communicator, Jitter, RankContext, operator_domain};
 
 /// Errors of loading or running a plan.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +62,9 @@ pub struct ExecOptions {
     pub optimize: bool,
     /// Fail (instead of waiting on) an exchange that waits longer than this (`None`: no limit).
     pub timeout: Option<Duration>,
+    /// Inject pseudo-random delays around every exchange (a check that results do not depend
+    /// on the ranks' timing).
+    pub jitter: Option<Jitter>,
 }
 
 impl Default for ExecOptions {
@@ -70,6 +73,7 @@ impl Default for ExecOptions {
             threads: 0,
             optimize: true,
             timeout: None,
+            jitter: None,
         }
     }
 }
@@ -151,7 +155,13 @@ impl PlanExecutor {
         let comms: Vec<Arc<Communicator>> = plan
             .groups
             .iter()
-            .map(|g| Arc::new(Communicator::new(g.len()).with_timeout(options.timeout)))
+            .map(|g| {
+                Arc::new(
+                    Communicator::new(g.len())
+                        .with_timeout(options.timeout)
+                        .with_jitter(options.jitter),
+                )
+            })
             .collect();
         let threads_per_rank = options.threads_per_rank(plan.world_size);
         let session_options = SessionOptions {
@@ -166,6 +176,7 @@ impl PlanExecutor {
             .filter(|e| e.always_fresh)
             .map(|e| e.slot)
             .collect();
+        let gn = plan.gn;
         let loaded: Vec<Result<Rank, ExecError>> = std::thread::scope(|s| {
             let handles: Vec<_> = plan
                 .ranks
@@ -176,7 +187,9 @@ impl PlanExecutor {
                     let always_fresh = always_fresh.clone();
                     s.spawn(move || -> Result<Rank, ExecError> {
                         let ctx = Arc::new(
-                            RankContext::new(comm, spec.band).with_always_fresh(always_fresh),
+                            RankContext::new(comm, spec.band)
+                                .with_always_fresh(always_fresh)
+                                .with_gn(gn),
                         );
                         let domain =
                             operator_domain(ctx.clone()).map_err(|e| ExecError::Operators {

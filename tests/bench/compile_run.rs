@@ -37,6 +37,7 @@ fn options(
         sizes,
         mode: Mode::Sync,
         warmup: 4,
+        gn: Default::default(),
         split_batch: false,
         dump_after: None,
     }
