@@ -4,6 +4,7 @@
 //! model, missing ONNX Runtime), 2 internal error (a bug of dfc: errors marked [`Internal`], or
 //! a panic). Errors print their whole cause chain on stderr.
 
+pub mod compare;
 pub mod compile;
 pub mod eval;
 pub mod inspect;
@@ -49,6 +50,9 @@ pub enum Command {
     Unet(unet::Args),
     /// Sample a latent through a plan (bands in lockstep, pointwise samplers per band).
     Run(run::Args),
+    /// Sample with the original model and with patch-parallel plans from one seed; report
+    /// PSNR/SSIM against the original and write the images side by side.
+    Compare(compare::Args),
 }
 
 /// Runs the command line `args` (program name first) and returns the exit code.
@@ -105,5 +109,6 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Passes(args) => passes::run(args),
         Command::Unet(args) => unet::run(args),
         Command::Run(args) => run::run(args),
+        Command::Compare(args) => compare::run(args),
     }
 }

@@ -3,9 +3,10 @@
 //! [`ort_env`] finds and loads ONNX Runtime; [`session`] runs one model file on named
 //! [`host::HostTensor`]s; [`host`] also reads and writes `.npz` files; [`plan_exec`] runs a
 //! plan folder's rank graphs in lockstep; [`sampling`] runs a whole sampling loop through a
-//! plan with [`sampler`]'s update rules.
+//! plan with [`sampler`]'s update rules; [`image`] turns latents into images and compares them.
 
 pub mod host;
+pub mod image;
 pub mod ort_env;
 pub mod plan_exec;
 pub mod rng;

@@ -375,56 +375,9 @@ pub fn sample(
     })
 }
 
-/// A visualization of latents `[n, C, H, W]` (no VAE decoder): the first three channels mapped
-/// from [-1, 1] to [0, 255] as RGB (missing channels black; one channel as gray), the images
-/// side by side. Returns `(width, height, rgb bytes)`.
-pub fn latent_preview(latent: &ArrayD<f32>) -> Result<(u32, u32, Vec<u8>), String> {
-    let &[n, c, h, w] = latent.shape() else {
-        return Err(format!("latent of shape {:?}, not NCHW", latent.shape()));
-    };
-    let width = n * w;
-    let mut rgb = vec![0u8; width * h * 3];
-    let to_byte = |v: f32| (((v.clamp(-1.0, 1.0) + 1.0) * 127.5).round()) as u8;
-    for img in 0..n {
-        for y in 0..h {
-            for x in 0..w {
-                let px = ((y * width) + img * w + x) * 3;
-                for ch in 0..3 {
-                    let src = if c == 1 {
-                        Some(0)
-                    } else {
-                        (ch < c).then_some(ch)
-                    };
-                    if let Some(src) = src {
-                        rgb[px + ch] = to_byte(latent[[img, src, y, x]]);
-                    }
-                }
-            }
-        }
-    }
-    let (wu, hu) = (
-        u32::try_from(width).map_err(|_| "image too wide".to_string())?,
-        u32::try_from(h).map_err(|_| "image too tall".to_string())?,
-    );
-    Ok((wu, hu, rgb))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn preview_maps_channels_side_by_side() {
-        let mut l = ArrayD::<f32>::zeros(IxDyn(&[2, 4, 1, 2]));
-        l[[0, 0, 0, 0]] = 1.0;
-        l[[1, 2, 0, 1]] = -1.0;
-        l[[1, 1, 0, 0]] = 5.0;
-        let (w, h, rgb) = latent_preview(&l).expect("nchw");
-        assert_eq!((w, h), (4, 1));
-        assert_eq!(&rgb[0..3], &[255, 128, 128]);
-        assert_eq!(&rgb[6..9], &[128, 255, 128]);
-        assert_eq!(&rgb[9..12], &[128, 128, 0]);
-    }
 
     #[test]
     fn timestep_fills_the_spec() {
