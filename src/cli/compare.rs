@@ -146,6 +146,7 @@ pub fn run(args: &Args) -> Result<()> {
     let variants = variants(args)?;
     let sizes = args.sizes.options()?;
     let cond = args.sampling.conditioning()?;
+    let mut imager = args.sampling.imager()?;
     let scratch = tempfile::tempdir().context("creating a temporary folder")?;
     let root = args
         .keep_plans
@@ -175,12 +176,12 @@ pub fn run(args: &Args) -> Result<()> {
         .collect::<Result<_>>()?;
 
     let original = sample_plan(&original_dir, &args.sampling, &options, &cond, "original")?;
-    let original_images = args.sampling.images(&original.latent)?;
+    let original_images = imager.images(&original.latent)?;
     let mut rows = Vec::new();
     let mut columns: Vec<Vec<Image>> = vec![original_images.clone()];
     for (v, dir) in variants.iter().zip(&dirs) {
         let got = sample_plan(dir, &args.sampling, &options, &cond, &v.name)?;
-        let images = args.sampling.images(&got.latent)?;
+        let images = imager.images(&got.latent)?;
         let psnrs: Vec<f64> = original_images
             .iter()
             .zip(&images)

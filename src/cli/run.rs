@@ -16,7 +16,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use ndarray::ArrayD;
 
 use crate::plan::Mode;
-use crate::runtime::image::{Image, decode_with_vae, latent_images, side_by_side};
+use crate::runtime::image::{Image, VaeDecoder, latent_images, side_by_side};
 use crate::runtime::sampler::{Prediction, SamplerConfig, SamplerKind};
 use crate::runtime::sampling::{SampleOptions, Sampled, sample};
 use crate::runtime::{ExecOptions, HostTensor, PlanExecutor, read_npz, write_npz};
@@ -108,11 +108,6 @@ impl SamplingArgs {
             SamplerConfig::sd15(kind, self.steps, prediction)
         };
         sampler.build().context("bad sampler settings")?;
-        if let Some(vae) = &self.vae
-            && !vae.is_file()
-        {
-            bail!("the VAE decoder {} does not exist", vae.display());
-        }
         Ok(SampleOptions {
             sampler,
             guidance: self.guidance,
@@ -125,11 +120,27 @@ impl SamplingArgs {
         read_npz(&self.inputs).with_context(|| format!("reading {}", self.inputs.display()))
     }
 
-    /// The images of a final latent: decoded by the VAE when given, else its channels.
-    pub fn images(&self, latent: &ArrayD<f32>) -> Result<Vec<Image>> {
-        Ok(match &self.vae {
-            Some(vae) => decode_with_vae(vae, latent, self.vae_scale, self.threads)
-                .with_context(|| format!("decoding with {}", vae.display()))?,
+    /// Turns final latents into images: a loaded `--vae` decoder, else the latent's channels.
+    /// Fails (before any sampling) on a decoder that cannot be loaded.
+    pub fn imager(&self) -> Result<Imager> {
+        Ok(Imager(match &self.vae {
+            Some(vae) => Some(
+                VaeDecoder::open(vae, self.vae_scale, self.threads)
+                    .with_context(|| format!("loading the VAE decoder {}", vae.display()))?,
+            ),
+            None => None,
+        }))
+    }
+}
+
+/// Final latents to images (see [`SamplingArgs::imager`]).
+pub struct Imager(Option<VaeDecoder>);
+
+impl Imager {
+    /// The images of a final latent `[n, C, H, W]`.
+    pub fn images(&mut self, latent: &ArrayD<f32>) -> Result<Vec<Image>> {
+        Ok(match &mut self.0 {
+            Some(vae) => vae.decode(latent).context("decoding the final latent")?,
             None => latent_images(latent)?,
         })
     }
@@ -222,10 +233,11 @@ pub struct Args {
 pub fn run(args: &Args) -> Result<()> {
     let options = args.sampling.options()?;
     let cond = args.sampling.conditioning()?;
+    let mut imager = args.sampling.imager()?;
     let sampled = sample_plan(&args.plan, &args.sampling, &options, &cond, "")?;
     // Decode before writing anything, so a failing decoder leaves no files behind.
     let image = match &args.png {
-        Some(_) => Some(side_by_side(&args.sampling.images(&sampled.latent)?)?),
+        Some(_) => Some(side_by_side(&imager.images(&sampled.latent)?)?),
         None => None,
     };
     let latent = HostTensor::F32(sampled.latent);

@@ -1,6 +1,6 @@
 //! Images out of latents, and how close two of them are.
 //!
-//! A latent becomes RGB either through a VAE decoder ONNX model ([`decode_with_vae`]) or, with
+//! A latent becomes RGB either through a VAE decoder ONNX model ([`VaeDecoder`]) or, with
 //! no decoder, by reading its first three channels as RGB in [-1, 1] ([`latent_images`]: exact
 //! for pixel-space models such as `models/shapes`, a preview for SD latents). Images are f32
 //! RGB in [0, 1]. [`psnr`] and [`ssim`] compare two of them (data range 1); [`grid`] lays
@@ -131,66 +131,83 @@ pub fn latent_images(latent: &ArrayD<f32>) -> Result<Vec<Image>, ImageError> {
         .collect())
 }
 
-/// Decodes the latent `[n, C, H, W]` with the VAE decoder at `vae` (input: the latent divided
-/// by `scale`, diffusers' `scaling_factor`; output `[b, 3, H', W']` in [-1, 1]). A decoder
-/// with a fixed batch of 1 is run image by image.
-pub fn decode_with_vae(
-    vae: &Path,
-    latent: &ArrayD<f32>,
+/// A VAE decoder ONNX model: one input (the latent divided by the scaling factor, diffusers'
+/// `scaling_factor`), first output the image `[b, 3, H', W']` in [-1, 1]. Decoders with a fixed
+/// batch of 1 work: images are decoded one by one.
+pub struct VaeDecoder {
+    session: ModelSession,
+    input: String,
     scale: f32,
-    threads: usize,
-) -> Result<Vec<Image>, ImageError> {
-    let [n, ..] = nchw(latent)?;
-    if !(scale.is_finite() && scale != 0.0) {
-        return Err(ImageError::Shape(format!(
-            "the VAE scaling factor must be a finite non-zero number, not {scale}"
-        )));
-    }
-    let mut session = ModelSession::new(
-        vae,
-        SessionOptions {
-            threads,
-            ..SessionOptions::default()
-        },
-    )?;
-    let names = session.input_names();
-    let [input] = names.as_slice() else {
-        return Err(ImageError::Shape(format!(
-            "the VAE decoder {} has {} inputs ({}); one (the latent) expected",
-            vae.display(),
-            names.len(),
-            names.join(", ")
-        )));
-    };
-    let scaled = latent.mapv(|v| v / scale);
-    let mut images = Vec::with_capacity(n);
-    for i in 0..n {
-        let one = scaled
-            .index_axis(Axis(0), i)
-            .insert_axis(Axis(0))
-            .to_owned();
-        let out = session.run(&[(input.clone(), HostTensor::F32(one))], false)?;
-        let decoded = match out.into_iter().next() {
-            Some((_, HostTensor::F32(a))) => a,
-            Some((_, HostTensor::F16(a))) => a.mapv(|v| v.to_f32()),
-            _ => {
-                return Err(ImageError::Shape(format!(
-                    "the VAE decoder {} returned no floating-point image",
-                    vae.display()
-                )));
-            }
-        };
-        let [b, c, ..] = nchw(&decoded)?;
-        if b != 1 || c != 3 {
+    path: String,
+}
+
+impl VaeDecoder {
+    /// Loads the decoder at `path` and checks that it has one input.
+    pub fn open(path: &Path, scale: f32, threads: usize) -> Result<Self, ImageError> {
+        if !(scale.is_finite() && scale != 0.0) {
             return Err(ImageError::Shape(format!(
-                "the VAE decoder {} returned shape {:?}; [1, 3, H, W] expected",
-                vae.display(),
-                decoded.shape()
+                "the VAE scaling factor must be a finite non-zero number, not {scale}"
             )));
         }
-        images.push(Image::from_nchw(&decoded, 0, -1.0, 1.0));
+        let session = ModelSession::new(
+            path,
+            SessionOptions {
+                threads,
+                ..SessionOptions::default()
+            },
+        )?;
+        let names = session.input_names();
+        let [input] = names.as_slice() else {
+            return Err(ImageError::Shape(format!(
+                "{} is not a VAE decoder: it has {} inputs ({}), a decoder has one (the latent)",
+                path.display(),
+                names.len(),
+                names.join(", ")
+            )));
+        };
+        Ok(Self {
+            input: input.clone(),
+            session,
+            scale,
+            path: path.display().to_string(),
+        })
     }
-    Ok(images)
+
+    /// Decodes the latent `[n, C, H, W]` into `n` images.
+    pub fn decode(&mut self, latent: &ArrayD<f32>) -> Result<Vec<Image>, ImageError> {
+        let [n, ..] = nchw(latent)?;
+        let scaled = latent.mapv(|v| v / self.scale);
+        let mut images = Vec::with_capacity(n);
+        for i in 0..n {
+            let one = scaled
+                .index_axis(Axis(0), i)
+                .insert_axis(Axis(0))
+                .to_owned();
+            let out = self
+                .session
+                .run(&[(self.input.clone(), HostTensor::F32(one))], false)?;
+            let decoded = match out.into_iter().next() {
+                Some((_, HostTensor::F32(a))) => a,
+                Some((_, HostTensor::F16(a))) => a.mapv(|v| v.to_f32()),
+                _ => {
+                    return Err(ImageError::Shape(format!(
+                        "the VAE decoder {} returned no floating-point image",
+                        self.path
+                    )));
+                }
+            };
+            let [b, c, ..] = nchw(&decoded)?;
+            if b != 1 || c != 3 {
+                return Err(ImageError::Shape(format!(
+                    "the VAE decoder {} returned shape {:?}; [1, 3, H, W] expected",
+                    self.path,
+                    decoded.shape()
+                )));
+            }
+            images.push(Image::from_nchw(&decoded, 0, -1.0, 1.0));
+        }
+        Ok(images)
+    }
 }
 
 fn same_size(a: &Image, b: &Image) -> Result<(), ImageError> {
