@@ -192,6 +192,66 @@ fn eight_ranks_give_the_same_samples_whatever_their_timing() -> Result<()> {
     Ok(())
 }
 
+/// `model` with its inputs `sample` and `timestep` renamed (graph inputs and node inputs).
+fn renamed_inputs(model: &Path, out: &Path) -> Result<()> {
+    use prost::Message;
+    let mut proto = dfc::onnx::load(model)?.proto;
+    let graph = proto.graph.as_mut().context("no graph")?;
+    let rename = |name: &mut String| match name.as_str() {
+        "sample" => *name = "noisy_latent".into(),
+        "timestep" => *name = "t".into(),
+        _ => {}
+    };
+    for input in &mut graph.input {
+        if let Some(n) = input.name.as_mut() {
+            rename(n);
+        }
+    }
+    for node in &mut graph.node {
+        node.input.iter_mut().for_each(rename);
+    }
+    std::fs::write(out, proto.encode_to_vec())?;
+    Ok(())
+}
+
+#[test]
+fn latent_and_timestep_are_found_by_role_under_other_names() -> Result<()> {
+    require_ort()?;
+    let tmp = tempfile::tempdir()?;
+    let renamed = tmp.path().join("renamed.onnx");
+    renamed_inputs(&root().join("models/sd15_tiny.onnx"), &renamed)?;
+    let cond = read_npz(&root().join("models/sd15_tiny.io.npz"))?;
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    compile_plan(
+        &root().join("models/sd15_tiny.onnx"),
+        &a,
+        2,
+        Mode::Sync,
+        false,
+        SpecializeOptions::default(),
+    )?;
+    compile_plan(
+        &renamed,
+        &b,
+        2,
+        Mode::Sync,
+        false,
+        SpecializeOptions::default(),
+    )?;
+    let names: Vec<String> = dfc::plan::Plan::load(&b)?
+        .inputs
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    ensure!(
+        names.contains(&"noisy_latent".to_string()) && names.contains(&"t".to_string()),
+        "{names:?}"
+    );
+    let (want, got) = (sample_plan(&a, &cond)?, sample_plan(&b, &cond)?);
+    ensure!(got == want, "{:?}", difference(&got, &want));
+    Ok(())
+}
+
 #[test]
 fn split_batch_sync_sampling_matches_one_rank() -> Result<()> {
     require_ort()?;

@@ -4,7 +4,8 @@
 //!
 //! Conventions (diffusers'):
 //! - the plan's model takes the latent as the band-split 4-D input (`sample`, NCHW, split along
-//!   H) and the timestep as `timestep`; every other input (the conditioning:
+//!   H; another name works when it is the only such input) and the timestep as `timestep` (or
+//!   the only unsplit input of rank ≤ 1); every other input (the conditioning:
 //!   `encoder_hidden_states`, SDXL's `text_embeds`/`time_ids`, …) is given at full batch and
 //!   split by [`PlanExecutor::split_inputs_except`];
 //! - with classifier-free guidance the model was compiled for batch `2·n` (unconditional half
@@ -37,9 +38,10 @@ use super::sampler::{
 };
 use crate::plan::{Mode, Plan, TensorSpec};
 
-/// Name of the latent input (diffusers' UNets).
+/// Name of the latent input (diffusers' UNets); without it, the one 4-D input split into bands.
 pub const LATENT_INPUT: &str = "sample";
-/// Name of the timestep input (diffusers' UNets).
+/// Name of the timestep input (diffusers' UNets); without it, the one input of rank ≤ 1 that is
+/// not split into bands.
 pub const TIMESTEP_INPUT: &str = "timestep";
 
 /// Errors of the sampling loop.
@@ -99,18 +101,29 @@ fn roles(plan: &Plan) -> Result<Roles<'_>, SampleError> {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let find = |name: &str| plan.inputs.iter().find(|s| s.name == name);
-    let latent = find(LATENT_INPUT).ok_or_else(|| {
-        SampleError::Plan(format!(
-            "it has no latent input `{LATENT_INPUT}` (its inputs: {})",
-            names(&plan.inputs)
-        ))
+    // By diffusers' names, else by role: the one 4-D input split into bands, and the one input
+    // of at most one element per batch entry that is not split into bands.
+    let pick = |name: &str, what: &str, fits: &dyn Fn(&TensorSpec) -> bool| {
+        if let Some(s) = plan.inputs.iter().find(|s| s.name == name) {
+            return Ok(s);
+        }
+        let candidates: Vec<&TensorSpec> = plan.inputs.iter().filter(|s| fits(s)).collect();
+        match candidates.as_slice() {
+            [one] => Ok(*one),
+            _ => Err(SampleError::Plan(format!(
+                "it has no {what} input named `{name}`, and {} inputs could be it (its inputs: {})",
+                candidates.len(),
+                names(&plan.inputs)
+            ))),
+        }
+    };
+    let latent = pick(LATENT_INPUT, "latent", &|s| {
+        s.shape.len() == 4 && s.layout.band_axis == Some(2)
     })?;
-    let timestep = find(TIMESTEP_INPUT).ok_or_else(|| {
-        SampleError::Plan(format!(
-            "it has no timestep input `{TIMESTEP_INPUT}` (its inputs: {})",
-            names(&plan.inputs)
-        ))
+    let timestep = pick(TIMESTEP_INPUT, "timestep", &|s| {
+        s.layout.band_axis.is_none()
+            && s.shape.len() <= 1
+            && matches!(s.dtype.as_str(), "f32" | "f16" | "i64")
     })?;
     if latent.shape.len() != 4 || latent.layout.band_axis != Some(2) {
         return Err(SampleError::Plan(format!(
