@@ -56,6 +56,18 @@ fn compile_plan(
     Ok(())
 }
 
+/// Compiles `models/sd15_tiny.onnx` at its own sizes.
+fn compile_tiny(out: &Path, gpus: usize, mode: Mode) -> Result<()> {
+    compile_plan(
+        &root().join("models/sd15_tiny.onnx"),
+        out,
+        gpus,
+        mode,
+        false,
+        SpecializeOptions::default(),
+    )
+}
+
 fn exec_options() -> ExecOptions {
     ExecOptions {
         threads: 4,
@@ -105,7 +117,6 @@ fn errors(a: &HostTensor, b: &HostTensor) -> Result<(f64, f64)> {
 #[test]
 fn banded_sampling_matches_one_rank_and_displaced_beats_naive() -> Result<()> {
     require_ort()?;
-    let model = root().join("models/sd15_tiny.onnx");
     let cond = read_npz(&root().join("models/sd15_tiny.io.npz"))?;
     let tmp = tempfile::tempdir()?;
     let plans = [
@@ -117,14 +128,7 @@ fn banded_sampling_matches_one_rank_and_displaced_beats_naive() -> Result<()> {
     let mut latents = Vec::new();
     for (name, gpus, mode) in plans {
         let dir = tmp.path().join(name);
-        compile_plan(
-            &model,
-            &dir,
-            gpus,
-            mode,
-            false,
-            SpecializeOptions::default(),
-        )?;
+        compile_tiny(&dir, gpus, mode)?;
         latents.push(sample_plan(&dir, &cond).with_context(|| format!("sampling {name}"))?);
     }
     let reference = &latents[0];
@@ -159,14 +163,7 @@ fn eight_ranks_give_the_same_samples_whatever_their_timing() -> Result<()> {
     require_ort()?;
     let tmp = tempfile::tempdir()?;
     let plan = tmp.path().join("plan");
-    compile_plan(
-        &root().join("models/sd15_tiny.onnx"),
-        &plan,
-        8,
-        Mode::Displaced,
-        false,
-        SpecializeOptions::default(),
-    )?;
+    compile_tiny(&plan, 8, Mode::Displaced)?;
     let cond = read_npz(&root().join("models/sd15_tiny.io.npz"))?;
     let steps = 20;
     let plain = sample_steps(&plan, &cond, steps, exec_options())?;
@@ -222,14 +219,7 @@ fn latent_and_timestep_are_found_by_role_under_other_names() -> Result<()> {
     renamed_inputs(&root().join("models/sd15_tiny.onnx"), &renamed)?;
     let cond = read_npz(&root().join("models/sd15_tiny.io.npz"))?;
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-    compile_plan(
-        &root().join("models/sd15_tiny.onnx"),
-        &a,
-        2,
-        Mode::Sync,
-        false,
-        SpecializeOptions::default(),
-    )?;
+    compile_tiny(&a, 2, Mode::Sync)?;
     compile_plan(
         &renamed,
         &b,
@@ -286,14 +276,7 @@ fn run_command_writes_latent_and_png_and_names_missing_inputs() -> Result<()> {
     require_ort()?;
     let tmp = tempfile::tempdir()?;
     let plan = tmp.path().join("plan");
-    compile_plan(
-        &root().join("models/sd15_tiny.onnx"),
-        &plan,
-        2,
-        Mode::Displaced,
-        false,
-        SpecializeOptions::default(),
-    )?;
+    compile_tiny(&plan, 2, Mode::Displaced)?;
     let out = tmp.path().join("out.npz");
     let png = tmp.path().join("out.png");
     let io = root().join("models/sd15_tiny.io.npz");
