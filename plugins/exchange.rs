@@ -491,11 +491,22 @@ mod tests {
         stale_after: Option<u64>,
         f: impl Fn(&RankContext, u64) -> R + Sync,
     ) -> Vec<Vec<R>> {
+        on_ranks_gn(n, steps, stale_after, GnMode::default(), f)
+    }
+
+    /// [`on_ranks`] with GroupNorm statistics handled as `gn` in stale steps.
+    fn on_ranks_gn<R: Send>(
+        n: usize,
+        steps: u64,
+        stale_after: Option<u64>,
+        gn: GnMode,
+        f: impl Fn(&RankContext, u64) -> R + Sync,
+    ) -> Vec<Vec<R>> {
         let comm = Arc::new(Communicator::new(n));
         thread::scope(|s| {
             let handles: Vec<_> = (0..n)
                 .map(|rank| {
-                    let ctx = RankContext::new(comm.clone(), rank);
+                    let ctx = RankContext::new(comm.clone(), rank).with_gn(gn);
                     let f = &f;
                     s.spawn(move || {
                         (0..steps)
@@ -818,30 +829,11 @@ mod tests {
         gn: GnMode,
         s: impl Fn(usize, u64) -> Vec<f32> + Sync,
     ) -> Vec<Vec<Vec<f32>>> {
-        let comm = Arc::new(Communicator::new(n));
-        thread::scope(|scope| {
-            let handles: Vec<_> = (0..n)
-                .map(|rank| {
-                    let ctx = RankContext::new(comm.clone(), rank).with_gn(gn);
-                    let s = &s;
-                    scope.spawn(move || {
-                        (0..5)
-                            .map(|step| {
-                                ctx.begin_step(step, step > 1);
-                                let x = s(rank, step);
-                                let mut g = vec![0f32; x.len()];
-                                stats_all_reduce(&ctx, 0, &x, &mut g).expect("stats");
-                                ctx.end_step();
-                                g
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("rank"))
-                .collect()
+        on_ranks_gn(n, 5, Some(1), gn, |ctx, step| {
+            let x = s(ctx.rank(), step);
+            let mut g = vec![0f32; x.len()];
+            stats_all_reduce(ctx, 0, &x, &mut g).expect("stats");
+            g
         })
     }
 

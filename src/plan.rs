@@ -32,6 +32,17 @@ pub enum Mode {
     Naive,
 }
 
+impl Mode {
+    /// The name used on the command line and in `plan.json`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Mode::Sync => "sync",
+            Mode::Displaced => "displaced",
+            Mode::Naive => "naive",
+        }
+    }
+}
+
 /// How GroupNorm statistics are exchanged in the stale steps of displaced mode (warmup steps
 /// and sync mode always all-reduce fresh statistics). The names are the paper's ablation.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

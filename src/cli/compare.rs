@@ -108,7 +108,7 @@ fn variants(args: &Args) -> Result<Vec<Variant>> {
             for &gn in &gns {
                 let name = match mode {
                     Mode::Displaced => format!("displaced-w{warmup}-{}", gn.name()),
-                    m => format!("{m:?}").to_lowercase(),
+                    m => m.name().to_string(),
                 };
                 if out.iter().any(|v: &Variant| v.name == name) {
                     bail!("plan `{name}` is asked for twice");

@@ -202,7 +202,7 @@ pub fn sample_plan(
                 plan.warmup,
                 plan.gn.name()
             ),
-            m => format!("{m:?}").to_lowercase(),
+            m => m.name().to_string(),
         },
         if total > 0.0 {
             steps as f64 / total
