@@ -34,11 +34,11 @@ pub const DOMAIN: &str = "dfc";
 /// session (`SessionBuilder::with_operators`).
 pub fn operator_domain(ctx: Arc<RankContext>) -> ort::Result<OperatorDomain> {
     OperatorDomain::new(DOMAIN)?
-        .add(HaloOp::<f32>::new(ctx.clone()))?
-        .add(HaloOp::<f16>::new(ctx.clone()))?
+        .add(AxisOp::<f32>::halo(ctx.clone()))?
+        .add(AxisOp::<f16>::halo(ctx.clone()))?
         .add(StatsOp { ctx: ctx.clone() })?
-        .add(GatherOp::<f32>::new(ctx.clone()))?
-        .add(GatherOp::<f16>::new(ctx))
+        .add(AxisOp::<f32>::gather(ctx.clone()))?
+        .add(AxisOp::<f16>::gather(ctx))
 }
 
 /// Element types an exchange kernel can be registered for.
@@ -139,26 +139,37 @@ fn infer_from_input(
     )
 }
 
-/// `DfcHaloExchange(x) -> y`.
-struct HaloOp<T> {
+/// `DfcHaloExchange(x) -> y` or `DfcPatchAllGather(x) -> y` (`kind`), element type `T`: the two
+/// operators that work along an `axis` of their input.
+struct AxisOp<T> {
     ctx: Arc<RankContext>,
+    kind: ExchangeKind,
     _t: PhantomData<T>,
 }
 
-impl<T> HaloOp<T> {
-    fn new(ctx: Arc<RankContext>) -> Self {
+impl<T> AxisOp<T> {
+    fn halo(ctx: Arc<RankContext>) -> Self {
         Self {
             ctx,
+            kind: ExchangeKind::Halo,
+            _t: PhantomData,
+        }
+    }
+
+    fn gather(ctx: Arc<RankContext>) -> Self {
+        Self {
+            ctx,
+            kind: ExchangeKind::Gather,
             _t: PhantomData,
         }
     }
 }
 
-impl<T: KernelElement> Operator for HaloOp<T> {
+impl<T: KernelElement> Operator for AxisOp<T> {
     type Kernel<'a> = BoxedKernel<'a>;
 
     fn name(&self) -> &str {
-        ExchangeKind::Halo.op_type()
+        self.kind.op_type()
     }
 
     fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
@@ -174,8 +185,15 @@ impl<T: KernelElement> Operator for HaloOp<T> {
         let op = self.name();
         let slot = slot_attr(k, op, &node)?;
         let axis = usize_attr(k, op, &node, "axis", None)?;
-        let top = usize_attr(k, op, &node, "top", Some(0))?;
-        let bottom = usize_attr(k, op, &node, "bottom", Some(0))?;
+        // `None`: the gather.
+        let halo = match self.kind {
+            ExchangeKind::Halo => Some(Halo {
+                axis,
+                top: usize_attr(k, op, &node, "top", Some(0))?,
+                bottom: usize_attr(k, op, &node, "bottom", Some(0))?,
+            }),
+            _ => None,
+        };
         let ctx = self.ctx.clone();
         Ok(Box::new(move |c: &ComputeContext| {
             guarded(&node, || {
@@ -189,22 +207,40 @@ impl<T: KernelElement> Operator for HaloOp<T> {
                         "node `{node}`: axis {axis} is outside the input's shape {shape:?}"
                     )));
                 }
-                let halo = Halo { axis, top, bottom };
-                let out = halo_output_shape(&shape, halo);
+                let out = match halo {
+                    Some(halo) => halo_output_shape(&shape, halo),
+                    None => gather_output_shape(&shape, axis, ctx.group_size()),
+                };
                 let mut y = c
                     .output(0, out.iter().map(|&d| d as i64).collect::<Vec<_>>())?
                     .ok_or_else(|| ort::Error::new("missing output"))?;
                 let (_, ys) = y.try_extract_tensor_mut::<T>()?;
-                halo_exchange(&ctx, slot, halo, &shape, xs, ys)
-                    .map_err(|e| ort::Error::new(format!("node `{node}`: {e}")))
+                match halo {
+                    Some(halo) => halo_exchange(&ctx, slot, halo, &shape, xs, ys),
+                    None => patch_all_gather(&ctx, slot, &shape, axis, xs, ys),
+                }
+                .map_err(|e| ort::Error::new(format!("node `{node}`: {e}")))
             })
         }))
     }
 
     fn infer_shape(&self, ctx: &mut ShapeInferenceContext) -> ort::Result<()> {
         let axis = ctx.attr::<i64>("axis")?;
-        let extra = ctx.attr::<i64>("top").unwrap_or(0) + ctx.attr::<i64>("bottom").unwrap_or(0);
-        infer_from_input(ctx, |i, d| if i as i64 == axis { d + extra } else { d })
+        // Along the axis, the halo adds its rows; the gather multiplies by the band count.
+        let (times, plus) = match self.kind {
+            ExchangeKind::Halo => (
+                1,
+                ctx.attr::<i64>("top").unwrap_or(0) + ctx.attr::<i64>("bottom").unwrap_or(0),
+            ),
+            _ => (self.ctx.group_size() as i64, 0),
+        };
+        infer_from_input(ctx, |i, d| {
+            if i as i64 == axis {
+                d * times + plus
+            } else {
+                d
+            }
+        })
     }
 }
 
@@ -250,71 +286,5 @@ impl Operator for StatsOp {
 
     fn infer_shape(&self, ctx: &mut ShapeInferenceContext) -> ort::Result<()> {
         infer_from_input(ctx, |_, d| d)
-    }
-}
-
-/// `DfcPatchAllGather(x) -> y`.
-struct GatherOp<T> {
-    ctx: Arc<RankContext>,
-    _t: PhantomData<T>,
-}
-
-impl<T> GatherOp<T> {
-    fn new(ctx: Arc<RankContext>) -> Self {
-        Self {
-            ctx,
-            _t: PhantomData,
-        }
-    }
-}
-
-impl<T: KernelElement> Operator for GatherOp<T> {
-    type Kernel<'a> = BoxedKernel<'a>;
-
-    fn name(&self) -> &str {
-        ExchangeKind::Gather.op_type()
-    }
-
-    fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
-        [OperatorInput::required(ty::<T>())]
-    }
-
-    fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
-        [OperatorOutput::required(ty::<T>())]
-    }
-
-    fn create_kernel<'a>(&self, k: &KernelContext<'a>) -> ort::Result<BoxedKernel<'a>> {
-        let node = k.node_name()?;
-        let op = self.name();
-        let slot = slot_attr(k, op, &node)?;
-        let axis = usize_attr(k, op, &node, "axis", None)?;
-        let ctx = self.ctx.clone();
-        Ok(Box::new(move |c: &ComputeContext| {
-            guarded(&node, || {
-                let x = c
-                    .input(0)?
-                    .ok_or_else(|| ort::Error::new("missing input"))?;
-                let (shape, xs) = x.try_extract_tensor::<T>()?;
-                let shape = dims(shape, &node)?;
-                if axis >= shape.len() {
-                    return Err(ort::Error::new(format!(
-                        "node `{node}`: axis {axis} is outside the input's shape {shape:?}"
-                    )));
-                }
-                let out = gather_output_shape(&shape, axis, ctx.group_size());
-                let mut y = c
-                    .output(0, out.iter().map(|&d| d as i64).collect::<Vec<_>>())?
-                    .ok_or_else(|| ort::Error::new("missing output"))?;
-                let (_, ys) = y.try_extract_tensor_mut::<T>()?;
-                patch_all_gather(&ctx, slot, &shape, axis, xs, ys)
-                    .map_err(|e| ort::Error::new(format!("node `{node}`: {e}")))
-            })
-        }))
-    }
-
-    fn infer_shape(&self, ctx: &mut ShapeInferenceContext) -> ort::Result<()> {
-        let axis = ctx.attr::<i64>("axis")?;
-        let n = self.ctx.group_size() as i64;
-        infer_from_input(ctx, |i, d| if i as i64 == axis { d * n } else { d })
     }
 }
