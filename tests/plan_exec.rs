@@ -220,6 +220,17 @@ fn write_plan(
     Ok(())
 }
 
+/// An f32 tensor `[1, channels, H, W]` split into bands of `h` rows.
+fn band_spec(name: &str, channels: usize, h: usize) -> TensorSpec {
+    spec(
+        name,
+        "f32",
+        &[1, channels, H, W],
+        &[1, channels, h, W],
+        band_layout(),
+    )
+}
+
 fn band_layout() -> Layout {
     Layout {
         band_axis: Some(2),
@@ -551,20 +562,8 @@ fn stats_and_gather_equal_the_full_computation() -> Result<()> {
             &dir,
             &PlanShape { bands, groups: 1 },
             H,
-            vec![spec(
-                "x",
-                "f32",
-                &[1, C_IN, H, W],
-                &[1, C_IN, h, W],
-                band_layout(),
-            )],
-            vec![spec(
-                "y",
-                "f32",
-                &[1, C_IN, H, W],
-                &[1, C_IN, h, W],
-                band_layout(),
-            )],
+            vec![band_spec("x", C_IN, h)],
+            vec![band_spec("y", C_IN, h)],
             vec![
                 exchange(1, ExchangeKind::Stats, "f32", None),
                 exchange(2, ExchangeKind::Gather, "f32", Some(2)),
@@ -594,20 +593,8 @@ fn a_failing_rank_fails_the_run_without_hanging_the_others() -> Result<()> {
         tmp.path(),
         &PlanShape { bands, groups: 1 },
         H,
-        vec![spec(
-            "x",
-            "f32",
-            &[1, C_IN, H, W],
-            &[1, C_IN, h, W],
-            band_layout(),
-        )],
-        vec![spec(
-            "y",
-            "f32",
-            &[1, C_OUT, H, W],
-            &[1, C_OUT, h, W],
-            band_layout(),
-        )],
+        vec![band_spec("x", C_IN, h)],
+        vec![band_spec("y", C_OUT, h)],
         vec![exchange(0, ExchangeKind::Halo, "f32", Some(2))],
         |_, band| {
             let mut m = conv.graph(1, h, Some((1, 1)), false);
@@ -654,20 +641,8 @@ fn a_rank_without_the_exchange_fails_its_peers_instead_of_hanging() -> Result<()
             groups: 1,
         },
         H,
-        vec![spec(
-            "x",
-            "f32",
-            &[1, C_IN, H, W],
-            &[1, C_IN, h, W],
-            band_layout(),
-        )],
-        vec![spec(
-            "y",
-            "f32",
-            &[1, C_OUT, H, W],
-            &[1, C_OUT, h, W],
-            band_layout(),
-        )],
+        vec![band_spec("x", C_IN, h)],
+        vec![band_spec("y", C_OUT, h)],
         vec![exchange(0, ExchangeKind::Halo, "f32", Some(2))],
         |_, band| conv.graph(1, h, (band == 0).then_some((1, 1)), false),
     )?;
