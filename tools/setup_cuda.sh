@@ -7,7 +7,9 @@
 #                TensorRT-RTX 1.7 libraries and bindings, onnx (for the probe)
 #   trtx-sys/    the trtx-sys crate's source: TensorRT 11.4 and TensorRT-RTX 1.3-1.7 headers
 #   env.sh       exports DFC_NVCC, DFC_CUDA_INCLUDE, DFC_CUDA_LIB, DFC_NCCL_INCLUDE,
-#                DFC_NCCL_LIB, DFC_TRT_INCLUDE, DFC_TRTRTX_INCLUDE, DFC_TRTRTX_LIB, DFC_PY
+#                DFC_NCCL_LIB, DFC_TRT_INCLUDE, DFC_TRTRTX_INCLUDE, DFC_TRTRTX_LIB, DFC_PY,
+#                DFC_RTX_LD_LIBRARY_PATH
+#   rtx-links/   libtensorrt_rtx.so -> .so.1 (the RTX parser dlopens the unversioned name)
 #
 # Usage: tools/setup_cuda.sh [--no-rtx]   (--no-rtx: skip the TensorRT-RTX wheels and onnx)
 set -euo pipefail
@@ -39,6 +41,9 @@ have() { "$venv/bin/python" -c "import importlib.metadata as m,sys; sys.exit(0 i
 
 pkgs=()
 have nvidia-cuda-nvcc "$NVCC_VER" || pkgs+=("nvidia-cuda-nvcc==$NVCC_VER")
+# nvcc's front end (crt) and NVVM must match its ptxas: pin them too.
+have nvidia-cuda-crt "$NVCC_VER" || pkgs+=("nvidia-cuda-crt==$NVCC_VER")
+have nvidia-nvvm "$NVCC_VER" || pkgs+=("nvidia-nvvm==$NVCC_VER")
 have nvidia-cuda-runtime "$CUDART_VER" || pkgs+=("nvidia-cuda-runtime==$CUDART_VER")
 have nvidia-cuda-cccl "$CCCL_VER" || pkgs+=("nvidia-cuda-cccl==$CCCL_VER")
 have nvidia-nccl-cu13 "$NCCL_VER" || pkgs+=("nvidia-nccl-cu13==$NCCL_VER")
@@ -79,6 +84,16 @@ rtx_inc="$hdr/TensorRT-Headers/TRT-RTX-1.7"
 rtx_lib="$site/tensorrt_rtx_libs"
 chmod +x "$nvcc_bin" 2>/dev/null || true
 
+# TensorRT-RTX 1.7's ONNX parser dlopen()s the unversioned name libtensorrt_rtx.so when it
+# imports a plugin node; the wheel ships only libtensorrt_rtx.so.1 and the parser then calls
+# std::terminate. A symlink on LD_LIBRARY_PATH fixes it (plugins/tensorrt/README.md).
+rtx_links="$cache/rtx-links"
+if [ -e "$rtx_lib/libtensorrt_rtx.so.1" ]; then
+  mkdir -p "$rtx_links"
+  ln -sf "$rtx_lib/libtensorrt_rtx.so.1" "$rtx_links/libtensorrt_rtx.so"
+  ln -sf "$rtx_lib/libtensorrt_onnxparser_rtx.so.1" "$rtx_links/libtensorrt_onnxparser_rtx.so"
+fi
+
 cat > "$cache/env.sh" <<ENV
 # Written by tools/setup_cuda.sh
 export DFC_NVCC="$nvcc_bin"
@@ -92,6 +107,8 @@ export DFC_TRT_INCLUDE="$trt_inc"
 export DFC_TRTRTX_INCLUDE="$rtx_inc"
 export DFC_TRTRTX_LIB="$rtx_lib"
 export DFC_PY="$venv/bin/python"
+# Libraries a TensorRT-RTX build with the plugin library needs.
+export DFC_RTX_LD_LIBRARY_PATH="$rtx_links:$cuda_lib:$nccl_lib:$rtx_lib"
 ENV
 cat "$cache/env.sh"
 for v in "$nvcc_bin" "$cuda_inc/cuda_runtime_api.h" "$cuda_lib" "$nccl_inc/nccl.h" "$trt_inc/NvInferPluginBase.h"; do
