@@ -1,12 +1,14 @@
 //! `localize`: rewrites the partitioned graph into the band-local graph every rank runs, and
 //! inserts the exchange operators of DESIGN §3.
 //!
-//! - Every split value's type becomes the full type with `dim / n` on its split axis.
+//! - Every split value's type becomes the full type with its band's part on the split axis
+//!   (the pass builds the local graph of one band, [`PassContext::band`]; bands may differ
+//!   in height, so unequal bands get graphs of their own).
 //! - A conv or pool that reads rows of neighbouring bands reads
 //!   `DfcHaloExchange(x) {axis, top, bottom}` instead of `x`, and its padding on that axis
 //!   becomes 0 (`naive`: no exchange, the padding becomes `top`/`bottom` zero rows).
 //! - An operand to gather (the keys and values of self-attention) is read through
-//!   `DfcPatchAllGather(x) {axis}` (`naive`: not gathered; attention stays band-local).
+//!   `DfcPatchAllGather(x) {axis, parts}` (`naive`: not gathered; attention stays band-local).
 //! - Every canonical GroupNorm is lowered to ordinary operators: statistics in fp32
 //!   (`Reshape [B,G,(C/G)·Hl·W]`, `ReduceMean` of x and x·x), stacked into `s[B,G,2]`,
 //!   `DfcStatsAllReduce(s)` when split (not in `naive`), `var = max(E[x²] − mean², 0)`,
@@ -21,8 +23,8 @@
 //! exchange slots are numbered in topological order. With one band nothing is exchanged and the
 //! graph computes exactly what the original does.
 //!
-//! **Invariant:** after this pass the graph is the local graph of band 0 (per-band constants
-//! hold band 0's values), no internal operator remains, every exchange node has a unique
+//! **Invariant:** after this pass the graph is the local graph of the band asked for (per-band
+//! constants hold that band's values), no internal operator remains, every exchange node has a unique
 //! `slot`, and the model imports domain `dfc` version 1. Rejects nothing the partition
 //! accepted, except a per-band `Slice` in a model older than opset 10.
 
@@ -37,6 +39,8 @@ use super::ops::{default_opset, load_constant};
 use super::partition::Partition;
 use super::propagate::FALLBACK_OPSET;
 use super::{Pass, PassContext};
+use crate::contract::Bands;
+use crate::contract::exchange::{ATTR_AXIS, ATTR_BOTTOM, ATTR_PARTS, ATTR_SLOT, ATTR_TOP};
 use crate::ir::{DataType, Graph, Node, NodeId, TensorType, ValueId, ValueType};
 use crate::onnx::proto::{AttributeProto, OperatorSetIdProto, TensorProto};
 use crate::plan::{ExchangeKind, Mode};
@@ -45,18 +49,49 @@ use crate::tensor::Tensor;
 /// A constant whose value differs per band.
 #[derive(Clone, Debug)]
 pub enum BandConstant {
-    /// Band `r` of `source` along `axis` (`n` equal bands).
+    /// Band `r`'s part of `source` along `axis`.
     Slice {
         value: ValueId,
         source: Box<TensorProto>,
         axis: usize,
     },
-    /// `[r · rows]` (`end`: `[(r + 1) · rows]`), int64 of shape [1].
+    /// The first index of band `r`'s part of an axis of `extent` (`end`: one past its last),
+    /// int64 of shape [1].
     Bound {
         value: ValueId,
-        rows: i64,
+        extent: i64,
         end: bool,
     },
+}
+
+impl BandConstant {
+    /// This constant's value for band `band` of `bands`.
+    pub fn value_for(
+        &self,
+        bands: &Bands,
+        band: usize,
+        store: &crate::onnx::ExternalStore,
+    ) -> Result<Tensor> {
+        match self {
+            BandConstant::Slice { source, axis, .. } => {
+                let full = Tensor::from_proto(source, store)?;
+                band_of(&full, *axis, bands, band)
+            }
+            BandConstant::Bound { extent, end, .. } => {
+                let part = bands
+                    .part(band, *extent)
+                    .ok_or_else(|| anyhow!("internal: bands {bands} do not cut {extent}"))?;
+                Ok(Tensor::from_i64s(&[if *end { part.end } else { part.start }]))
+            }
+        }
+    }
+
+    /// The constant's value in the graph.
+    pub fn value(&self) -> ValueId {
+        match self {
+            BandConstant::Slice { value, .. } | BandConstant::Bound { value, .. } => *value,
+        }
+    }
 }
 
 /// One inserted exchange node.
@@ -73,6 +108,8 @@ pub struct Exchange {
     pub axis: Option<usize>,
     pub top: Option<i64>,
     pub bottom: Option<i64>,
+    /// A gather's `parts`.
+    pub parts: Option<Vec<i64>>,
     /// The exchanged tensor is a model input (possibly through Cast/Identity): its content is
     /// known fresh on every rank at every step, so the runtime never serves it stale.
     pub reads_model_input: bool,
@@ -96,9 +133,11 @@ fn is_model_input(g: &Graph, mut v: ValueId) -> bool {
 }
 
 /// What `localize` produced besides the graph.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct LocalGraph {
-    pub n: usize,
+    /// The bands of the group and the band this graph is for.
+    pub bands: Bands,
+    pub band: usize,
     /// Exchanges in slot order.
     pub exchanges: Vec<Exchange>,
     pub band_constants: Vec<BandConstant>,
@@ -125,7 +164,7 @@ impl Pass for Localize {
             .clone()
             .ok_or_else(|| anyhow!("localize needs the layouts of `partition`"))?;
         let mode = cx.partition_options.mode;
-        let local = localize(g, &p, mode, &cx.store)?;
+        let local = localize(g, &p, mode, &cx.store, cx.band)?;
         cx.local = Some(local);
         Ok(true)
     }
@@ -193,14 +232,17 @@ fn i64_const(g: &mut Graph, name: &str, v: &[i64]) -> ValueId {
     g.add_constant(name, Tensor::from_i64s(v).to_proto(""))
 }
 
-fn local_dims(full: &[i64], layout: Layout, n: usize) -> Vec<i64> {
+fn local_dims(full: &[i64], layout: Layout, bands: &Bands, band: usize) -> Result<Vec<i64>> {
     let mut d = full.to_vec();
     if let Layout::Split { axis } = layout
         && let Some(x) = d.get_mut(axis)
     {
-        *x /= n as i64;
+        let part = bands
+            .part(band, *x)
+            .ok_or_else(|| anyhow!("internal: bands {bands} do not cut an axis of {x}"))?;
+        *x = part.end - part.start;
     }
-    d
+    Ok(d)
 }
 
 /// Rewrites `g` into its band-local form (see the module documentation).
@@ -209,13 +251,22 @@ pub fn localize(
     p: &Partition,
     mode: Mode,
     store: &crate::onnx::ExternalStore,
+    band: usize,
 ) -> Result<LocalGraph> {
-    let n = p.n;
+    let bands = &p.bands;
+    let n = bands.n();
+    if band >= n {
+        bail!("internal: band {band} of {n}");
+    }
     let exchange = n > 1 && mode != Mode::Naive;
     let opset = default_opset(g).unwrap_or(FALLBACK_OPSET);
     let mut out = LocalGraph {
-        n,
-        ..Default::default()
+        bands: bands.clone(),
+        band,
+        exchanges: Vec::new(),
+        band_constants: Vec::new(),
+        skipped_gathers: Vec::new(),
+        io_layouts: HashMap::new(),
     };
     for &v in g.inputs.iter().chain(&g.outputs) {
         out.io_layouts.insert(g.value(v).name.clone(), p.layout(v));
@@ -233,7 +284,7 @@ pub fn localize(
                 .ok_or_else(|| anyhow!("value `{}` has no static shape", g.value(v).name))?;
             g.value_mut(v).ty = Some(ValueType::Tensor(TensorType::fixed(
                 t.elem,
-                &local_dims(&d, Layout::Split { axis }, n),
+                &local_dims(&d, Layout::Split { axis }, bands, band)?,
             )));
         }
     }
@@ -262,6 +313,13 @@ pub fn localize(
                         .get(&v)
                         .cloned()
                         .ok_or_else(|| anyhow!("gathered value has no type"))?;
+                    let extent = t
+                        .static_dims()
+                        .and_then(|d| d.get(axis).copied())
+                        .ok_or_else(|| anyhow!("gathered value has no static shape"))?;
+                    let parts = bands.parts(extent).ok_or_else(|| {
+                        anyhow!("internal: bands {bands} do not cut the gathered axis ({extent})")
+                    })?;
                     let gname = format!("{name}.gather");
                     let y = b.op(
                         g,
@@ -270,8 +328,9 @@ pub fn localize(
                         DOMAIN,
                         &[v],
                         vec![
-                            AttributeProto::int("axis", axis as i64),
-                            AttributeProto::int("slot", 0),
+                            AttributeProto::int(ATTR_AXIS, axis as i64),
+                            AttributeProto::ints(ATTR_PARTS, &parts),
+                            AttributeProto::int(ATTR_SLOT, 0),
                         ],
                         t,
                     )?;
@@ -286,13 +345,18 @@ pub fn localize(
         for need in &needs {
             match *need {
                 Need::Halo { axis, top, bottom } => {
+                    let full_in = g
+                        .node(id)
+                        .input(0)
+                        .and_then(|x| full.get(&x))
+                        .and_then(|t| t.static_dims())
+                        .ok_or_else(|| anyhow!("node `{name}`: no static data input"))?;
                     halo(
                         g,
                         &b,
                         id,
-                        axis,
-                        top,
-                        bottom,
+                        (axis, top, bottom),
+                        &full_in,
                         n,
                         mode,
                         exchange,
@@ -310,8 +374,9 @@ pub fn localize(
                     let y = match band_sliced.get(&(v, axis)) {
                         Some(&y) => y,
                         None => {
-                            let y =
-                                band_slice(g, &b, &name, port, v, axis, n, opset, store, &mut out)?;
+                            let y = band_slice(
+                                g, &b, &name, port, v, axis, opset, store, &mut out,
+                            )?;
                             band_sliced.insert((v, axis), y);
                             y
                         }
@@ -335,7 +400,7 @@ pub fn localize(
                         ExchangeKind::Stats.op_type(),
                         DOMAIN,
                         &[o],
-                        vec![AttributeProto::int("slot", 0)],
+                        vec![AttributeProto::int(ATTR_SLOT, 0)],
                         y,
                     )?;
                     for_node.insert(sname, name.clone());
@@ -371,12 +436,15 @@ pub fn localize(
             bail!("internal: exchange `{}` is not connected", node.name);
         };
         let (tx, ty) = (static_type(g, x)?, static_type(g, y)?);
-        let axis = (kind != ExchangeKind::Stats).then(|| node.attr_i("axis", 0) as usize);
+        let axis = (kind != ExchangeKind::Stats).then(|| node.attr_i(ATTR_AXIS, 0) as usize);
         let (top, bottom) = if kind == ExchangeKind::Halo {
-            (Some(node.attr_i("top", 0)), Some(node.attr_i("bottom", 0)))
+            (Some(node.attr_i(ATTR_TOP, 0)), Some(node.attr_i(ATTR_BOTTOM, 0)))
         } else {
             (None, None)
         };
+        let parts = (kind == ExchangeKind::Gather)
+            .then(|| node.attr_ints(ATTR_PARTS).map(<[i64]>::to_vec))
+            .flatten();
         out.exchanges.push(Exchange {
             slot,
             kind,
@@ -391,10 +459,11 @@ pub fn localize(
             axis,
             top,
             bottom,
+            parts,
             reads_model_input: is_model_input(g, x),
         });
         g.node_mut(id)
-            .set_attr(AttributeProto::int("slot", slot as i64));
+            .set_attr(AttributeProto::int(ATTR_SLOT, slot as i64));
         slot += 1;
     }
     let imports = &mut g.shell.opset_import;
@@ -413,9 +482,8 @@ fn halo(
     g: &mut Graph,
     b: &Builder,
     id: NodeId,
-    axis: usize,
-    top: i64,
-    bottom: i64,
+    (axis, top, bottom): (usize, i64, i64),
+    full_in: &[i64],
     n: usize,
     mode: Mode,
     exchange: bool,
@@ -433,11 +501,6 @@ fn halo(
     let spatial = xd.len() - 2;
     let i = axis - 2;
     // Explicit pads (auto_pad resolved against the full input size).
-    let full_in: Vec<i64> = xd
-        .iter()
-        .enumerate()
-        .map(|(k, &d)| if k == axis { d * n as i64 } else { d })
-        .collect();
     let node = g.node(id);
     let auto = node.attr_s("auto_pad").unwrap_or_else(|| "NOTSET".into());
     let mut pads = node
@@ -490,10 +553,10 @@ fn halo(
             DOMAIN,
             &[x],
             vec![
-                AttributeProto::int("axis", axis as i64),
-                AttributeProto::int("top", top),
-                AttributeProto::int("bottom", bottom),
-                AttributeProto::int("slot", 0),
+                AttributeProto::int(ATTR_AXIS, axis as i64),
+                AttributeProto::int(ATTR_TOP, top),
+                AttributeProto::int(ATTR_BOTTOM, bottom),
+                AttributeProto::int(ATTR_SLOT, 0),
             ],
             t,
         )?;
@@ -523,15 +586,15 @@ fn band_slice(
     port: usize,
     v: ValueId,
     axis: usize,
-    n: usize,
     opset: i64,
     store: &crate::onnx::ExternalStore,
     out: &mut LocalGraph,
 ) -> Result<ValueId> {
     let full = dims(g, v)?;
     let elem = static_type(g, v)?.elem;
-    let rows = full[axis] / n as i64;
-    let local = local_dims(&full, Layout::Split { axis }, n);
+    let (bands, band) = (out.bands.clone(), out.band);
+    let extent = full[axis];
+    let local = local_dims(&full, Layout::Split { axis }, &bands, band)?;
     if super::ops::is_constant(g, v) {
         let source = g
             .value(v)
@@ -540,9 +603,9 @@ fn band_slice(
             .ok_or_else(|| anyhow!("constant without a tensor"))?;
         let t = load_constant(g, store, v, usize::MAX)?
             .ok_or_else(|| anyhow!("cannot read constant `{}`", g.value(v).name))?;
-        let band0 = band_of(&t, axis, 0, n)?;
+        let own = band_of(&t, axis, &bands, band)?;
         let hint = format!("{}.band", g.value(v).name);
-        let y = g.add_constant(&hint, band0.to_proto(""));
+        let y = g.add_constant(&hint, own.to_proto(""));
         let mut source = source;
         // The source keeps its bytes; the emitter slices it per rank.
         source.name = Some(g.value(v).name.clone());
@@ -557,17 +620,20 @@ fn band_slice(
         bail!("node `{name}`: a per-band Slice needs opset 10 or later (the model has {opset})");
     }
     let sname = format!("{name}.band{port}");
-    let start = i64_const(g, &format!("{sname}.start"), &[0]);
-    let end = i64_const(g, &format!("{sname}.end"), &[rows]);
+    let part = bands
+        .part(band, extent)
+        .ok_or_else(|| anyhow!("internal: bands {bands} do not cut {extent}"))?;
+    let start = i64_const(g, &format!("{sname}.start"), &[part.start]);
+    let end = i64_const(g, &format!("{sname}.end"), &[part.end]);
     let axes = i64_const(g, &format!("{sname}.axes"), &[axis as i64]);
     out.band_constants.push(BandConstant::Bound {
         value: start,
-        rows,
+        extent,
         end: false,
     });
     out.band_constants.push(BandConstant::Bound {
         value: end,
-        rows,
+        extent,
         end: true,
     });
     b.op(
@@ -581,16 +647,21 @@ fn band_slice(
     )
 }
 
-/// Band `r` of `t` along `axis`, `n` equal bands.
-pub fn band_of(t: &Tensor, axis: usize, r: usize, n: usize) -> Result<Tensor> {
+/// Band `r`'s part of `t` along `axis`.
+pub fn band_of(t: &Tensor, axis: usize, bands: &Bands, r: usize) -> Result<Tensor> {
     let shape = t.shape();
-    let rows = shape[axis] / n;
+    let extent = *shape
+        .get(axis)
+        .ok_or_else(|| anyhow!("internal: axis {axis} of a tensor of shape {shape:?}"))?;
+    let part = bands
+        .part(r, extent as i64)
+        .ok_or_else(|| anyhow!("internal: bands {bands} do not cut {extent}"))?;
     let picks: Vec<Vec<usize>> = shape
         .iter()
         .enumerate()
         .map(|(k, &d)| {
             if k == axis {
-                (r * rows..(r + 1) * rows).collect()
+                (part.start as usize..part.end as usize).collect()
             } else {
                 (0..d).collect()
             }
@@ -1021,10 +1092,13 @@ mod tests {
     use crate::passes::test_graphs::{model, node, vi};
 
     #[test]
-    fn band_of_takes_equal_rows() -> Result<()> {
+    fn band_of_takes_the_band_rows() -> Result<()> {
         let t = Tensor::from_vec(&[1, 4, 2], (0..8).map(|x| x as f32).collect())?;
-        let b = band_of(&t, 1, 1, 2)?;
+        let b = band_of(&t, 1, &Bands::from_heights(&[1, 1])?, 1)?;
         assert_eq!(b.to_f64s(), vec![4.0, 5.0, 6.0, 7.0]);
+        // Unequal bands: 3 rows of 4 and 1.
+        let b = band_of(&t, 1, &Bands::from_heights(&[3, 1])?, 0)?;
+        assert_eq!(b.to_f64s(), (0..6).map(f64::from).collect::<Vec<_>>());
         Ok(())
     }
 
@@ -1047,7 +1121,7 @@ mod tests {
             17,
         );
         let mut cx = PassContext::new(crate::onnx::ExternalStore::new(std::env::temp_dir()));
-        cx.partition_options.n = 2;
+        cx.partition_options.bands = crate::passes::BandRequest::Count(2);
         cx.partition_options.mode = Mode::Sync;
         for p in ["fold-constants", "partition", "localize", "check-local"] {
             crate::passes::pass_by_name(p)?.run(&mut g, &mut cx)?;

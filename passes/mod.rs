@@ -98,18 +98,40 @@ pub struct Diagnostics {
     pub removed: usize,
 }
 
+/// How a group's image is to be cut into bands.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BandRequest {
+    /// This many bands, as even as the model's levels allow.
+    Count(usize),
+    /// Bands of these heights in latent rows, top to bottom.
+    Heights(Vec<i64>),
+    /// One band per weight, sized in proportion (relative GPU speeds).
+    Weights(Vec<f64>),
+}
+
+impl BandRequest {
+    /// Number of bands asked for.
+    pub fn n(&self) -> usize {
+        match self {
+            BandRequest::Count(n) => *n,
+            BandRequest::Heights(h) => h.len(),
+            BandRequest::Weights(w) => w.len(),
+        }
+    }
+}
+
 /// What the partitioning passes are asked for.
 #[derive(Clone, Debug)]
 pub struct PartitionOptions {
-    /// Number of bands of a group (GPUs per CFG group).
-    pub n: usize,
+    /// The bands of a group (GPUs per CFG group).
+    pub bands: BandRequest,
     pub mode: crate::plan::Mode,
 }
 
 impl Default for PartitionOptions {
     fn default() -> Self {
         Self {
-            n: 1,
+            bands: BandRequest::Count(1),
             mode: crate::plan::Mode::Displaced,
         }
     }
@@ -128,6 +150,8 @@ pub struct PassContext {
     pub partition_options: PartitionOptions,
     /// The layouts `partition` found (read by `localize`).
     pub partition: Option<partition::Partition>,
+    /// The band whose local graph `localize` builds (position within the group).
+    pub band: usize,
     /// What `localize` did: exchanges, per-band constants, expected local types.
     pub local: Option<localize::LocalGraph>,
 }
@@ -142,6 +166,7 @@ impl PassContext {
             diagnostics: Diagnostics::default(),
             partition_options: PartitionOptions::default(),
             partition: None,
+            band: 0,
             local: None,
         }
     }

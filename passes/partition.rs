@@ -1,21 +1,27 @@
 //! `partition`: sharding propagation. The model's spatial input (the first rank-4
 //! floating-point input, a UNet's `sample`) is split into `n` bands along its height (axis 2
-//! of NCHW); every other input and every constant is replicated. One sweep in topological
+//! of NCHW), possibly unequal ([`Bands`]); every other input and every constant is replicated. One sweep in topological
 //! order gives every value a layout from the partition rules of [`super::ops::layout`]: a node
 //! whose inputs are all replicated computes replicated outputs (the time embedding, the text
 //! path); otherwise its rule decides, possibly asking for an operand to be gathered first (the
 //! keys and values of self-attention).
 //!
+//! The bands are chosen here: a first sweep with one band finds every split extent (the
+//! feature maps of every level, the token axes of attention), whose coarsest level sets the
+//! row step that keeps band boundaries whole everywhere ([`Bands::granularity`]); the request
+//! (a count, spread as evenly as that step allows; heights; or GPU weights) is resolved on it,
+//! and a second sweep checks every rule against the real bands.
+//!
 //! **Invariant:** after this pass every value has exactly one layout, replicated or split on
-//! one axis into `n` equal bands ([`Partition::layouts`]), and every node that needs an
+//! one axis into the bands of [`Partition::bands`] ([`Partition::layouts`]), and every node that needs an
 //! exchange or a per-band operand says so ([`Partition::needs`], [`Partition::gathers`]). The
 //! graph itself is not changed.
 //!
 //! Rejects, all listed in one error (node, op, reason): constructs without a rule on a split
 //! tensor (a Concat or Slice along the split axis, a bilinear Resize of a split tensor, a
-//! reduction other than a mean over the split axis, …). When the only problems are band
-//! counts that do not divide some split extent (or halos larger than a band), the error lists
-//! the band counts that would work instead.
+//! reduction other than a mean over the split axis, …). When the only problems are bands that
+//! do not fit (more bands than rows at the coarsest level, boundaries off the row step, halos
+//! larger than a band), the error says which band counts and lists would work instead.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
@@ -25,7 +31,8 @@ use anyhow::Result;
 use super::ops::layout::{Layout, Need, PartCx, Verdict, partition_rule};
 use super::ops::{OpCx, default_opset};
 use super::propagate::FALLBACK_OPSET;
-use super::{NodeIssue, Pass, PassContext};
+use super::{BandRequest, NodeIssue, Pass, PassContext};
+use crate::contract::{BandError, Bands};
 use crate::ir::{Graph, NodeId, ValueId};
 use crate::onnx::ExternalStore;
 
@@ -34,10 +41,15 @@ pub const BAND_AXIS: usize = 2;
 /// Largest band count suggested when a count does not divide the image.
 pub const MAX_SUGGESTED: usize = 64;
 
-/// The layouts of a graph cut into `n` bands.
+/// The layouts of a graph cut into bands.
 #[derive(Clone, Debug)]
 pub struct Partition {
-    pub n: usize,
+    /// The bands of a group.
+    pub bands: Bands,
+    /// Band boundaries are multiples of this many latent rows.
+    pub row_step: i64,
+    /// Heights of the split feature maps (rank-4 values split on H), largest first.
+    pub levels: Vec<i64>,
     /// The model input cut into bands.
     pub spatial_input: ValueId,
     /// Every value's layout (values absent here are replicated).
@@ -49,6 +61,11 @@ pub struct Partition {
 }
 
 impl Partition {
+    /// Number of bands.
+    pub fn n(&self) -> usize {
+        self.bands.n()
+    }
+
     /// The layout of `v`.
     pub fn layout(&self, v: ValueId) -> Layout {
         self.layouts.get(&v).copied().unwrap_or(Layout::Replicated)
@@ -136,6 +153,12 @@ pub enum PartitionError {
         valid: Vec<usize>,
         max: usize,
     },
+    #[error("cannot cut the image's {height} latent rows into bands as asked: {error}")]
+    Bands {
+        height: i64,
+        #[source]
+        error: BandError,
+    },
 }
 
 fn list(items: &[NodeIssue]) -> String {
@@ -177,11 +200,20 @@ pub fn spatial_input(g: &Graph) -> Option<ValueId> {
     })
 }
 
-/// Computes the layouts of `g` cut into `n` bands, with every problem found.
+/// Latent height of the spatial input (0 when unknown).
+fn spatial_height(g: &Graph, spatial: ValueId) -> i64 {
+    g.value(spatial)
+        .tensor_type()
+        .and_then(|t| t.static_dims())
+        .map(|d| d[BAND_AXIS])
+        .unwrap_or(0)
+}
+
+/// Computes the layouts of `g` cut into `bands`, with every problem found.
 pub fn analyze(
     g: &Graph,
     store: &ExternalStore,
-    n: usize,
+    bands: &Bands,
 ) -> Result<(Partition, Vec<Problem>), PartitionError> {
     let Some(spatial) = spatial_input(g) else {
         return Err(PartitionError::NoSpatialInput {
@@ -195,25 +227,25 @@ pub fn analyze(
     };
     let opset = default_opset(g).unwrap_or(FALLBACK_OPSET);
     let mut p = Partition {
-        n,
+        bands: bands.clone(),
+        row_step: 1,
+        levels: Vec::new(),
         spatial_input: spatial,
         layouts: HashMap::new(),
         needs: BTreeMap::new(),
         gathers: Vec::new(),
     };
     let mut problems = Vec::new();
-    let h = g
-        .value(spatial)
-        .tensor_type()
-        .and_then(|t| t.static_dims())
-        .map(|d| d[BAND_AXIS])
-        .unwrap_or(0);
-    if h % n as i64 != 0 {
+    let h = spatial_height(g, spatial);
+    if bands.height() != h {
         problems.push(Problem {
             issue: NodeIssue {
                 node: g.value(spatial).name.clone(),
                 op: "input".into(),
-                message: format!("{n} bands do not divide its height {h}"),
+                message: format!(
+                    "bands {bands} cover {} rows, its height is {h}",
+                    bands.height()
+                ),
             },
             indivisible: true,
         });
@@ -253,7 +285,7 @@ pub fn analyze(
             );
             continue;
         };
-        let op = OpCx::new(g, store, node, opset, 1 << 20).with_group_size(n);
+        let op = OpCx::new(g, store, node, opset, 1 << 20);
         let outputs: Vec<_> = node
             .outputs()
             .iter()
@@ -270,7 +302,7 @@ pub fn analyze(
                 op: &op,
                 layouts: layouts.clone(),
                 constant: constant.clone(),
-                n,
+                bands,
                 n_outputs: outputs.len(),
                 outputs: outputs.clone(),
             };
@@ -311,9 +343,11 @@ pub fn analyze(
                             .and_then(|t| t.static_dims())
                             .and_then(|d| d.get(axis).copied());
                         match extent {
-                            Some(e) if e % n as i64 == 0 => {}
+                            Some(e) if bands.divides(e) => {}
                             Some(e) => problem(
-                                format!("{n} bands do not divide axis {axis} ({e}) of its output"),
+                                format!(
+                                    "bands {bands} do not cut axis {axis} ({e}) of its output into whole parts"
+                                ),
                                 true,
                             ),
                             None => problem("its output has no static shape".into(), false),
@@ -335,16 +369,80 @@ pub fn analyze(
     Ok((p, problems))
 }
 
-/// Band counts up to `max` for which `g` partitions without problems.
-pub fn valid_counts(g: &Graph, store: &ExternalStore, max: usize) -> Vec<usize> {
+/// Extents of every split axis in `p` (with the spatial height), and the heights of the split
+/// feature maps, largest first.
+fn split_extents(g: &Graph, p: &Partition) -> (Vec<i64>, Vec<i64>) {
+    let mut extents = vec![spatial_height(g, p.spatial_input)];
+    let mut levels = Vec::new();
+    for (&v, l) in &p.layouts {
+        let (Some(axis), Some(d)) = (
+            l.axis(),
+            g.value(v).tensor_type().and_then(|t| t.static_dims()),
+        ) else {
+            continue;
+        };
+        if let Some(&e) = d.get(axis) {
+            extents.push(e);
+            if d.len() == 4 && axis == BAND_AXIS && !levels.contains(&e) {
+                levels.push(e);
+            }
+        }
+    }
+    levels.sort_unstable_by(|a, b| b.cmp(a));
+    (extents, levels)
+}
+
+/// Band counts up to `max` for which `g` partitions without problems with bands spread as
+/// evenly as `step` allows.
+pub fn valid_counts(g: &Graph, store: &ExternalStore, height: i64, step: i64, max: usize) -> Vec<usize> {
     (1..=max)
-        .filter(|&n| matches!(analyze(g, store, n), Ok((_, p)) if p.is_empty()))
+        .filter(|&n| {
+            Bands::even(height, n, step).is_ok_and(|b| {
+                matches!(analyze(g, store, &b), Ok((_, p)) if p.is_empty())
+            })
+        })
         .collect()
 }
 
-/// Partitions `g` into `n` bands or explains, in one error, every node that prevents it.
-pub fn partition(g: &Graph, store: &ExternalStore, n: usize) -> Result<Partition, PartitionError> {
-    let (p, problems) = analyze(g, store, n)?;
+/// Partitions `g` into the bands `request` asks for, or explains, in one error, every node
+/// that prevents it.
+pub fn partition(
+    g: &Graph,
+    store: &ExternalStore,
+    request: &BandRequest,
+) -> Result<Partition, PartitionError> {
+    let Some(spatial) = spatial_input(g) else {
+        return analyze(g, store, &Bands::single(1)).map(|(p, _)| p);
+    };
+    let height = spatial_height(g, spatial);
+    // One band: every rule sees the split axes; their extents set the row step.
+    let (whole, problems) = analyze(g, store, &Bands::single(height))?;
+    if problems.iter().any(|p| !p.indivisible) {
+        return Err(PartitionError::Unsupported(
+            problems
+                .into_iter()
+                .filter(|p| !p.indivisible)
+                .map(|p| p.issue)
+                .collect(),
+        ));
+    }
+    let (extents, levels) = split_extents(g, &whole);
+    let step = Bands::granularity(height, extents);
+    let resolved = match request {
+        BandRequest::Count(n) => Bands::even(height, *n, step),
+        BandRequest::Weights(w) => Bands::weighted(height, w, step),
+        BandRequest::Heights(h) => {
+            Bands::from_heights(h).and_then(|b| b.check(height, step).map(|()| b))
+        }
+    };
+    let bands = match resolved {
+        Ok(b) => b,
+        Err(error) => return Err(PartitionError::Bands { height, error }),
+    };
+    let n = bands.n();
+    let (mut p, problems) = analyze(g, store, &bands)?;
+    p.row_step = step;
+    p.levels = levels;
     if problems.is_empty() {
         return Ok(p);
     }
@@ -353,17 +451,11 @@ pub fn partition(g: &Graph, store: &ExternalStore, n: usize) -> Result<Partition
             problems.into_iter().map(|p| p.issue).collect(),
         ));
     }
-    let h = g
-        .value(p.spatial_input)
-        .tensor_type()
-        .and_then(|t| t.static_dims())
-        .map(|d| d[BAND_AXIS])
-        .unwrap_or(1);
-    let max = MAX_SUGGESTED.min(h.max(1) as usize);
+    let max = MAX_SUGGESTED.min((height / step).max(1) as usize);
     Err(PartitionError::Indivisible {
         n,
         issues: problems.into_iter().map(|p| p.issue).collect(),
-        valid: valid_counts(g, store, max),
+        valid: valid_counts(g, store, height, step, max),
         max,
     })
 }
@@ -379,11 +471,11 @@ impl Pass for PartitionPass {
         "give every value a layout (replicated or split into bands) from the partition rules"
     }
     fn run(&self, g: &mut Graph, cx: &mut PassContext) -> Result<bool> {
-        let n = cx.partition_options.n;
-        if n == 0 {
+        let request = &cx.partition_options.bands;
+        if request.n() == 0 {
             anyhow::bail!("the number of bands must be at least 1");
         }
-        cx.partition = Some(partition(g, &cx.store, n)?);
+        cx.partition = Some(partition(g, &cx.store, request)?);
         Ok(false)
     }
 }
@@ -445,7 +537,9 @@ mod tests {
             vec![scales],
             17,
         ));
-        let e = partition(&g, &store(), 2).expect_err("refused").to_string();
+        let e = partition(&g, &store(), &BandRequest::Count(2))
+            .expect_err("refused")
+            .to_string();
         assert!(e.contains("2 node(s)"), "{e}");
         assert!(
             e.contains("`cat_h` (Concat)") && e.contains("along the split axis"),
@@ -458,7 +552,7 @@ mod tests {
     }
 
     #[test]
-    fn indivisible_counts_list_the_valid_ones() {
+    fn counts_beyond_the_rows_name_the_ones_that_work() {
         let f = DataType::FLOAT;
         let g = typed(model(
             vec![node("Relu", "relu", &["x"], &["y"])],
@@ -467,13 +561,44 @@ mod tests {
             vec![],
             17,
         ));
-        let e = partition(&g, &store(), 5).expect_err("refused").to_string();
-        assert!(
-            e.contains("band counts that work (≤ 12): 1, 2, 3, 4, 6, 12"),
-            "{e}"
-        );
-        let p = partition(&g, &store(), 3).expect("3 divides 12");
+        let e = partition(&g, &store(), &BandRequest::Count(13))
+            .expect_err("refused")
+            .to_string();
+        assert!(e.contains("from 1 to 12"), "{e}");
+        // 5 bands of 12 rows: 3, 3, 2, 2, 2.
+        let p = partition(&g, &store(), &BandRequest::Count(5)).expect("uneven bands");
+        assert_eq!(p.bands.heights(), vec![3, 3, 2, 2, 2]);
         let y = g.outputs[0];
         assert_eq!(p.layout(y), Layout::Split { axis: 2 });
+    }
+
+    #[test]
+    fn the_coarsest_level_sets_the_row_step() {
+        let f = DataType::FLOAT;
+        let mut pool = node("MaxPool", "pool", &["x"], &["y"]);
+        for (name, v) in [("kernel_shape", [2i64, 2]), ("strides", [2, 2])] {
+            pool.attribute.push(AttributeProto {
+                name: Some(name.into()),
+                ints: v.to_vec(),
+                r#type: Some(AttributeType::Ints as i32),
+                ..Default::default()
+            });
+        }
+        let g = typed(model(
+            vec![pool],
+            vec![vi("x", f, &["1", "4", "12", "8"])],
+            vec![vi("y", f, &["?", "?", "?", "?"])],
+            vec![],
+            17,
+        ));
+        let p = partition(&g, &store(), &BandRequest::Count(4)).expect("4 bands");
+        assert_eq!((p.row_step, p.bands.heights()), (2, vec![4, 4, 2, 2]));
+        assert_eq!(p.levels, vec![12, 6]);
+        let e = partition(&g, &store(), &BandRequest::Heights(vec![5, 7]))
+            .expect_err("5 is odd")
+            .to_string();
+        assert!(e.contains("multiple of 2"), "{e}");
+        let p = partition(&g, &store(), &BandRequest::Weights(vec![2.0, 1.0])).expect("weights");
+        assert_eq!(p.bands.heights(), vec![8, 4]);
     }
 }

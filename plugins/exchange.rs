@@ -8,8 +8,8 @@
 //! | op | fresh (sync, warmup) | stale (displaced, after warmup) |
 //! |---|---|---|
 //! | `DfcHaloExchange` | `[last top rows of band r−1 ‖ x ‖ first bottom rows of band r+1]`, zero rows at the image edges | the neighbours' rows of the previous step |
-//! | `DfcStatsAllReduce` | mean over the group of `s` (f32) | by the context's [`GnMode`]: `corrected` (default, paper Eq. 2) `mean(s of step t−1) + s − s of step t−1`, where the last axis has 2 entries (E\[x\], E\[x²\]) and the estimated variance is negative the local pair; `stale` the previous step's mean with the own part fresh; `sync` fresh; `separate` the local `s` |
-//! | `DfcPatchAllGather` | concatenation of every band's `x` along `axis`, band order | own band fresh, the others of the previous step |
+//! | `DfcStatsAllReduce` | mean over the group of `s` (f32), each band weighted by its share of the image rows `w_j` | by the context's [`GnMode`]: `corrected` (default, paper Eq. 2) `Σ_j w_j·s_j(t−1) + s − s(t−1)`, where the last axis has 2 entries (E\[x\], E\[x²\]) and the estimated variance is negative the local pair; `stale` the previous step's mean with the own part fresh, `Σ_j w_j·s_j(t−1) + w_i·(s − s(t−1))`; `sync` fresh; `separate` the local `s` |
+//! | `DfcPatchAllGather` | concatenation of every band's `x` along `axis`, band order; the bands' extents are the `parts` attribute (bands may be unequal) | own band fresh, the others of the previous step |
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use half::f16;
 
 use super::comm::{Call, CommError, Communicator, Payload};
+use crate::contract::Bands;
 use crate::plan::{ExchangeKind, GnMode};
 
 /// Errors of an exchange operator.
@@ -91,6 +92,8 @@ pub struct RankContext {
     stale: AtomicBool,
     always_fresh: HashSet<u32>,
     gn: GnMode,
+    /// Each band's share of the image rows (weights of the statistics' mean); `None`: equal.
+    shares: Option<Vec<f64>>,
 }
 
 impl RankContext {
@@ -104,7 +107,15 @@ impl RankContext {
             stale: AtomicBool::new(false),
             always_fresh: HashSet::new(),
             gn: GnMode::default(),
+            shares: None,
         }
+    }
+
+    /// The group's bands, when they are unequal: `DfcStatsAllReduce` weights each band's
+    /// statistics by its share of the rows. Equal bands keep the plain mean.
+    pub fn with_bands(mut self, bands: &Bands) -> Self {
+        self.shares = (!bands.is_even()).then(|| bands.shares());
+        self
     }
 
     /// How `DfcStatsAllReduce` treats GroupNorm statistics in stale steps (default
@@ -264,11 +275,11 @@ pub fn halo_output_shape(shape: &[usize], halo: Halo) -> Vec<usize> {
     out
 }
 
-/// Output shape of `DfcPatchAllGather` in a group of `n`.
-pub fn gather_output_shape(shape: &[usize], axis: usize, n: usize) -> Vec<usize> {
+/// Output shape of `DfcPatchAllGather` whose bands have `parts` on `axis`.
+pub fn gather_output_shape(shape: &[usize], axis: usize, parts: &[usize]) -> Vec<usize> {
     let mut out = shape.to_vec();
     if let Some(d) = out.get_mut(axis) {
-        *d *= n;
+        *d = parts.iter().sum();
     }
     out
 }
@@ -367,8 +378,9 @@ pub fn halo_exchange<T: Element>(
     Ok(())
 }
 
-/// `DfcStatsAllReduce`: `g` = mean over the group of every rank's `s` (elementwise, summed in
-/// f64 in band order, so every rank gets the same bits). Stale: paper Eq. 2 (module docs).
+/// `DfcStatsAllReduce`: `g` = mean over the group of every rank's `s`, weighted by each band's
+/// share of the rows (elementwise, summed in f64 in band order, so every rank gets the same
+/// bits). Stale: paper Eq. 2 (module docs).
 pub fn stats_all_reduce(
     ctx: &RankContext,
     slot: u32,
@@ -396,18 +408,36 @@ pub fn stats_all_reduce(
         .enumerate()
         .map(|(q, p)| payload_of::<f32>(STATS, slot, q, p, s.len()))
         .collect::<Result<_, _>>()?;
-    for (i, out) in g.iter_mut().enumerate() {
-        let sum: f64 = parts.iter().map(|p| f64::from(p[i])).sum();
-        *out = (sum / n as f64) as f32;
+    match &ctx.shares {
+        Some(w) if w.len() == n => {
+            for (i, out) in g.iter_mut().enumerate() {
+                let sum: f64 = parts.iter().zip(w).map(|(p, w)| f64::from(p[i]) * w).sum();
+                *out = sum as f32;
+            }
+        }
+        Some(w) => {
+            return Err(ExchangeError::Shape {
+                op: STATS,
+                slot,
+                reason: format!("{} band shares for a group of {n}", w.len()),
+            });
+        }
+        None => {
+            for (i, out) in g.iter_mut().enumerate() {
+                let sum: f64 = parts.iter().map(|p| f64::from(p[i])).sum();
+                *out = (sum / n as f64) as f32;
+            }
+        }
     }
     if call.fresh {
         return Ok(());
     }
     // The previous step's mean, with this band's change since then: all of it extrapolated
     // to the whole image (corrected), or only its own share (stale).
-    let share = match ctx.gn {
-        GnMode::Corrected => 1.0,
-        _ => 1.0 / n as f32,
+    let share = match (ctx.gn, &ctx.shares) {
+        (GnMode::Corrected, _) => 1.0,
+        (_, Some(w)) => w[ctx.rank()] as f32,
+        (_, None) => 1.0 / n as f32,
     };
     let own_old = parts[ctx.rank()];
     for ((out, &fresh), &old) in g.iter_mut().zip(s).zip(own_old) {
@@ -425,24 +455,36 @@ pub fn stats_all_reduce(
     Ok(())
 }
 
-/// `DfcPatchAllGather`: `y` = every band's `x` concatenated along `axis` in band order. `x` has
-/// `shape`; `y` has [`gather_output_shape`].
+/// `DfcPatchAllGather`: `y` = every band's `x` concatenated along `axis` in band order. Band
+/// `q` has `parts[q]` entries on `axis` (this rank's `x` has `shape`, whose extent there must
+/// be its own part); `y` has [`gather_output_shape`].
 pub fn patch_all_gather<T: Element>(
     ctx: &RankContext,
     slot: u32,
     shape: &[usize],
     axis: usize,
+    parts: &[usize],
     x: &[T],
     y: &mut [T],
 ) -> Result<(), ExchangeError> {
     check_axis(GATHER, slot, shape, axis)?;
     check_len(GATHER, slot, "the input", shape, x.len())?;
     let (n, r) = (ctx.group_size(), ctx.rank());
+    if parts.len() != n || parts[r] != shape[axis] {
+        return Err(ExchangeError::Shape {
+            op: GATHER,
+            slot,
+            reason: format!(
+                "parts {parts:?} do not fit band {r} of {n} with {} entries on axis {axis}",
+                shape[axis]
+            ),
+        });
+    }
     check_len(
         GATHER,
         slot,
         "the output",
-        &gather_output_shape(shape, axis, n),
+        &gather_output_shape(shape, axis, parts),
         y.len(),
     )?;
     if n == 1 {
@@ -454,22 +496,24 @@ pub fn patch_all_gather<T: Element>(
     let got = ctx
         .comm
         .exchange(call, T::into_payload(x.to_vec()), &peers)?;
-    let parts: Vec<&[T]> = peers
+    let (outer, _, inner) = split_dims(shape, axis);
+    let received: Vec<&[T]> = peers
         .iter()
         .zip(&got)
-        .map(|(&q, p)| payload_of::<T>(GATHER, slot, q, p, x.len()))
+        .map(|(&q, p)| payload_of::<T>(GATHER, slot, q, p, outer * parts[q] * inner))
         .collect::<Result<_, _>>()?;
-    let (outer, h, inner) = split_dims(shape, axis);
-    let block = h * inner;
+    let total: usize = parts.iter().sum();
     for o in 0..outer {
+        let mut dst = o * total * inner;
         for q in 0..n {
+            let block = parts[q] * inner;
             let src = if q == r {
                 x
             } else {
-                parts[if q < r { q } else { q - 1 }]
+                received[if q < r { q } else { q - 1 }]
             };
-            let dst = (o * n + q) * block;
             y[dst..dst + block].copy_from_slice(&src[o * block..(o + 1) * block]);
+            dst += block;
         }
     }
     Ok(())
@@ -502,11 +546,26 @@ mod tests {
         gn: GnMode,
         f: impl Fn(&RankContext, u64) -> R + Sync,
     ) -> Vec<Vec<R>> {
+        on_ranks_with(n, steps, stale_after, gn, None, f)
+    }
+
+    /// [`on_ranks_gn`] on the given (possibly unequal) bands.
+    fn on_ranks_with<R: Send>(
+        n: usize,
+        steps: u64,
+        stale_after: Option<u64>,
+        gn: GnMode,
+        bands: Option<&Bands>,
+        f: impl Fn(&RankContext, u64) -> R + Sync,
+    ) -> Vec<Vec<R>> {
         let comm = Arc::new(Communicator::new(n));
         thread::scope(|s| {
             let handles: Vec<_> = (0..n)
                 .map(|rank| {
-                    let ctx = RankContext::new(comm.clone(), rank).with_gn(gn);
+                    let mut ctx = RankContext::new(comm.clone(), rank).with_gn(gn);
+                    if let Some(b) = bands {
+                        ctx = ctx.with_bands(b);
+                    }
                     let f = &f;
                     s.spawn(move || {
                         (0..steps)
@@ -675,7 +734,8 @@ mod tests {
             let got = on_ranks(n, 2, None, |ctx, step| {
                 let x = band(&full(step), n, ctx.rank());
                 let mut y = vec![f32::NAN; 48];
-                patch_all_gather(ctx, 2, &[2, 8 / n, 3], 1, &x, &mut y).expect("gather");
+                let parts = vec![8 / n; n];
+                patch_all_gather(ctx, 2, &[2, 8 / n, 3], 1, &parts, &x, &mut y).expect("gather");
                 y
             });
             for per_step in &got {
@@ -721,7 +781,7 @@ mod tests {
         out.extend_from_slice(&g);
         pause();
         let mut z = vec![0f32; 48];
-        patch_all_gather(ctx, 2, &[2, h, 3], 1, &x, &mut z).expect("gather");
+        patch_all_gather(ctx, 2, &[2, h, 3], 1, &vec![h; n], &x, &mut z).expect("gather");
         out.extend_from_slice(&z);
         pause();
         let mut w = vec![0f32; 2 * (h + 1) * 3];
@@ -789,7 +849,7 @@ mod tests {
             )
             .expect("halo");
             let mut z = vec![0f32; 48];
-            patch_all_gather(ctx, 1, &[2, 4, 3], 1, &x, &mut z).expect("gather");
+            patch_all_gather(ctx, 1, &[2, 4, 3], 1, &[4, 4], &x, &mut z).expect("gather");
             (y, z)
         });
         for (r, per_step) in got.iter().enumerate() {
@@ -888,5 +948,103 @@ mod tests {
         assert_eq!(got[0][2], vec![3.0, 10.0]);
         // Band 1 did not change: the stale mean.
         assert_eq!(got[1][2], vec![0.0, 5.05]);
+    }
+
+    /// Rows `rows` (axis 1) of the [2, 8, 3] tensor `t`.
+    fn rows_of(t: &[f32], rows: std::ops::Range<usize>) -> Vec<f32> {
+        (0..2)
+            .flat_map(|o| t[o * 24 + rows.start * 3..o * 24 + rows.end * 3].to_vec())
+            .collect()
+    }
+
+    #[test]
+    fn gather_concatenates_unequal_bands_in_order() -> Result<(), crate::contract::BandError> {
+        for heights in [&[3i64, 3, 2][..], &[2, 5, 1], &[1, 7]] {
+            let bands = Bands::from_heights(heights)?;
+            let n = bands.n();
+            let parts: Vec<usize> = heights.iter().map(|&h| h as usize).collect();
+            let got = on_ranks_with(n, 2, None, GnMode::default(), Some(&bands), |ctx, step| {
+                let r = bands.rows(ctx.rank());
+                let x = rows_of(&full(step), r.start as usize..r.end as usize);
+                let mut y = vec![f32::NAN; 48];
+                let shape = [2, parts[ctx.rank()], 3];
+                patch_all_gather(ctx, 2, &shape, 1, &parts, &x, &mut y).expect("gather");
+                y
+            });
+            for per_step in &got {
+                for (step, y) in per_step.iter().enumerate() {
+                    assert_eq!(y, &full(step as u64), "bands {bands}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// (E[x], E[x²]) over rows `rows` of a [2, 8, 3] tensor, per outer index: [2, 2] in f64.
+    fn moments(t: &[f32], rows: std::ops::Range<usize>) -> Vec<f64> {
+        let part = rows_of(t, rows);
+        part.chunks(part.len() / 2)
+            .flat_map(|c| {
+                let k = c.len() as f64;
+                let m = c.iter().map(|&v| f64::from(v)).sum::<f64>() / k;
+                let m2 = c.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>() / k;
+                [m, m2]
+            })
+            .collect()
+    }
+
+    /// A step-dependent [2, 8, 3] tensor whose rows change at different rates.
+    fn moving(step: u64) -> Vec<f32> {
+        full(0)
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| v * 0.01 + (i % 7) as f32 * 0.1 * (1.0 + step as f32 * (i % 5) as f32))
+            .collect()
+    }
+
+    #[test]
+    fn weighted_stats_equal_the_whole_image_fresh_and_corrected()
+    -> Result<(), crate::contract::BandError> {
+        let bands = Bands::from_heights(&[3, 3, 2])?;
+        let n = bands.n();
+        let got = on_ranks_with(n, 5, Some(1), GnMode::Corrected, Some(&bands), |ctx, step| {
+            let r = bands.rows(ctx.rank());
+            let s: Vec<f32> = moments(&moving(step), r.start as usize..r.end as usize)
+                .iter()
+                .map(|&v| v as f32)
+                .collect();
+            let mut g = vec![0f32; 4];
+            stats_all_reduce(ctx, 0, &s, &mut g).expect("stats");
+            g
+        });
+        let close = |a: f32, b: f64| (f64::from(a) - b).abs() <= 1e-6 * b.abs().max(1.0);
+        for (r, per_step) in got.iter().enumerate() {
+            let rows = bands.rows(r);
+            let own = |t: u64| moments(&moving(t), rows.start as usize..rows.end as usize);
+            for (t, g) in per_step.iter().enumerate() {
+                let t = t as u64;
+                // Fresh (t ≤ 1): the whole image's moments, computed directly.
+                // Stale-corrected: the whole image at t − 1 plus this band's change.
+                let want: Vec<f64> = if t <= 1 {
+                    moments(&moving(t), 0..8)
+                } else {
+                    let (old, now, before) = (moments(&moving(t - 1), 0..8), own(t), own(t - 1));
+                    (0..4).map(|i| old[i] + now[i] - before[i]).collect()
+                };
+                for (a, b) in g.iter().zip(&want) {
+                    assert!(close(*a, *b), "rank {r} step {t}: {g:?} vs {want:?}");
+                }
+            }
+        }
+        // The equal-weight mean of the bands' moments is not the image's: the weights matter.
+        let plain: Vec<f64> = (0..n)
+            .map(|r| {
+                let rows = bands.rows(r);
+                moments(&moving(0), rows.start as usize..rows.end as usize)[0]
+            })
+            .collect();
+        let unweighted = plain.iter().sum::<f64>() / n as f64;
+        assert!(!close(unweighted as f32, moments(&moving(0), 0..8)[0]));
+        Ok(())
     }
 }

@@ -20,6 +20,7 @@ use ort::operator::{
 };
 use ort::value::{PrimitiveTensorElementType, Shape, TensorElementType, ValueType};
 
+use crate::contract::exchange::{ATTR_AXIS, ATTR_BOTTOM, ATTR_PARTS, ATTR_SLOT, ATTR_TOP};
 use crate::plan::ExchangeKind;
 
 use super::exchange::{
@@ -27,8 +28,7 @@ use super::exchange::{
     patch_all_gather, stats_all_reduce,
 };
 
-/// The ONNX domain of the exchange operators.
-pub const DOMAIN: &str = "dfc";
+pub use crate::contract::exchange::DOMAIN;
 
 /// An operator domain `dfc` with every exchange operator bound to `ctx`. Register one per
 /// session (`SessionBuilder::with_operators`).
@@ -80,7 +80,7 @@ fn usize_attr(
 }
 
 fn slot_attr(k: &KernelContext<'_>, op: &str, node: &str) -> ort::Result<u32> {
-    let v = int_attr(k, op, node, "slot")?;
+    let v = int_attr(k, op, node, ATTR_SLOT)?;
     u32::try_from(v)
         .map_err(|_| ort::Error::new(format!("{op} node `{node}`: slot {v} is out of range")))
 }
@@ -184,15 +184,32 @@ impl<T: KernelElement> Operator for AxisOp<T> {
         let node = k.node_name()?;
         let op = self.name();
         let slot = slot_attr(k, op, &node)?;
-        let axis = usize_attr(k, op, &node, "axis", None)?;
-        // `None`: the gather.
+        let axis = usize_attr(k, op, &node, ATTR_AXIS, None)?;
+        // `None`: the gather, with its bands' parts.
         let halo = match self.kind {
             ExchangeKind::Halo => Some(Halo {
                 axis,
-                top: usize_attr(k, op, &node, "top", Some(0))?,
-                bottom: usize_attr(k, op, &node, "bottom", Some(0))?,
+                top: usize_attr(k, op, &node, ATTR_TOP, Some(0))?,
+                bottom: usize_attr(k, op, &node, ATTR_BOTTOM, Some(0))?,
             }),
             _ => None,
+        };
+        let parts: Vec<usize> = match self.kind {
+            ExchangeKind::Gather => k
+                .get::<Vec<i64>>(ATTR_PARTS)
+                .ok_or_else(|| {
+                    ort::Error::new(format!(
+                        "{op} node `{node}` has no integer list attribute `{ATTR_PARTS}`"
+                    ))
+                })?
+                .into_iter()
+                .map(|p| {
+                    usize::try_from(p).map_err(|_| {
+                        ort::Error::new(format!("{op} node `{node}`: part {p} must be ≥ 0"))
+                    })
+                })
+                .collect::<ort::Result<_>>()?,
+            _ => Vec::new(),
         };
         let ctx = self.ctx.clone();
         Ok(Box::new(move |c: &ComputeContext| {
@@ -209,7 +226,7 @@ impl<T: KernelElement> Operator for AxisOp<T> {
                 }
                 let out = match halo {
                     Some(halo) => halo_output_shape(&shape, halo),
-                    None => gather_output_shape(&shape, axis, ctx.group_size()),
+                    None => gather_output_shape(&shape, axis, &parts),
                 };
                 let mut y = c
                     .output(0, out.iter().map(|&d| d as i64).collect::<Vec<_>>())?
@@ -217,7 +234,7 @@ impl<T: KernelElement> Operator for AxisOp<T> {
                 let (_, ys) = y.try_extract_tensor_mut::<T>()?;
                 match halo {
                     Some(halo) => halo_exchange(&ctx, slot, halo, &shape, xs, ys),
-                    None => patch_all_gather(&ctx, slot, &shape, axis, xs, ys),
+                    None => patch_all_gather(&ctx, slot, &shape, axis, &parts, xs, ys),
                 }
                 .map_err(|e| ort::Error::new(format!("node `{node}`: {e}")))
             })
@@ -225,23 +242,29 @@ impl<T: KernelElement> Operator for AxisOp<T> {
     }
 
     fn infer_shape(&self, ctx: &mut ShapeInferenceContext) -> ort::Result<()> {
-        let axis = ctx.attr::<i64>("axis")?;
-        // Along the axis, the halo adds its rows; the gather multiplies by the band count.
-        let (times, plus) = match self.kind {
-            ExchangeKind::Halo => (
-                1,
-                ctx.attr::<i64>("top").unwrap_or(0) + ctx.attr::<i64>("bottom").unwrap_or(0),
-            ),
-            _ => (self.ctx.group_size() as i64, 0),
-        };
-        infer_from_input(ctx, |i, d| {
-            if i as i64 == axis {
-                d * times + plus
-            } else {
-                d
+        let axis = ctx.attr::<i64>(ATTR_AXIS)?;
+        // Along the axis, the halo adds its rows; the gather's extent is the sum of its parts.
+        let along = match self.kind {
+            ExchangeKind::Halo => {
+                let grow =
+                    ctx.attr::<i64>(ATTR_TOP).unwrap_or(0) + ctx.attr::<i64>(ATTR_BOTTOM).unwrap_or(0);
+                Along::Add(grow)
             }
+            _ => Along::Set(ctx.attr::<Vec<i64>>(ATTR_PARTS)?.iter().sum()),
+        };
+        infer_from_input(ctx, |i, d| match along {
+            _ if i as i64 != axis => d,
+            Along::Add(k) => d + k,
+            Along::Set(v) => v,
         })
     }
+}
+
+/// How an exchange changes its split axis.
+#[derive(Clone, Copy)]
+enum Along {
+    Add(i64),
+    Set(i64),
 }
 
 /// `DfcStatsAllReduce(s) -> g` (f32).

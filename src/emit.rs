@@ -24,10 +24,12 @@ use crate::cli::Internal;
 use crate::ir::{Dim, Graph, TensorType};
 use crate::onnx::proto::{StringStringEntryProto, TensorProto, tensor_proto::DataLocation};
 use crate::onnx::{self, ExternalData, ExternalStore};
-use crate::passes::localize::{BandConstant, LocalGraph, band_of};
+use crate::passes::localize::{BandConstant, LocalGraph};
 use crate::passes::partition::{BAND_AXIS, PartitionError};
 use crate::passes::specialize::{SpecializeError, SpecializeOptions};
-use crate::passes::{PartitionOptions, PassContext, PassError, PassManager, PassTiming};
+use crate::passes::{
+    BandRequest, PartitionOptions, PassContext, PassError, PassManager, PassTiming,
+};
 use crate::plan::{
     ExchangeKind, ExchangeSpec, GnMode, Layout as IoLayout, Mode, PLAN_FILE, PLAN_FORMAT, Plan,
     RankSpec, TensorSpec,
@@ -48,6 +50,9 @@ pub struct CompileOptions {
     pub output: PathBuf,
     /// World size (GPUs).
     pub gpus: usize,
+    /// How each group's image is cut (`None`: `gpus` bands, or `gpus / 2` with
+    /// `split_batch`, as even as the model allows). Its band count must be the group size.
+    pub bands: Option<BandRequest>,
     /// Sizes; `batch` is the full batch (both CFG halves).
     pub sizes: SpecializeOptions,
     pub mode: Mode,
@@ -71,10 +76,24 @@ pub struct CompileReport {
     pub warnings: Vec<String>,
 }
 
-/// A compiled local graph, ready to emit.
-pub struct Compiled {
+/// One band's local graph.
+pub struct LocalPart {
     pub graph: Graph,
     pub local: LocalGraph,
+}
+
+/// The compiled local graphs, ready to emit.
+pub struct Compiled {
+    /// One local graph per distinct band height (bands of equal height share a graph; they
+    /// differ only in per-band constants).
+    pub parts: Vec<LocalPart>,
+    /// Index into `parts` of each band's graph.
+    pub part_of_band: Vec<usize>,
+    /// Band boundaries' row step and the split feature maps' heights (see `partition`).
+    pub row_step: i64,
+    pub levels: Vec<i64>,
+    /// Full static shape of every graph input and output after specialization, by name.
+    pub full_io: HashMap<String, Vec<i64>>,
     pub store: ExternalStore,
     pub src_dir: PathBuf,
     /// Input types of the source model before specialization, by name.
@@ -157,12 +176,31 @@ pub fn compile_graph(opts: &CompileOptions) -> Result<(CompileReport, Option<Com
     };
     let original_inputs = types(&graph, &graph.inputs);
     let original_outputs = types(&graph, &graph.outputs);
+    let request = match &opts.bands {
+        Some(r) if r.n() != n => bail!(
+            "{} bands given for groups of {n} GPUs (--gpus {}{})",
+            r.n(),
+            opts.gpus,
+            if opts.split_batch {
+                ", halved by --split-batch"
+            } else {
+                ""
+            }
+        ),
+        Some(r) => r.clone(),
+        None => BandRequest::Count(n),
+    };
     let mut cx = PassContext::new(store.clone());
     cx.specialize = sizes;
-    cx.partition_options = PartitionOptions { n, mode: opts.mode };
+    cx.partition_options = PartitionOptions {
+        bands: request,
+        mode: opts.mode,
+    };
     let mut pm = PassManager::pipeline("compile")?;
     if let Some(p) = &opts.dump_after {
         pm = pm.dump_after(p)?.stop_after(p)?;
+    } else {
+        pm = pm.stop_after("partition")?;
     }
     let run = pm.run(&mut graph, &mut cx).map_err(user_error)?;
     let mut report = CompileReport {
@@ -170,7 +208,8 @@ pub fn compile_graph(opts: &CompileOptions) -> Result<(CompileReport, Option<Com
         warnings: cx.diagnostics.warnings.clone(),
         ..Default::default()
     };
-    if let Some(pass) = run.stopped_after {
+    if opts.dump_after.is_some() {
+        let pass = run.stopped_after.unwrap_or("check-local");
         let mut dump = run
             .dumps
             .into_iter()
@@ -186,15 +225,67 @@ pub fn compile_graph(opts: &CompileOptions) -> Result<(CompileReport, Option<Com
         report.dump = Some((pass.to_string(), dump));
         return Ok((report, None));
     }
-    let local = cx
-        .local
-        .take()
-        .ok_or_else(|| Internal("the compile pipeline produced no local graph".into()))?;
+    let partition = cx
+        .partition
+        .clone()
+        .ok_or_else(|| Internal("the compile pipeline produced no partition".into()))?;
+    let full_io: HashMap<String, Vec<i64>> = graph
+        .inputs
+        .iter()
+        .chain(&graph.outputs)
+        .filter_map(|&v| {
+            let d = graph.value(v).tensor_type()?.static_dims()?;
+            Some((graph.value(v).name.clone(), d))
+        })
+        .collect();
+    // One local graph per distinct band height, built for its first band.
+    let heights = partition.bands.heights();
+    let mut part_of_band = Vec::with_capacity(heights.len());
+    let mut first_band: Vec<usize> = Vec::new();
+    for (band, h) in heights.iter().enumerate() {
+        match first_band.iter().position(|&b| heights[b] == *h) {
+            Some(k) => part_of_band.push(k),
+            None => {
+                part_of_band.push(first_band.len());
+                first_band.push(band);
+            }
+        }
+    }
+    let local_passes = PassManager::pipeline("compile")?.pass_names();
+    let after_partition: Vec<&str> = local_passes
+        .iter()
+        .copied()
+        .skip_while(|&p| p != "partition")
+        .skip(1)
+        .collect();
+    let mut parts = Vec::with_capacity(first_band.len());
+    for &band in &first_band {
+        let mut g = graph.clone();
+        cx.band = band;
+        cx.local = None;
+        let run = PassManager::from_names(&after_partition)?
+            .run(&mut g, &mut cx)
+            .map_err(user_error)?;
+        for t in run.timings {
+            match report.timings.iter_mut().find(|x| x.pass == t.pass) {
+                Some(x) => x.duration += t.duration,
+                None => report.timings.push(t),
+            }
+        }
+        let local = cx
+            .local
+            .take()
+            .ok_or_else(|| Internal("the compile pipeline produced no local graph".into()))?;
+        parts.push(LocalPart { graph: g, local });
+    }
     Ok((
         report,
         Some(Compiled {
-            graph,
-            local,
+            parts,
+            part_of_band,
+            row_step: partition.row_step,
+            levels: partition.levels,
+            full_io,
             store,
             src_dir,
             original_inputs,
@@ -267,9 +358,50 @@ struct WeightsWriter {
     file: fs::File,
     len: u64,
     location: String,
+    /// Shared initializers already written, by name: `(offset, length)`.
+    written: HashMap<String, (u64, usize)>,
 }
 
 impl WeightsWriter {
+    /// [`externalize`](Self::externalize) for an initializer every band's graph shares: its
+    /// bytes are written once however many local graphs hold it.
+    fn externalize_shared(&mut self, t: &mut TensorProto, store: &ExternalStore) -> Result<()> {
+        if let Some(&(offset, len)) = t.name.as_ref().and_then(|n| self.written.get(n)) {
+            *t = self.reference(t, offset, len);
+            return Ok(());
+        }
+        self.externalize(t, store)?;
+        if let (Some(name), Ok(Some(e))) = (t.name.clone(), ExternalData::of(t))
+            && e.location == self.location
+        {
+            self.written
+                .insert(name, (e.offset, e.length.unwrap_or_default() as usize));
+        }
+        Ok(())
+    }
+
+    /// A tensor like `t` whose bytes are `len` bytes at `offset` of the weights file.
+    fn reference(&self, t: &TensorProto, offset: u64, len: usize) -> TensorProto {
+        let entry = |k: &str, v: String| StringStringEntryProto {
+            key: Some(k.into()),
+            value: Some(v),
+        };
+        TensorProto {
+            dims: t.dims.clone(),
+            data_type: t.data_type,
+            name: t.name.clone(),
+            doc_string: t.doc_string.clone(),
+            metadata_props: t.metadata_props.clone(),
+            data_location: Some(DataLocation::External as i32),
+            external_data: vec![
+                entry("location", self.location.clone()),
+                entry("offset", offset.to_string()),
+                entry("length", len.to_string()),
+            ],
+            ..Default::default()
+        }
+    }
+
     /// Moves `t`'s bytes to the file when it is larger than the threshold and stored inline.
     fn externalize(&mut self, t: &mut TensorProto, store: &ExternalStore) -> Result<()> {
         if ExternalData::of(t)?.is_some() {
@@ -299,24 +431,7 @@ impl WeightsWriter {
         }
         self.file.write_all(&bytes)?;
         self.len = offset + bytes.len() as u64;
-        let entry = |k: &str, v: String| StringStringEntryProto {
-            key: Some(k.into()),
-            value: Some(v),
-        };
-        *t = TensorProto {
-            dims: t.dims.clone(),
-            data_type: t.data_type,
-            name: t.name.clone(),
-            doc_string: t.doc_string.clone(),
-            metadata_props: t.metadata_props.clone(),
-            data_location: Some(DataLocation::External as i32),
-            external_data: vec![
-                entry("location", self.location.clone()),
-                entry("offset", offset.to_string()),
-                entry("length", bytes.len().to_string()),
-            ],
-            ..Default::default()
-        };
+        *t = self.reference(t, offset, bytes.len());
         Ok(())
     }
 }
@@ -329,37 +444,44 @@ fn numel(d: &[i64]) -> u64 {
     d.iter().map(|&x| x.max(0) as u64).product()
 }
 
-/// Bytes each band receives per step through one exchange (indexed by band).
-pub fn bytes_received(e: &crate::passes::localize::Exchange, n: usize) -> Vec<u64> {
+/// Bytes band `band` of `n` receives per step through one exchange, whose input on each band
+/// has the shapes `inputs` (band order).
+pub fn bytes_received(
+    e: &crate::passes::localize::Exchange,
+    inputs: &[Vec<i64>],
+    band: usize,
+) -> u64 {
     let eb = elem_bytes(e.dtype);
-    let n64 = n as u64;
-    (0..n)
-        .map(|band| match e.kind {
-            ExchangeKind::Halo => {
-                let axis = e.axis.unwrap_or(BAND_AXIS);
-                let row: u64 = e
-                    .input_shape
-                    .iter()
-                    .enumerate()
-                    .filter(|(k, _)| *k != axis)
-                    .map(|(_, &d)| d.max(0) as u64)
-                    .product();
-                let top = if band > 0 {
-                    e.top.unwrap_or(0) as u64
-                } else {
-                    0
-                };
-                let bottom = if band + 1 < n {
-                    e.bottom.unwrap_or(0) as u64
-                } else {
-                    0
-                };
-                (top + bottom) * row * eb
-            }
-            ExchangeKind::Stats => (n64 - 1) * numel(&e.input_shape) * eb,
-            ExchangeKind::Gather => (n64 - 1) * numel(&e.input_shape) * eb,
-        })
-        .collect()
+    let n = inputs.len();
+    let others = || {
+        (0..n)
+            .filter(|&q| q != band)
+            .map(|q| numel(&inputs[q]) * eb)
+            .sum::<u64>()
+    };
+    match e.kind {
+        ExchangeKind::Halo => {
+            let axis = e.axis.unwrap_or(BAND_AXIS);
+            let row: u64 = inputs[band]
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| *k != axis)
+                .map(|(_, &d)| d.max(0) as u64)
+                .product();
+            let top = if band > 0 {
+                e.top.unwrap_or(0) as u64
+            } else {
+                0
+            };
+            let bottom = if band + 1 < n {
+                e.bottom.unwrap_or(0) as u64
+            } else {
+                0
+            };
+            (top + bottom) * row * eb
+        }
+        ExchangeKind::Stats | ExchangeKind::Gather => others(),
+    }
 }
 
 fn static_dims(t: &TensorType) -> Vec<i64> {
@@ -381,7 +503,12 @@ fn batch_axis(original: Option<&TensorType>, local: &[i64], half: i64) -> Option
 }
 
 fn emit(opts: &CompileOptions, c: &Compiled, parent: &Path) -> Result<Plan> {
-    let n = c.local.n;
+    let first = c
+        .parts
+        .first()
+        .ok_or_else(|| Internal("no local graph".into()))?;
+    let bands = first.local.bands.clone();
+    let n = bands.n();
     let world = opts.gpus;
     let groups = if opts.split_batch { 2 } else { 1 };
     let tmp = tempfile::Builder::new()
@@ -390,10 +517,10 @@ fn emit(opts: &CompileOptions, c: &Compiled, parent: &Path) -> Result<Plan> {
         .with_context(|| format!("creating a temporary folder in {}", parent.display()))?;
     let dir = tmp.path().to_path_buf();
     // Shared weights: one file, every large inline initializer once.
-    let taken: Vec<String> = c
+    let taken: Vec<String> = first
         .graph
         .value_ids()
-        .filter_map(|v| c.graph.value(v).init.as_ref())
+        .filter_map(|v| first.graph.value(v).init.as_ref())
         .filter_map(|t| ExternalData::of(t).ok().flatten())
         .map(|e| e.location)
         .collect();
@@ -407,46 +534,38 @@ fn emit(opts: &CompileOptions, c: &Compiled, parent: &Path) -> Result<Plan> {
         file: fs::File::create(dir.join(&location))?,
         len: 0,
         location: location.clone(),
+        written: HashMap::new(),
     };
-    let mut base = c.graph.clone();
-    let band_values: Vec<_> = c
-        .local
-        .band_constants
-        .iter()
-        .map(|b| match b {
-            BandConstant::Slice { value, .. } | BandConstant::Bound { value, .. } => *value,
-        })
-        .collect();
-    let ids: Vec<_> = base.value_ids().collect();
-    for v in ids {
-        if band_values.contains(&v) {
-            continue;
+    let mut bases = Vec::with_capacity(c.parts.len());
+    for part in &c.parts {
+        let mut base = part.graph.clone();
+        let band_values: Vec<_> = part
+            .local
+            .band_constants
+            .iter()
+            .map(BandConstant::value)
+            .collect();
+        let ids: Vec<_> = base.value_ids().collect();
+        for v in ids {
+            if band_values.contains(&v) {
+                continue;
+            }
+            if let Some(mut t) = base.value(v).init.clone() {
+                weights.externalize_shared(&mut t, &c.store)?;
+                base.value_mut(v).init = Some(t);
+            }
         }
-        if let Some(mut t) = base.value(v).init.clone() {
-            weights.externalize(&mut t, &c.store)?;
-            base.value_mut(v).init = Some(t);
-        }
+        bases.push(base);
     }
     // Per-band constants, computed once per band.
     let mut band_inits: Vec<Vec<(crate::ir::ValueId, TensorProto)>> = Vec::new();
     for band in 0..n {
+        let part = &c.parts[c.part_of_band[band]];
         let mut inits = Vec::new();
-        for b in &c.local.band_constants {
-            let (value, mut t) = match b {
-                BandConstant::Slice {
-                    value,
-                    source,
-                    axis,
-                } => {
-                    let full = Tensor::from_proto(source, &c.store)?;
-                    (*value, band_of(&full, *axis, band, n)?.to_proto(""))
-                }
-                BandConstant::Bound { value, rows, end } => {
-                    let r = band as i64 + i64::from(*end);
-                    (*value, Tensor::from_i64s(&[r * rows]).to_proto(""))
-                }
-            };
-            t.name = Some(base.value(value).name.clone());
+        for b in &part.local.band_constants {
+            let value = b.value();
+            let mut t = b.value_for(&bands, band, &c.store)?.to_proto("");
+            t.name = Some(part.graph.value(value).name.clone());
             weights.externalize(&mut t, &c.store)?;
             inits.push((value, t));
         }
@@ -461,7 +580,7 @@ fn emit(opts: &CompileOptions, c: &Compiled, parent: &Path) -> Result<Plan> {
     let mut shared_from_source = false;
     for rank in 0..world {
         let band = rank % n;
-        let mut g = base.clone();
+        let mut g = bases[c.part_of_band[band]].clone();
         for (v, t) in &band_inits[band] {
             g.value_mut(*v).init = Some(t.clone());
         }
@@ -471,10 +590,10 @@ fn emit(opts: &CompileOptions, c: &Compiled, parent: &Path) -> Result<Plan> {
         if rank == 0 && !taken.is_empty() {
             // Only the source's own external files are shared (ours are already here).
             let source_refs = crate::onnx::proto::GraphProto {
-                initializer: c
+                initializer: first
                     .graph
                     .value_ids()
-                    .filter_map(|v| c.graph.value(v).init.clone())
+                    .filter_map(|v| first.graph.value(v).init.clone())
                     .filter(|t| matches!(ExternalData::of(t), Ok(Some(_))))
                     .collect(),
                 ..Default::default()
@@ -485,34 +604,49 @@ fn emit(opts: &CompileOptions, c: &Compiled, parent: &Path) -> Result<Plan> {
         onnx::save(&proto, &dir.join(format!("rank{rank}.onnx")))?;
     }
     // plan.json
-    let g = &c.graph;
+    let g = &first.graph;
     let spatial = crate::passes::partition::spatial_input(g)
         .ok_or_else(|| Internal("no spatial input".into()))?;
-    let sd = g
-        .value(spatial)
-        .tensor_type()
-        .and_then(|t| t.static_dims())
+    let spatial_name = &g.value(spatial).name;
+    let sd = c
+        .full_io
+        .get(spatial_name)
         .ok_or_else(|| Internal("spatial input not static".into()))?;
-    let (hl, w) = (sd[BAND_AXIS], sd[BAND_AXIS + 1]);
+    let (h, w) = (sd[BAND_AXIS], sd[BAND_AXIS + 1]);
+    if h != bands.height() {
+        return Err(Internal(format!("bands {bands} do not cover the latent's {h} rows")).into());
+    }
     let half = sd[0];
     let full_batch = half * groups as i64;
+    // The type of the value named `name` in each band's graph.
+    let band_dims = |name: &str| -> Vec<Vec<i64>> {
+        (0..n)
+            .map(|band| {
+                let part = &c.parts[c.part_of_band[band]];
+                part.graph
+                    .value_ids()
+                    .find(|&v| part.graph.value(v).name == name)
+                    .and_then(|v| part.graph.value(v).tensor_type())
+                    .map(static_dims)
+                    .unwrap_or_default()
+            })
+            .collect()
+    };
     let spec = |v: crate::ir::ValueId, original: &HashMap<String, TensorType>| -> TensorSpec {
         let name = g.value(v).name.clone();
         let t = g.value(v).tensor_type().cloned().unwrap_or(TensorType {
             elem: crate::ir::DataType::UNDEFINED,
             shape: None,
         });
+        let local_shapes = band_dims(&name);
         let local = static_dims(&t);
-        let band_axis = c.local.io_layouts.get(&name).and_then(|l| l.axis());
+        let band_axis = first.local.io_layouts.get(&name).and_then(|l| l.axis());
         let group_axis = if opts.split_batch {
             batch_axis(original.get(&name), &local, half)
         } else {
             None
         };
-        let mut shape = local.clone();
-        if let Some(a) = band_axis {
-            shape[a] *= n as i64;
-        }
+        let mut shape = c.full_io.get(&name).cloned().unwrap_or(local);
         if let Some(a) = group_axis {
             shape[a] *= 2;
         }
@@ -520,7 +654,7 @@ fn emit(opts: &CompileOptions, c: &Compiled, parent: &Path) -> Result<Plan> {
             name,
             dtype: t.elem.name().to_string(),
             shape,
-            local_shape: local,
+            local_shapes,
             layout: IoLayout {
                 band_axis,
                 group_axis,
@@ -539,17 +673,37 @@ fn emit(opts: &CompileOptions, c: &Compiled, parent: &Path) -> Result<Plan> {
         .map(|&v| spec(v, &c.original_outputs))
         .collect();
     let mut exchanges = Vec::new();
-    for e in &c.local.exchanges {
-        let per_band = bytes_received(e, n);
+    for (i, e) in first.local.exchanges.iter().enumerate() {
+        let mut input_shapes = Vec::with_capacity(n);
+        let mut output_shapes = Vec::with_capacity(n);
+        for band in 0..n {
+            let other = c.parts[c.part_of_band[band]]
+                .local
+                .exchanges
+                .get(i)
+                .filter(|x| x.node == e.node && x.slot == e.slot)
+                .ok_or_else(|| {
+                    Internal(format!(
+                        "band {band}'s graph has no exchange slot {} (`{}`)",
+                        e.slot, e.node
+                    ))
+                })?;
+            input_shapes.push(other.input_shape.clone());
+            output_shapes.push(other.output_shape.clone());
+        }
+        let per_band: Vec<u64> = (0..n)
+            .map(|band| bytes_received(e, &input_shapes, band))
+            .collect();
         exchanges.push(ExchangeSpec {
             slot: e.slot,
             kind: e.kind,
             node: e.node.clone(),
             for_node: e.for_node.clone(),
             dtype: e.dtype.name().to_string(),
-            input_shape: e.input_shape.clone(),
-            output_shape: e.output_shape.clone(),
+            input_shapes,
+            output_shapes,
             axis: e.axis,
+            parts: e.parts.clone(),
             top: e.top,
             bottom: e.bottom,
             always_fresh: e.reads_model_input,
@@ -559,6 +713,13 @@ fn emit(opts: &CompileOptions, c: &Compiled, parent: &Path) -> Result<Plan> {
     let bytes_per_step = (0..world)
         .map(|r| exchanges.iter().map(|e| e.bytes_received[r]).sum())
         .collect();
+    let level_rows = |band: usize| -> Vec<[i64; 2]> {
+        c.levels
+            .iter()
+            .filter_map(|&e| bands.part(band, e))
+            .map(|p| [p.start, p.end])
+            .collect()
+    };
     let plan = Plan {
         format: PLAN_FORMAT,
         source: opts.model.display().to_string(),
@@ -579,17 +740,23 @@ fn emit(opts: &CompileOptions, c: &Compiled, parent: &Path) -> Result<Plan> {
                 } else {
                     [0, full_batch]
                 };
+                let rows = bands.rows(band);
                 RankSpec {
                     rank: r,
                     group,
                     band,
                     file: format!("rank{r}.onnx"),
-                    rows: [band as i64 * hl, (band as i64 + 1) * hl],
+                    rows: [rows.start, rows.end],
+                    levels: level_rows(band),
+                    share: bands.share(band),
                     batch,
                 }
             })
             .collect(),
-        latent: [hl * n as i64, w],
+        latent: [h, w],
+        bands: bands.clone(),
+        row_step: c.row_step,
+        levels: c.levels.clone(),
         weights: if wrote_weights {
             Some(location)
         } else if shared_from_source {
@@ -668,15 +835,41 @@ mod tests {
             axis: Some(2),
             top: Some(1),
             bottom: Some(1),
+            parts: None,
             reads_model_input: false,
         };
         let row = 2 * 4 * 16 * 4;
-        assert_eq!(bytes_received(&e, 4), vec![row, 2 * row, 2 * row, row]);
+        let inputs = vec![vec![2, 4, 8, 16]; 4];
+        let got: Vec<u64> = (0..4).map(|b| bytes_received(&e, &inputs, b)).collect();
+        assert_eq!(got, vec![row, 2 * row, 2 * row, row]);
         let s = Exchange {
             kind: ExchangeKind::Stats,
             input_shape: vec![2, 8, 2],
             ..e.clone()
         };
-        assert_eq!(bytes_received(&s, 4), vec![3 * 2 * 8 * 2 * 4; 4]);
+        let stats = vec![vec![2, 8, 2]; 4];
+        let got: Vec<u64> = (0..4).map(|b| bytes_received(&s, &stats, b)).collect();
+        assert_eq!(got, vec![3 * 2 * 8 * 2 * 4; 4]);
+    }
+
+    #[test]
+    fn gather_bytes_are_the_other_bands_parts() {
+        let e = Exchange {
+            slot: 0,
+            kind: ExchangeKind::Gather,
+            node: "k.gather".into(),
+            for_node: "k".into(),
+            dtype: DataType::FLOAT16,
+            input_shape: vec![2, 11, 8],
+            output_shape: vec![2, 32, 8],
+            axis: Some(1),
+            top: None,
+            bottom: None,
+            parts: Some(vec![11, 11, 10]),
+            reads_model_input: false,
+        };
+        let inputs = vec![vec![2, 11, 8], vec![2, 11, 8], vec![2, 10, 8]];
+        let got: Vec<u64> = (0..3).map(|b| bytes_received(&e, &inputs, b)).collect();
+        assert_eq!(got, vec![2 * 21 * 8 * 2, 2 * 21 * 8 * 2, 2 * 22 * 8 * 2]);
     }
 }

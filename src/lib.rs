@@ -3,14 +3,17 @@
 //! Data flows one way: [`onnx`] (protobuf I/O) ← [`ir`] (the graph) ← [`passes`] (analyses and
 //! rewrites) ← emit. The command-line front end lives in [`cli`].
 //! The exchange operators and communicators live in [`plugins`]; [`runtime`] executes plans.
+//! [`contract`] holds what they all share: the plan format, the exchange operators' schema and
+//! band geometry.
 
 pub mod cli;
+pub mod contract;
 pub mod emit;
 pub mod ir;
 pub mod onnx;
 #[path = "../passes/mod.rs"]
 pub mod passes;
-pub mod plan;
+pub use contract::plan;
 #[path = "../plugins/mod.rs"]
 pub mod plugins;
 pub mod runtime;

@@ -48,6 +48,7 @@ fn unets() -> Result<Vec<(String, PathBuf, SpecializeOptions)>> {
 
 fn options(model: &Path, out: &Path, n: usize, sizes: &SpecializeOptions) -> CompileOptions {
     CompileOptions {
+        bands: None,
         model: model.to_path_buf(),
         output: out.to_path_buf(),
         gpus: n,
@@ -488,7 +489,7 @@ fn split_batch_puts_the_cfg_halves_on_two_groups() -> Result<()> {
     ensure!(plan.ranks[2].batch == [1, 2] && plan.ranks[2].rows == [0, 16]);
     let by_name: HashMap<_, _> = plan.inputs.iter().map(|i| (i.name.as_str(), i)).collect();
     let sample = by_name["sample"];
-    ensure!(sample.shape == vec![2, 4, 32, 32] && sample.local_shape == vec![1, 4, 16, 32]);
+    ensure!(sample.shape == vec![2, 4, 32, 32] && sample.local_shape(0) == [1, 4, 16, 32]);
     ensure!(sample.layout.band_axis == Some(2) && sample.layout.group_axis == Some(0));
     ensure!(by_name["timestep"].layout.group_axis.is_none());
     ensure!(by_name["encoder_hidden_states"].layout.group_axis == Some(0));

@@ -16,6 +16,7 @@ use common::*;
 
 fn dump_after(pass: &str) -> Result<String> {
     let opts = CompileOptions {
+        bands: None,
         model: root().join("models/sd15_tiny.onnx"),
         output: std::env::temp_dir().join("dfc-golden-unused"),
         gpus: 2,

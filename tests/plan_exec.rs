@@ -7,6 +7,7 @@ mod common;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+use dfc::contract::Bands;
 use dfc::onnx::proto::tensor_proto::DataType;
 use dfc::onnx::proto::{
     AttributeProto, AttributeType, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
@@ -140,11 +141,25 @@ struct PlanShape {
 }
 
 fn spec(name: &str, dtype: &str, shape: &[usize], local: &[usize], layout: Layout) -> TensorSpec {
+    spec_bands(name, dtype, shape, &[local], layout)
+}
+
+/// A tensor spec with its shape on each band.
+fn spec_bands(
+    name: &str,
+    dtype: &str,
+    shape: &[usize],
+    locals: &[&[usize]],
+    layout: Layout,
+) -> TensorSpec {
     TensorSpec {
         name: name.into(),
         dtype: dtype.into(),
         shape: shape.iter().map(|&d| d as i64).collect(),
-        local_shape: local.iter().map(|&d| d as i64).collect(),
+        local_shapes: locals
+            .iter()
+            .map(|l| l.iter().map(|&d| d as i64).collect())
+            .collect(),
         layout,
     }
 }
@@ -156,9 +171,10 @@ fn exchange(slot: u32, kind: ExchangeKind, dtype: &str, axis: Option<usize>) -> 
         node: format!("x{slot}"),
         for_node: format!("n{slot}"),
         dtype: dtype.into(),
-        input_shape: Vec::new(),
-        output_shape: Vec::new(),
+        input_shapes: Vec::new(),
+        output_shapes: Vec::new(),
         axis,
+        parts: None,
         top: None,
         bottom: None,
         always_fresh: false,
@@ -166,32 +182,67 @@ fn exchange(slot: u32, kind: ExchangeKind, dtype: &str, axis: Option<usize>) -> 
     }
 }
 
-/// Writes `plan.json` and one graph per rank (`rank_graph(group, band)`) into `dir`.
+/// Writes `plan.json` and one graph per rank (`rank_graph(group, band)`) into `dir`, with
+/// equal bands.
 fn write_plan(
     dir: &Path,
     shape: &PlanShape,
     height: usize,
-    inputs: Vec<TensorSpec>,
-    outputs: Vec<TensorSpec>,
+    mut inputs: Vec<TensorSpec>,
+    mut outputs: Vec<TensorSpec>,
     exchanges: Vec<ExchangeSpec>,
     rank_graph: impl Fn(usize, usize) -> ModelProto,
 ) -> Result<()> {
-    let world = shape.bands * shape.groups;
+    // Every band has the one local shape given.
+    for t in inputs.iter_mut().chain(outputs.iter_mut()) {
+        t.local_shapes = vec![t.local_shapes[0].clone(); shape.bands];
+    }
+    let heights = vec![(height / shape.bands) as i64; shape.bands];
+    write_plan_with(
+        dir,
+        &heights,
+        shape.groups,
+        inputs,
+        outputs,
+        exchanges,
+        rank_graph,
+    )
+}
+
+/// [`write_plan`] with bands of the given heights.
+fn write_plan_with(
+    dir: &Path,
+    heights: &[i64],
+    group_count: usize,
+    inputs: Vec<TensorSpec>,
+    outputs: Vec<TensorSpec>,
+    mut exchanges: Vec<ExchangeSpec>,
+    rank_graph: impl Fn(usize, usize) -> ModelProto,
+) -> Result<()> {
+    let bands = Bands::from_heights(heights)?;
+    let n = bands.n();
+    let world = n * group_count;
+    for e in &mut exchanges {
+        e.input_shapes = vec![Vec::new(); n];
+        e.output_shapes = vec![Vec::new(); n];
+    }
     let mut ranks = Vec::new();
     let mut groups = Vec::new();
-    for g in 0..shape.groups {
+    for g in 0..group_count {
         let mut members = Vec::new();
-        for b in 0..shape.bands {
-            let rank = g * shape.bands + b;
+        for b in 0..n {
+            let rank = g * n + b;
             let file = format!("rank{rank}.onnx");
             save(&rank_graph(g, b), &dir.join(&file))?;
-            let h = (height / shape.bands) as i64;
+            let rows = bands.rows(b);
             ranks.push(RankSpec {
                 rank,
                 group: g,
                 band: b,
                 file,
-                rows: [b as i64 * h, (b as i64 + 1) * h],
+                rows: [rows.start, rows.end],
+                levels: vec![[rows.start, rows.end]],
+                share: bands.share(b),
                 batch: [g as i64, g as i64 + 1],
             });
             members.push(rank);
@@ -206,10 +257,13 @@ fn write_plan(
         warmup: 0,
         gn: Default::default(),
         world_size: world,
-        split_batch: shape.groups > 1,
+        split_batch: group_count > 1,
         groups,
         ranks,
-        latent: [height as i64, 0],
+        latent: [bands.height(), 0],
+        row_step: 1,
+        levels: vec![bands.height()],
+        bands,
         weights: None,
         inputs,
         outputs,
@@ -457,7 +511,8 @@ fn f16_halo_and_split_batch_groups() -> Result<()> {
 
 /// Rank graph: per-channel normalization with statistics reduced over the group, then
 /// `y = n · mean over the whole image of gather(x)` (an attention-like read of every band).
-fn norm_gather_graph(rows: usize) -> ModelProto {
+/// `parts`: every band's rows.
+fn norm_gather_graph(rows: usize, parts: &[i64]) -> ModelProto {
     let c = C_IN;
     let nodes = vec![
         node(
@@ -491,7 +546,11 @@ fn norm_gather_graph(rows: usize) -> ModelProto {
             "DfcPatchAllGather",
             &["x"],
             &["k"],
-            vec![int_attr("axis", 2), int_attr("slot", 2)],
+            vec![
+                int_attr("axis", 2),
+                ints_attr("parts", parts),
+                int_attr("slot", 2),
+            ],
         ),
         node(
             "ReduceMean",
@@ -568,12 +627,39 @@ fn stats_and_gather_equal_the_full_computation() -> Result<()> {
                 exchange(1, ExchangeKind::Stats, "f32", None),
                 exchange(2, ExchangeKind::Gather, "f32", Some(2)),
             ],
-            |_, _| norm_gather_graph(h),
+            |_, _| norm_gather_graph(h, &vec![h as i64; bands]),
         )?;
         let mut exec = PlanExecutor::load(&dir, options())?;
         let out = exec.run_unet(&inputs)?;
         let err = assert_close(&format!("{bands} bands"), &out, &reference, 1e-4)?;
         println!("stats + gather, {bands} bands: max abs error {err:e}");
+    }
+    // Unequal bands: statistics weighted by each band's rows, gathers of unequal parts.
+    for heights in [vec![7i64, 5, 4], vec![3, 10, 2, 1]] {
+        let dir = tmp.path().join(format!("uneven{}", heights.len()));
+        std::fs::create_dir(&dir)?;
+        let locals: Vec<Vec<usize>> = heights
+            .iter()
+            .map(|&h| vec![1, C_IN, h as usize, W])
+            .collect();
+        let local_refs: Vec<&[usize]> = locals.iter().map(Vec::as_slice).collect();
+        let io = |name: &str| spec_bands(name, "f32", &[1, C_IN, H, W], &local_refs, band_layout());
+        write_plan_with(
+            &dir,
+            &heights,
+            1,
+            vec![io("x")],
+            vec![io("y")],
+            vec![
+                exchange(1, ExchangeKind::Stats, "f32", None),
+                exchange(2, ExchangeKind::Gather, "f32", Some(2)),
+            ],
+            |_, band| norm_gather_graph(heights[band] as usize, &heights),
+        )?;
+        let mut exec = PlanExecutor::load(&dir, options())?;
+        let out = exec.run_unet(&inputs)?;
+        let err = assert_close(&format!("bands {heights:?}"), &out, &reference, 1e-4)?;
+        println!("stats + gather, bands {heights:?}: max abs error {err:e}");
     }
     Ok(())
 }

@@ -42,6 +42,7 @@ fn compile_plan(
     sizes: SpecializeOptions,
 ) -> Result<()> {
     compile(&CompileOptions {
+        bands: None,
         model: model.to_path_buf(),
         output: out.to_path_buf(),
         gpus,

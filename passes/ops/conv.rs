@@ -8,6 +8,7 @@ use anyhow::{Result, anyhow, bail};
 
 use super::layout::{Need, PartCx, PartRule, Verdict};
 use super::{OpCx, OpDef, tt};
+use crate::contract::Bands;
 use crate::ir::{DataType, Dim, TensorType};
 
 /// Kernel geometry of one conv-like node, per spatial axis.
@@ -282,69 +283,79 @@ pub const OPS: &[OpDef] = &[
     OpDef::infer("GlobalLpPool", global_pool),
 ];
 
-/// The halo a conv-like kernel needs on one spatial axis when its input is cut into `n` bands.
+/// The halo a conv-like kernel needs on one spatial axis when its input is cut into bands.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Halo {
     /// Rows needed from the band above.
     pub top: i64,
     /// Rows needed from the band below.
     pub bottom: i64,
-    /// Rows of one input band and one output band.
-    pub band_in: i64,
-    pub band_out: i64,
+    /// Rows of each band of the input and of the output (band order).
+    pub bands_in: Vec<i64>,
+    pub bands_out: Vec<i64>,
 }
 
 /// Why a kernel cannot run band-locally with a halo.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HaloError {
-    /// Not for this number of bands.
+    /// Not for these bands.
     Indivisible(String),
-    /// Not for any number of bands.
+    /// Not for any bands.
     Unsupported(String),
 }
 
 /// Computes the halo of spatial axis `i` (of `geom`) for an input of `input` rows and an
-/// output of `output` rows cut into `n` bands: `top = pad_top`,
-/// `bottom = (k−1)·d − pad_top − (s−1)`, clamped at 0; checks that a band of the input with
-/// its halo and no padding gives exactly one band of the output, that bands line up
-/// (`band_in = band_out · s`), and that the halo fits within one neighbouring band.
-pub fn halo(geom: &ConvGeom, i: usize, input: i64, output: i64, n: i64) -> Result<Halo, HaloError> {
+/// output of `output` rows cut into `bands`: `top = pad_top`,
+/// `bottom = (k−1)·d − pad_top − (s−1)`, clamped at 0; checks that every band's rows are
+/// whole on both sides, that bands line up (`band_in = band_out · s`, band by band), that a
+/// band of the input with its halo and no padding gives exactly its band of the output, and
+/// that the halo fits within the smallest band.
+pub fn halo(
+    geom: &ConvGeom,
+    i: usize,
+    input: i64,
+    output: i64,
+    bands: &Bands,
+) -> Result<Halo, HaloError> {
     if geom.ceil_mode {
         return Err(HaloError::Unsupported(
             "ceil_mode on the split axis is not supported".into(),
         ));
     }
-    if input % n != 0 || output % n != 0 {
+    let n = bands.n();
+    let (Some(bands_in), Some(bands_out)) = (bands.parts(input), bands.parts(output)) else {
         return Err(HaloError::Indivisible(format!(
-            "{n} bands do not divide the {input} input rows and {output} output rows"
+            "bands {bands} do not cut the {input} input rows and {output} output rows into whole rows"
         )));
-    }
-    let (band_in, band_out) = (input / n, output / n);
+    };
     let (pad_top, _) = geom.pads_for(i, input);
     let (k, s, d) = (geom.kernel[i], geom.strides[i], geom.dilations[i]);
     let top = pad_top.max(0);
     let bottom = ((k - 1) * d - pad_top - (s - 1)).max(0);
-    if band_in != band_out * s {
-        return Err(HaloError::Indivisible(format!(
-            "bands of {band_in} input rows and {band_out} output rows do not line up with stride {s}"
-        )));
+    for (&band_in, &band_out) in bands_in.iter().zip(&bands_out) {
+        if band_in != band_out * s {
+            return Err(HaloError::Indivisible(format!(
+                "bands of {band_in} input rows and {band_out} output rows do not line up with stride {s}"
+            )));
+        }
+        let span = band_in + top + bottom - (k - 1) * d - 1;
+        if span < 0 || span / s + 1 != band_out {
+            return Err(HaloError::Indivisible(format!(
+                "a band of {band_in} rows with a halo of {top}+{bottom} rows does not give {band_out} output rows"
+            )));
+        }
     }
-    let span = band_in + top + bottom - (k - 1) * d - 1;
-    if span < 0 || span / s + 1 != band_out {
+    let smallest = bands_in.iter().copied().min().unwrap_or(0);
+    if n > 1 && (top > smallest || bottom > smallest) {
         return Err(HaloError::Indivisible(format!(
-            "a band of {band_in} rows with a halo of {top}+{bottom} rows does not give {band_out} output rows"
-        )));
-    }
-    if top > band_in || bottom > band_in {
-        return Err(HaloError::Indivisible(format!(
-            "the halo ({top} above, {bottom} below) is larger than a band of {band_in} rows"
+            "the halo ({top} above, {bottom} below) is larger than a band of {smallest} rows"
         )));
     }
     Ok(Halo {
         top,
         bottom,
-        band_in,
-        band_out,
+        bands_in,
+        bands_out,
     })
 }
 
@@ -385,7 +396,7 @@ fn part_conv_like(cx: &PartCx<'_>) -> anyhow::Result<Verdict> {
     };
     let geom = ConvGeom::of(cx.op, x.len() - 2, kw)?;
     let i = a - 2;
-    let h = match halo(&geom, i, x[a], y[a], cx.n as i64) {
+    let h = match halo(&geom, i, x[a], y[a], cx.bands) {
         Ok(h) => h,
         Err(HaloError::Indivisible(m)) => return Ok(Verdict::Indivisible(m)),
         Err(HaloError::Unsupported(m)) => return Ok(Verdict::Refuse(m)),
@@ -443,25 +454,46 @@ mod tests {
         }
     }
 
+    /// `n` equal bands.
+    fn eq(n: usize) -> crate::contract::Bands {
+        crate::contract::Bands::from_heights(&vec![1; n]).expect("bands")
+    }
+
     #[test]
     fn halos_of_common_kernels() {
         // 3×3 stride 1 pad 1: one row each side.
-        let h = super::halo(&geom(3, 1, 1), 0, 32, 32, 4).unwrap();
-        assert_eq!((h.top, h.bottom, h.band_in, h.band_out), (1, 1, 8, 8));
+        let h = super::halo(&geom(3, 1, 1), 0, 32, 32, &eq(4)).unwrap();
+        assert_eq!((h.top, h.bottom), (1, 1));
+        assert_eq!((h.bands_in, h.bands_out), (vec![8; 4], vec![8; 4]));
         // 3×3 stride 2 pad 1: one row above, none below (DESIGN §2).
-        let h = super::halo(&geom(3, 2, 1), 0, 16, 8, 2).unwrap();
+        let h = super::halo(&geom(3, 2, 1), 0, 16, 8, &eq(2)).unwrap();
         assert_eq!((h.top, h.bottom), (1, 0));
         // 1×1: nothing.
-        let h = super::halo(&geom(1, 1, 0), 0, 16, 16, 8).unwrap();
+        let h = super::halo(&geom(1, 1, 0), 0, 16, 16, &eq(8)).unwrap();
         assert_eq!((h.top, h.bottom), (0, 0));
         // 5×5 pad 2 on bands of one row: the halo does not fit.
         assert!(matches!(
-            super::halo(&geom(5, 1, 2), 0, 8, 8, 8),
+            super::halo(&geom(5, 1, 2), 0, 8, 8, &eq(8)),
             Err(super::HaloError::Indivisible(_))
         ));
         // Stride 2 with odd bands: bands do not line up.
         assert!(matches!(
-            super::halo(&geom(3, 2, 1), 0, 12, 6, 4),
+            super::halo(&geom(3, 2, 1), 0, 12, 6, &eq(4)),
+            Err(super::HaloError::Indivisible(_))
+        ));
+    }
+
+    #[test]
+    fn unequal_bands_get_the_same_halo() {
+        // 128 latent rows as 44 / 44 / 40: the stride-2 conv from 64 to 32 rows.
+        let bands = crate::contract::Bands::from_heights(&[44, 44, 40]).expect("bands");
+        let h = super::halo(&geom(3, 2, 1), 0, 64, 32, &bands).unwrap();
+        assert_eq!((h.top, h.bottom), (1, 0));
+        assert_eq!(h.bands_in, vec![22, 22, 20]);
+        assert_eq!(h.bands_out, vec![11, 11, 10]);
+        // At 16 rows the boundary 44 would fall inside a row.
+        assert!(matches!(
+            super::halo(&geom(3, 1, 1), 0, 16, 16, &bands),
             Err(super::HaloError::Indivisible(_))
         ));
     }

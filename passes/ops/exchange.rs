@@ -1,62 +1,71 @@
-//! The exchange operators of domain `dfc` (DESIGN §3): their shape rules, which depend on the
-//! number of bands of a group ([`OpCx::group_size`]).
-//!
-//! - `DfcHaloExchange(x) -> y` {axis, top, bottom, slot}: y has `top + bottom` more rows on
-//!   `axis`.
-//! - `DfcStatsAllReduce(s) -> g` {slot}: g has the shape of s (the mean over the bands).
-//! - `DfcPatchAllGather(x) -> y` {axis, slot}: y is `n` times larger on `axis`.
+//! The exchange operators of domain `dfc`: their shape rules, which are the contract's
+//! ([`crate::contract::exchange::output_shape`]): a halo grows the split axis by `top + bottom`
+//! rows, a gather makes it the sum of its `parts`, the statistics keep their shape.
 //!
 //! They appear only in partitioned graphs (after `localize`), so their partition rule refuses:
 //! partitioning a graph twice is a mistake.
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::Result;
 
 use super::layout::{PartCx, PartRule, Verdict};
 use super::{OpCx, OpDef, norm_axis, tt};
-use crate::ir::{Dim, TensorType};
+use crate::contract::exchange::{
+    ATTR_AXIS, ATTR_BOTTOM, ATTR_PARTS, ATTR_TOP, ExchangeAttrs, output_shape,
+};
+use crate::ir::Dim;
 use crate::plan::ExchangeKind;
 
-/// Domain of the exchange operators.
-pub const DOMAIN: &str = "dfc";
-/// Opset version of [`DOMAIN`] the rank graphs import.
-pub const VERSION: i64 = 1;
+pub use crate::contract::exchange::{DOMAIN, VERSION};
 
-fn grow(cx: &OpCx<'_>, by: impl Fn(i64) -> Result<i64>) -> Result<Vec<TensorType>> {
+/// The typed attributes of an exchange node of `kind`.
+pub fn attrs_of(cx: &OpCx<'_>, kind: ExchangeKind, rank: usize) -> Result<ExchangeAttrs> {
+    let axis = || norm_axis(cx.attr_i(ATTR_AXIS, -1), rank);
+    Ok(match kind {
+        ExchangeKind::Halo => ExchangeAttrs::Halo {
+            axis: axis()?,
+            top: cx.attr_i(ATTR_TOP, 0),
+            bottom: cx.attr_i(ATTR_BOTTOM, 0),
+        },
+        ExchangeKind::Stats => ExchangeAttrs::Stats,
+        ExchangeKind::Gather => ExchangeAttrs::Gather {
+            axis: axis()?,
+            parts: cx.attr_ints(ATTR_PARTS).unwrap_or_default(),
+        },
+    })
+}
+
+fn infer(cx: &OpCx<'_>, kind: ExchangeKind) -> Result<Vec<crate::ir::TensorType>> {
     let x = cx.input(0)?;
     let Some(d) = &x.shape else {
         return Ok(vec![tt(x.elem, None)]);
     };
-    let axis = norm_axis(cx.attr_i("axis", -1), d.len())?;
-    let mut out = d.clone();
-    out[axis] = match &d[axis] {
-        Dim::Fixed(v) => Dim::Fixed(by(*v)?),
-        _ => Dim::Unknown,
+    let attrs = attrs_of(cx, kind, d.len())?;
+    let fixed: Option<Vec<i64>> = d.iter().map(Dim::fixed).collect();
+    let Some(fixed) = fixed else {
+        // Only the split axis changes; without static dims it becomes unknown.
+        let mut out = d.clone();
+        if let ExchangeAttrs::Halo { axis, .. } | ExchangeAttrs::Gather { axis, .. } = attrs {
+            out[axis] = Dim::Unknown;
+        }
+        return Ok(vec![tt(x.elem, Some(out))]);
     };
-    Ok(vec![tt(x.elem, Some(out))])
+    let out = output_shape(&attrs, &fixed)?;
+    Ok(vec![tt(
+        x.elem,
+        Some(out.into_iter().map(Dim::Fixed).collect()),
+    )])
 }
 
-fn halo(cx: &OpCx<'_>) -> Result<Vec<TensorType>> {
-    let (top, bottom) = (cx.attr_i("top", 0), cx.attr_i("bottom", 0));
-    if top < 0 || bottom < 0 {
-        bail!("halo rows must not be negative (top {top}, bottom {bottom})");
-    }
-    grow(cx, |v| {
-        v.checked_add(top)
-            .and_then(|x| x.checked_add(bottom))
-            .ok_or_else(|| anyhow!("halo size overflows"))
-    })
+fn halo(cx: &OpCx<'_>) -> Result<Vec<crate::ir::TensorType>> {
+    infer(cx, ExchangeKind::Halo)
 }
 
-fn stats(cx: &OpCx<'_>) -> Result<Vec<TensorType>> {
-    Ok(vec![cx.input(0)?.clone()])
+fn stats(cx: &OpCx<'_>) -> Result<Vec<crate::ir::TensorType>> {
+    infer(cx, ExchangeKind::Stats)
 }
 
-fn gather(cx: &OpCx<'_>) -> Result<Vec<TensorType>> {
-    let n = i64::try_from(cx.group_size).map_err(|_| anyhow!("group size overflows"))?;
-    grow(cx, |v| {
-        v.checked_mul(n)
-            .ok_or_else(|| anyhow!("gathered size overflows"))
-    })
+fn gather(cx: &OpCx<'_>) -> Result<Vec<crate::ir::TensorType>> {
+    infer(cx, ExchangeKind::Gather)
 }
 
 /// The exchange operators.
@@ -85,10 +94,10 @@ mod tests {
     use crate::ir::{DataType, Node};
     use crate::passes::ops::testing::{ai, f32t};
 
-    fn run(op: &str, attrs: Vec<crate::onnx::proto::AttributeProto>, n: usize) -> String {
+    fn run(op: &str, attrs: Vec<crate::onnx::proto::AttributeProto>) -> String {
         let mut node = Node::new("x", op, DOMAIN);
         node.attrs = attrs;
-        let cx = OpCx::detached(&node, 17, vec![f32t(&[2, 4, 8, 8])], vec![]).with_group_size(n);
+        let cx = OpCx::detached(&node, 17, vec![f32t(&[2, 4, 8, 8])], vec![]);
         let def = super::super::lookup(DOMAIN, op).expect("known");
         (def.infer)(&cx)
             .map(|t| t[0].to_string())
@@ -100,14 +109,20 @@ mod tests {
         let halo = run(
             "DfcHaloExchange",
             vec![ai("axis", 2), ai("top", 1), ai("bottom", 0)],
-            4,
         );
         assert_eq!(halo, "f32[2,4,9,8]");
+        let parts = |p: &[i64]| crate::onnx::proto::AttributeProto::ints("parts", p);
         assert_eq!(
-            run("DfcPatchAllGather", vec![ai("axis", 3)], 4),
+            run("DfcPatchAllGather", vec![ai("axis", 3), parts(&[8, 8, 8, 8])]),
             "f32[2,4,8,32]"
         );
-        assert_eq!(run("DfcStatsAllReduce", vec![], 4), "f32[2,4,8,8]");
+        assert_eq!(
+            run("DfcPatchAllGather", vec![ai("axis", 3), parts(&[12, 8, 12])]),
+            "f32[2,4,8,32]"
+        );
+        let wrong = run("DfcPatchAllGather", vec![ai("axis", 3), parts(&[12, 12])]);
+        assert!(wrong.contains("none of the parts"), "{wrong}");
+        assert_eq!(run("DfcStatsAllReduce", vec![]), "f32[2,4,8,8]");
         let _ = DataType::FLOAT;
     }
 }

@@ -1,8 +1,8 @@
 //! Partition rules: how an operator maps the layouts of its inputs to the layouts of its
-//! outputs when the image is cut into `n` equal horizontal bands.
+//! outputs when the image is cut into `n` horizontal bands ([`Bands`], possibly unequal).
 //!
 //! A value is either [`Layout::Replicated`] (every rank of a group holds all of it) or
-//! [`Layout::Split`] on one axis (rank `r` holds the `r`-th of `n` equal contiguous bands). A
+//! [`Layout::Split`] on one axis (rank `r` holds band `r` of [`Bands`] scaled to the axis). A
 //! rule ([`PartitionFn`]) sees the input layouts, the full (unpartitioned) types and constant
 //! values of the node, and answers with a [`Verdict`]: the output layouts plus what the
 //! rewrite must do for the node to compute its band locally ([`Need`]), a request to gather an
@@ -19,6 +19,7 @@ use std::sync::OnceLock;
 use anyhow::Result;
 
 use super::OpCx;
+use crate::contract::Bands;
 use crate::ir::TensorType;
 
 /// Where a value lives.
@@ -26,7 +27,7 @@ use crate::ir::TensorType;
 pub enum Layout {
     /// Every rank holds the whole value.
     Replicated,
-    /// Rank `r` holds band `r` of `n` equal contiguous bands along `axis`.
+    /// Rank `r` holds band `r` of the group's bands along `axis`.
     Split { axis: usize },
 }
 
@@ -107,8 +108,8 @@ pub struct PartCx<'a> {
     pub layouts: Vec<Layout>,
     /// Whether each input port is a compile-time constant.
     pub constant: Vec<bool>,
-    /// Number of bands.
-    pub n: usize,
+    /// The bands of a group.
+    pub bands: &'a Bands,
     /// Number of output ports.
     pub n_outputs: usize,
     /// Full type of each output port.
@@ -116,6 +117,10 @@ pub struct PartCx<'a> {
 }
 
 impl PartCx<'_> {
+    /// Number of bands.
+    pub fn n(&self) -> usize {
+        self.bands.n()
+    }
     /// Static dims of input `port`.
     pub fn dims(&self, port: usize) -> Option<Vec<i64>> {
         self.op.static_dims(port)
@@ -274,11 +279,13 @@ pub(crate) mod testing {
             .map(|i| values.get(i).is_some_and(Option::is_some))
             .collect();
         let op = OpCx::detached(node, opset, types, values);
+        // `n` bands of one row each cut every extent at the fractions r/n: equal bands.
+        let bands = Bands::from_heights(&vec![1; n]).expect("at least one band");
         let cx = PartCx {
             op: &op,
             layouts,
             constant,
-            n,
+            bands: &bands,
             n_outputs: outputs.len(),
             outputs,
         };

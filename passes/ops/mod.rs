@@ -137,9 +137,6 @@ pub struct OpCx<'a> {
     pub opset: i64,
     /// Type of each input port (`None` for omitted inputs and unknown types).
     pub types: Vec<Option<TensorType>>,
-    /// Number of bands of a group (the exchange operators' shapes depend on it); 1 outside
-    /// partitioned graphs.
-    pub group_size: usize,
     source: Option<(&'a Graph, &'a ExternalStore)>,
     known: Option<&'a HashMap<ValueId, Tensor>>,
     cache: Vec<OnceCell<Option<Tensor>>>,
@@ -165,18 +162,11 @@ impl<'a> OpCx<'a> {
             node,
             opset,
             types,
-            group_size: 1,
             source: Some((graph, store)),
             known: None,
             cache: (0..node.inputs().len()).map(|_| OnceCell::new()).collect(),
             max_value_elements,
         }
-    }
-
-    /// Sets the number of bands of a group.
-    pub fn with_group_size(mut self, n: usize) -> Self {
-        self.group_size = n;
-        self
     }
 
     /// Also treats the values in `known` (computed but not materialized) as constants.
@@ -209,7 +199,6 @@ impl<'a> OpCx<'a> {
             node,
             opset,
             types,
-            group_size: 1,
             source: None,
             known: None,
             cache,

@@ -1161,10 +1161,10 @@ fn part_reshape_like(cx: &PartCx<'_>) -> Result<Verdict> {
             "reshaping {x:?} to {y:?} merges the split axis {a} with an outer axis: the bands would interleave"
         )));
     };
-    if y[b] % cx.n as i64 != 0 {
+    if !cx.bands.divides(y[b]) {
         return Ok(Verdict::Indivisible(format!(
-            "{} bands do not divide axis {b} ({}) of the reshaped tensor",
-            cx.n, y[b]
+            "bands {} do not cut axis {b} ({}) of the reshaped tensor into whole parts",
+            cx.bands, y[b]
         )));
     }
     Ok(Verdict::split_all(cx, b, Vec::new()))
@@ -1358,7 +1358,7 @@ fn part_resize(cx: &PartCx<'_>) -> Result<Verdict> {
             "Resize with tf_crop_and_resize on a split tensor".into(),
         ));
     }
-    let (input, output, n) = (x[a], y[a], cx.n as i64);
+    let (input, output) = (x[a], y[a]);
     if output == input {
         return Ok(Verdict::split_all(cx, a, Vec::new()));
     }
@@ -1372,19 +1372,26 @@ fn part_resize(cx: &PartCx<'_>) -> Result<Verdict> {
             "Resize along the split axis {a} by a non-integer factor ({input} → {output})"
         )));
     }
-    if input % n != 0 {
+    let (Some(_), Some(_)) = (cx.bands.parts(input), cx.bands.parts(output)) else {
         return Ok(Verdict::Indivisible(format!(
-            "{n} bands do not divide the {input} rows resized"
+            "bands {} do not cut the {input} rows resized into whole rows",
+            cx.bands
         )));
-    }
+    };
     let scale = output as f64 / input as f64;
-    let (band_in, band_out) = (input / n, output / n);
-    for o in 0..output {
-        let src = nearest_source(&coord, &nearest, o, input, output, scale);
-        if src / band_in != o / band_out {
-            return Ok(Verdict::Refuse(format!(
-                "nearest Resize ({coord}, {nearest}) along the split axis {a}: output row {o} reads row {src} of another band"
-            )));
+    for r in 0..cx.n() {
+        let (Some(rows_in), Some(rows_out)) =
+            (cx.bands.part(r, input), cx.bands.part(r, output))
+        else {
+            continue;
+        };
+        for o in rows_out {
+            let src = nearest_source(&coord, &nearest, o, input, output, scale);
+            if !rows_in.contains(&src) {
+                return Ok(Verdict::Refuse(format!(
+                    "nearest Resize ({coord}, {nearest}) along the split axis {a}: output row {o} reads row {src} of another band"
+                )));
+            }
         }
     }
     Ok(Verdict::split_all(cx, a, Vec::new()))

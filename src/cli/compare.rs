@@ -158,6 +158,7 @@ pub fn run(args: &Args) -> Result<()> {
             model: args.model.clone(),
             output: out.clone(),
             gpus,
+            bands: None,
             sizes: sizes.clone(),
             mode,
             warmup,

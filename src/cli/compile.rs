@@ -1,8 +1,11 @@
 //! `dfc compile`: partition a UNet into per-GPU band graphs and write a plan folder.
 //!
-//! `dfc compile MODEL --gpus N [--batch B --height H --width W --dim NAME=V …] [--mode
-//! sync|displaced|naive] [--warmup K] [--gn corrected|stale|sync|separate] [--split-batch]
-//! [--dump-after PASS] [--timings] -o PLAN`.
+//! `dfc compile MODEL --gpus N [--bands H1,H2,… | --weights W1,W2,…] [--batch B --height H
+//! --width W --dim NAME=V …] [--mode sync|displaced|naive] [--warmup K]
+//! [--gn corrected|stale|sync|separate] [--split-batch] [--dump-after PASS] [--timings] -o PLAN`.
+//! Any GPU count works up to the latent rows over the model's row step (`2^(levels−1)`): the
+//! rows are spread as evenly as the step allows, or set by hand (`--bands`, latent rows per
+//! band), or sized by relative GPU speed (`--weights`).
 //! Sizes are those of the whole batch and image (latent elements); with `--split-batch` each
 //! CFG group runs half the batch on N/2 GPUs. `--dump-after PASS` prints the IR after that pass
 //! of the `compile` pipeline (and, after `partition`, every node's layouts) and writes nothing.
@@ -13,7 +16,30 @@ use anyhow::Result;
 
 use super::specialize::SizeArgs;
 use crate::emit::{CompileOptions, compile};
+use crate::passes::BandRequest;
 use crate::plan::{GnMode, Mode};
+
+/// How each group's image is cut into bands (default: as evenly as the model allows).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct BandArgs {
+    /// Latent rows of each band, top to bottom (e.g. 44,44,40); one per GPU of a group.
+    #[arg(long, value_delimiter = ',', value_name = "ROWS,…", conflicts_with = "weights")]
+    pub bands: Option<Vec<i64>>,
+    /// Relative speed of each GPU of a group (e.g. 1,1,0.8): bands sized in proportion.
+    #[arg(long, value_delimiter = ',', value_name = "W,…")]
+    pub weights: Option<Vec<f64>>,
+}
+
+impl BandArgs {
+    /// The band request, when one was given.
+    pub fn request(&self) -> Option<BandRequest> {
+        match (&self.bands, &self.weights) {
+            (Some(h), _) => Some(BandRequest::Heights(h.clone())),
+            (None, Some(w)) => Some(BandRequest::Weights(w.clone())),
+            (None, None) => None,
+        }
+    }
+}
 
 /// Arguments of `dfc compile`.
 #[derive(Debug, Clone, clap::Args)]
@@ -23,6 +49,8 @@ pub struct Args {
     /// Number of GPUs (ranks).
     #[arg(long)]
     pub gpus: usize,
+    #[command(flatten)]
+    pub bands: BandArgs,
     #[command(flatten)]
     pub sizes: SizeArgs,
     /// How stale exchanged context may be.
@@ -54,6 +82,7 @@ pub fn run(args: &Args) -> Result<()> {
         model: args.model.clone(),
         output: args.output.clone(),
         gpus: args.gpus,
+        bands: args.bands.request(),
         sizes: args.sizes.options()?,
         mode: args.mode,
         warmup: args.warmup,
@@ -89,7 +118,7 @@ pub fn run(args: &Args) -> Result<()> {
         let count = |k| plan.exchanges.iter().filter(|e| e.kind == k).count();
         use crate::plan::ExchangeKind::*;
         println!(
-            "compiled {} for {} GPU(s) ({:?}{}) -> {}: {} exchanges ({} halo, {} stats, {} gather), at most {} bytes received per rank per step",
+            "compiled {} for {} GPU(s) ({:?}{}, bands of {} latent rows) -> {}: {} exchanges ({} halo, {} stats, {} gather), at most {} bytes received per rank per step",
             args.model.display(),
             plan.world_size,
             plan.mode,
@@ -98,6 +127,7 @@ pub fn run(args: &Args) -> Result<()> {
             } else {
                 ""
             },
+            plan.bands,
             args.output.display(),
             plan.exchanges.len(),
             count(Halo),

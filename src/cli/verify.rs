@@ -28,6 +28,8 @@ pub struct Args {
     #[arg(long, default_value_t = 1)]
     pub gpus: usize,
     #[command(flatten)]
+    pub bands: super::compile::BandArgs,
+    #[command(flatten)]
     pub sizes: SizeArgs,
     /// Plan mode (one `dfc unet` step is synchronous in every mode but `naive`).
     #[arg(long, value_enum, default_value = "sync")]
@@ -89,6 +91,7 @@ pub fn run(args: &Args) -> Result<()> {
         model: args.model.clone(),
         output: plan_dir.clone(),
         gpus: args.gpus,
+        bands: args.bands.request(),
         sizes: args.sizes.options()?,
         mode: args.mode,
         warmup: 4,

@@ -14,6 +14,7 @@
 //! Thread budget: `threads` (default: the available cores) is shared by the ranks; each session
 //! gets `max(1, threads / world_size)` intra-op threads.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,6 +24,7 @@ use ndarray::{ArrayD, Axis, Slice};
 use super::host::{HostTensor, NamedTensors};
 use super::ort_env::OrtEnvError;
 use super::session::{ModelSession, RunError, SessionOptions};
+use crate::contract::Bands;
 use crate::plan::{Layout, Plan, PlanError, TensorSpec};
 use crate::plugins::{Communicator, Jitter, RankContext, operator_domain};
 
@@ -177,6 +179,7 @@ impl PlanExecutor {
             .map(|e| e.slot)
             .collect();
         let gn = plan.gn;
+        let bands = &plan.bands;
         let loaded: Vec<Result<Rank, ExecError>> = std::thread::scope(|s| {
             let handles: Vec<_> = plan
                 .ranks
@@ -189,7 +192,8 @@ impl PlanExecutor {
                         let ctx = Arc::new(
                             RankContext::new(comm, spec.band)
                                 .with_always_fresh(always_fresh)
-                                .with_gn(gn),
+                                .with_gn(gn)
+                                .with_bands(bands),
                         );
                         let domain =
                             operator_domain(ctx.clone()).map_err(|e| ExecError::Operators {
@@ -306,10 +310,10 @@ impl PlanExecutor {
                     full,
                     &spec.layout,
                     (r.group, self.plan.groups.len()),
-                    (r.band, self.plan.groups[r.group].len()),
+                    (r.band, &self.plan.bands),
                 )
                 .map_err(bad)?;
-                check_tensor(spec, &part, &spec.local_shape, "the plan's per-rank")
+                check_tensor(spec, &part, spec.local_shape(r.band), "the plan's per-rank")
                     .map_err(|e| bad(format!("rank {}: {e}", r.rank)))?;
                 per_rank[r.rank].push((spec.name.clone(), part));
             }
@@ -331,7 +335,8 @@ impl PlanExecutor {
                     .and_then(|o| o.iter().find(|(n, _)| *n == spec.name))
                     .map(|(_, t)| t)
                     .ok_or_else(|| bad(format!("rank {rank} did not produce it")))?;
-                check_tensor(spec, t, &spec.local_shape, "the plan's per-rank")
+                let band = self.plan.ranks.get(rank).map_or(0, |r| r.band);
+                check_tensor(spec, t, spec.local_shape(band), "the plan's per-rank")
                     .map_err(|e| bad(format!("rank {rank}: {e}")))?;
                 Ok(t)
             };
@@ -462,19 +467,16 @@ fn check_tensor(
     Ok(())
 }
 
-/// Part `index` of `parts` equal parts of `t` along `axis`.
-fn part_of(t: &HostTensor, axis: usize, parts: usize, index: usize) -> Result<HostTensor, String> {
+/// Elements `cut` of `t` along `axis`.
+fn part_of(t: &HostTensor, axis: usize, cut: Range<usize>) -> Result<HostTensor, String> {
     let shape = t.shape();
     let Some(&len) = shape.get(axis) else {
         return Err(format!("axis {axis} is outside the shape {shape:?}"));
     };
-    if parts == 0 || len % parts != 0 {
-        return Err(format!(
-            "size {len} on axis {axis} does not split into {parts} equal parts"
-        ));
+    if cut.end > len {
+        return Err(format!("part {cut:?} of axis {axis} beyond its size {len}"));
     }
-    let step = len / parts;
-    let cut = Slice::from(index * step..(index + 1) * step);
+    let cut = Slice::from(cut);
     fn slice<T: Clone>(a: &ArrayD<T>, axis: usize, cut: Slice) -> ArrayD<T> {
         a.slice_axis(Axis(axis), cut).to_owned()
     }
@@ -485,21 +487,32 @@ fn part_of(t: &HostTensor, axis: usize, parts: usize, index: usize) -> Result<Ho
     })
 }
 
-/// The part of the full tensor `t` that the rank at `band` of a group of `group.1` ranks, in
-/// group `group.0` of `group.1`… holds: its group's half along `group_axis`, then its band
-/// along `band_axis`.
+/// The part of the full tensor `t` that the rank at `band` of `bands`, in group `group.0` of
+/// `group.1`, holds: its group's equal share along `group_axis`, then its band along
+/// `band_axis`.
 fn split(
     t: &HostTensor,
     layout: &Layout,
     (group, groups): (usize, usize),
-    (band, bands): (usize, usize),
+    (band, bands): (usize, &Bands),
 ) -> Result<HostTensor, String> {
     let mut t = t.clone();
     if let Some(axis) = layout.group_axis {
-        t = part_of(&t, axis, groups, group)?;
+        let len = t.shape().get(axis).copied().unwrap_or(0);
+        if groups == 0 || len % groups != 0 {
+            return Err(format!(
+                "size {len} on axis {axis} does not split into {groups} equal parts"
+            ));
+        }
+        let step = len / groups;
+        t = part_of(&t, axis, group * step..(group + 1) * step)?;
     }
     if let Some(axis) = layout.band_axis {
-        t = part_of(&t, axis, bands, band)?;
+        let len = t.shape().get(axis).copied().unwrap_or(0);
+        let part = bands.part(band, len as i64).ok_or_else(|| {
+            format!("size {len} on axis {axis} does not cut into the bands {bands}")
+        })?;
+        t = part_of(&t, axis, part.start as usize..part.end as usize)?;
     }
     Ok(t)
 }
@@ -553,11 +566,24 @@ mod tests {
             group_axis: Some(0),
         };
         let mut groups = Vec::new();
+        let four = Bands::from_heights(&[2, 2, 2, 2]).expect("bands");
+        let uneven = Bands::from_heights(&[3, 3, 2]).expect("bands");
         for g in 0..2 {
             let bands: Vec<HostTensor> = (0..4)
-                .map(|b| split(&t, &layout, (g, 2), (b, 4)).expect("split"))
+                .map(|b| split(&t, &layout, (g, 2), (b, &four)).expect("split"))
                 .collect();
             assert_eq!(bands[0].shape(), &[1, 3, 2, 5]);
+            let refs: Vec<&HostTensor> = bands.iter().collect();
+            groups.push(concat(&refs, 2).expect("concat"));
+        }
+        let refs: Vec<&HostTensor> = groups.iter().collect();
+        assert_eq!(concat(&refs, 0).expect("concat"), t);
+        let mut groups = Vec::new();
+        for g in 0..2 {
+            let bands: Vec<HostTensor> = (0..3)
+                .map(|b| split(&t, &layout, (g, 2), (b, &uneven)).expect("split"))
+                .collect();
+            assert_eq!(bands[2].shape(), &[1, 3, 2, 5]);
             let refs: Vec<&HostTensor> = bands.iter().collect();
             groups.push(concat(&refs, 2).expect("concat"));
         }
@@ -566,10 +592,17 @@ mod tests {
     }
 
     #[test]
-    fn uneven_split_is_an_error() {
+    fn a_cut_off_the_rows_is_an_error() {
         let t = iota(&[1, 6]);
-        let err = part_of(&t, 1, 4, 0).expect_err("6 rows in 4 bands");
-        assert!(err.contains("does not split"), "{err}");
+        let layout = Layout {
+            band_axis: Some(1),
+            group_axis: None,
+        };
+        let bands = Bands::from_heights(&[3, 5]).expect("bands");
+        let err = split(&t, &layout, (0, 1), (0, &bands)).expect_err("6 into 3/8 and 5/8");
+        assert!(err.contains("does not cut"), "{err}");
+        let err = part_of(&t, 1, 4..8).expect_err("beyond the end");
+        assert!(err.contains("beyond"), "{err}");
     }
 
     #[test]

@@ -34,7 +34,7 @@ use thiserror::Error;
 use super::host::{HostTensor, NamedTensors};
 use super::plan_exec::{ExecError, PlanExecutor};
 use super::sampler::{
-    Sampler, SamplerConfig, SamplerError, band_rows, guide, latent_noise, put_rows, take_rows,
+    Sampler, SamplerConfig, SamplerError, guide, latent_noise, put_rows, take_rows,
 };
 use crate::plan::{Mode, Plan, TensorSpec};
 
@@ -178,6 +178,8 @@ struct RankState {
     /// The band's images (batch entries of the final latent).
     images: Range<usize>,
     rows: Range<usize>,
+    /// Shape of the latent input of this rank's graph.
+    dims: Vec<usize>,
     /// The band of the latent, `[images, C, rows, W]`, row-major.
     x: Vec<f32>,
     sampler: Box<dyn Sampler>,
@@ -207,8 +209,9 @@ fn floats_of(t: &HostTensor, name: &str) -> Result<Vec<f32>, SampleError> {
 /// The timestep input of one rank: `spec`'s local shape filled with `t` in `spec`'s element
 /// type (integer types truncate, as torch's `.long()` does).
 fn timestep_tensor(spec: &TensorSpec, t: f64) -> Result<HostTensor, SampleError> {
+    // Replicated across bands: every band's shape is the same.
     let shape: Vec<usize> = spec
-        .local_shape
+        .local_shape(0)
         .iter()
         .map(|&d| d.max(0) as usize)
         .collect();
@@ -242,11 +245,6 @@ pub fn sample(
     } = roles(&plan)?;
     let dims: Vec<usize> = latent.shape.iter().map(|&d| d.max(0) as usize).collect();
     let [batch, channels, height, width] = [dims[0], dims[1], dims[2], dims[3]];
-    let local_dims: Vec<usize> = latent
-        .local_shape
-        .iter()
-        .map(|&d| d.max(0) as usize)
-        .collect();
     let groups = plan.groups.len();
     let split = latent.layout.group_axis.is_some() && groups > 1;
     let cfg = options.cfg_scale();
@@ -271,8 +269,18 @@ pub fn sample(
         exec.split_inputs_except(cond, &[latent.name.as_str(), timestep.name.as_str()])?;
     let mut states = Vec::with_capacity(plan.world_size);
     for r in &plan.ranks {
-        let bands = plan.groups[r.group].len();
-        let rows = band_rows(height, r.band, bands)?;
+        let rows = r.rows[0].max(0) as usize..r.rows[1].max(0) as usize;
+        if rows.is_empty() || rows.end > height {
+            return Err(SampleError::Plan(format!(
+                "rank {} owns rows {rows:?} of a latent of {height} rows",
+                r.rank
+            )));
+        }
+        let local_dims: Vec<usize> = latent
+            .local_shape(r.band)
+            .iter()
+            .map(|&d| d.max(0) as usize)
+            .collect();
         let mine = match (cfg, split) {
             (None, true) => {
                 let per = batch / groups;
@@ -302,6 +310,7 @@ pub fn sample(
         states.push(RankState {
             images: mine,
             rows,
+            dims: local_dims,
             x,
             sampler,
         });
@@ -324,7 +333,7 @@ pub fn sample(
             let mut feed = cond.clone();
             feed.push((
                 latent.name.clone(),
-                tensor_of(&latent.dtype, &local_dims, scaled)?,
+                tensor_of(&latent.dtype, &s.dims, scaled)?,
             ));
             feed.push((timestep.name.clone(), ts.clone()));
             feeds.push(feed);
@@ -398,7 +407,7 @@ mod tests {
             name: "timestep".into(),
             dtype: "i64".into(),
             shape: vec![2],
-            local_shape: vec![1],
+            local_shapes: vec![vec![1]],
             layout: crate::plan::Layout {
                 band_axis: None,
                 group_axis: Some(0),

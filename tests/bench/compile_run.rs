@@ -31,6 +31,7 @@ fn options(
     sizes: SpecializeOptions,
 ) -> CompileOptions {
     CompileOptions {
+        bands: None,
         model,
         output,
         gpus,

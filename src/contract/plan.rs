@@ -6,16 +6,19 @@
 //! `--split-batch` there is one group of all ranks; with it, two groups (unconditional and
 //! conditional halves of the batch), each splitting the image into the same bands.
 //!
-//! **Invariant:** within a group, the rank at position `band` owns latent rows
-//! `[band·H/n, (band+1)·H/n)` at every UNet level (scaled by the level's downsampling), and all
-//! exchanges of a group run in the same order on every rank (the order of [`Plan::exchanges`]).
+//! **Invariant:** within a group, the rank at position `band` owns the latent rows
+//! [`Plan::bands`]`.rows(band)` (bands may be unequal; every group is cut the same way), and at
+//! every UNet level the same relative rows ([`RankSpec::levels`]); all exchanges of a group run
+//! in the same order on every rank (the order of [`Plan::exchanges`]).
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::bands::Bands;
+
 /// Version of the plan format written by this build.
-pub const PLAN_FORMAT: u32 = 1;
+pub const PLAN_FORMAT: u32 = 2;
 
 /// File name of the plan description inside a plan folder.
 pub const PLAN_FILE: &str = "plan.json";
@@ -74,39 +77,7 @@ impl GnMode {
     }
 }
 
-/// Which exchange operator a slot belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum ExchangeKind {
-    /// `DfcHaloExchange`: rows from the neighbouring bands.
-    Halo,
-    /// `DfcStatsAllReduce`: mean of per-band partial statistics over the group.
-    Stats,
-    /// `DfcPatchAllGather`: concatenation of every band's tensor along an axis.
-    Gather,
-}
-
-impl ExchangeKind {
-    /// Every kind.
-    pub const ALL: [ExchangeKind; 3] = [
-        ExchangeKind::Halo,
-        ExchangeKind::Stats,
-        ExchangeKind::Gather,
-    ];
-
-    /// The ONNX operator name (domain `dfc`).
-    pub const fn op_type(self) -> &'static str {
-        match self {
-            ExchangeKind::Halo => "DfcHaloExchange",
-            ExchangeKind::Stats => "DfcStatsAllReduce",
-            ExchangeKind::Gather => "DfcPatchAllGather",
-        }
-    }
-
-    /// The kind whose operator is `op_type`.
-    pub fn from_op_type(op_type: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.op_type() == op_type)
-    }
-}
+pub use super::exchange::ExchangeKind;
 
 /// How a full-size model input or output maps onto ranks.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,13 +97,13 @@ pub struct TensorSpec {
     pub dtype: String,
     /// Full-size shape, as the original model sees it.
     pub shape: Vec<i64>,
-    /// Shape on one rank.
-    pub local_shape: Vec<i64>,
+    /// Shape on each band of a group (band order; bands may differ in height).
+    pub local_shapes: Vec<Vec<i64>>,
     pub layout: Layout,
 }
 
 /// One rank.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RankSpec {
     pub rank: usize,
     /// Index into [`Plan::groups`].
@@ -143,6 +114,10 @@ pub struct RankSpec {
     pub file: String,
     /// Latent rows owned, `[start, end)`.
     pub rows: [i64; 2],
+    /// Rows owned at every level of [`Plan::levels`], `[start, end)`.
+    pub levels: Vec<[i64; 2]>,
+    /// Share of the image (and of the work) this rank's band holds.
+    pub share: f64,
     /// Batch entries owned, `[start, end)`.
     pub batch: [i64; 2],
 }
@@ -158,12 +133,15 @@ pub struct ExchangeSpec {
     /// The source node that needed the exchange.
     pub for_node: String,
     pub dtype: String,
-    /// Shape of the exchange's input on one rank.
-    pub input_shape: Vec<i64>,
-    /// Shape of its output on one rank.
-    pub output_shape: Vec<i64>,
+    /// Shape of the exchange's input on each band of a group (band order).
+    pub input_shapes: Vec<Vec<i64>>,
+    /// Shape of its output on each band of a group.
+    pub output_shapes: Vec<Vec<i64>>,
     /// `axis` attribute (halo and gather).
     pub axis: Option<usize>,
+    /// `parts` attribute (gather): every band's extent on `axis`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parts: Option<Vec<i64>>,
     /// Halo rows from the band above / below.
     pub top: Option<i64>,
     pub bottom: Option<i64>,
@@ -176,7 +154,7 @@ pub struct ExchangeSpec {
 }
 
 /// The content of `plan.json`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
     pub format: u32,
     /// Path of the source model as given to the compiler.
@@ -196,6 +174,13 @@ pub struct Plan {
     pub ranks: Vec<RankSpec>,
     /// Latent height and width (full size).
     pub latent: [i64; 2],
+    /// The bands of every group: boundaries in latent rows.
+    pub bands: Bands,
+    /// Band boundaries are multiples of this many latent rows (so that they stay whole at every
+    /// level).
+    pub row_step: i64,
+    /// Heights of the model's split feature maps, latent level first (the UNet's levels).
+    pub levels: Vec<i64>,
     /// Shared weights file, relative to the plan folder (`None` when every tensor is inline).
     pub weights: Option<String>,
     pub inputs: Vec<TensorSpec>,
@@ -227,6 +212,16 @@ pub enum PlanError {
     Format { path: String, found: u32 },
     #[error("{path}: {reason}")]
     Invalid { path: String, reason: String },
+}
+
+impl TensorSpec {
+    /// Shape on the rank at position `band` of its group.
+    pub fn local_shape(&self, band: usize) -> &[i64] {
+        self.local_shapes
+            .get(band)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
 }
 
 impl Plan {
@@ -288,6 +283,35 @@ impl Plan {
                 "groups hold {members} ranks for world size {}",
                 self.world_size
             ));
+        }
+        let n = self.group_size();
+        if self.bands.n() != n || self.bands.height() != self.latent[0] {
+            return Err(format!(
+                "bands {} do not cut {} latent rows into {n} bands",
+                self.bands, self.latent[0]
+            ));
+        }
+        for r in &self.ranks {
+            let rows = self.bands.rows(r.band);
+            if r.rows != [rows.start, rows.end] {
+                return Err(format!(
+                    "rank {} owns rows {:?}, its band {} has {rows:?}",
+                    r.rank, r.rows, r.band
+                ));
+            }
+        }
+        for t in self.inputs.iter().chain(&self.outputs) {
+            if t.local_shapes.len() != n {
+                return Err(format!("`{}` must list its shape on each of the {n} bands", t.name));
+            }
+        }
+        for e in &self.exchanges {
+            if e.input_shapes.len() != n || e.output_shapes.len() != n {
+                return Err(format!(
+                    "exchange slot {} must list its shapes for each of the {n} bands",
+                    e.slot
+                ));
+            }
         }
         if self.bytes_per_step.len() != self.world_size {
             return Err("bytes_per_step must have one entry per rank".into());
