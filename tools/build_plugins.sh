@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Builds the TensorRT plugin library (plugins/tensorrt) and its tools with warnings as errors,
+# for sm_80, sm_90 and sm_100, then runs the host tests (and the GPU harness, which skips
+# without a CUDA device). Outputs go to plugins/tensorrt/build/. Exit status != 0 when anything
+# fails to compile or a test fails.
+#
+#   tools/build_plugins.sh            set up the toolchain if needed (tools/setup_cuda.sh), build, test
+#   DFC_BUILD_JOBS=N                  parallel compile jobs (default 1)
+#   DFC_PLUGIN_ARCHS="80 90 100"      SM architectures
+# Run it under `flock /tmp/dfc-build.lock` on shared machines.
+set -euo pipefail
+start=$(date +%s)
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cache="${DFC_CACHE:-$HOME/.cache/dfc}"
+src="$root/plugins/tensorrt"
+out="$src/build"
+jobs="${DFC_BUILD_JOBS:-1}"
+archs="${DFC_PLUGIN_ARCHS:-80 90 100}"
+
+if [ ! -f "$cache/env.sh" ] || ! bash -c "source '$cache/env.sh' && test -x \"\$DFC_NVCC\" && test -f \"\$DFC_TRT_INCLUDE/NvInferRuntime.h\""; then
+  "$root/tools/setup_cuda.sh"
+fi
+# shellcheck disable=SC1091
+source "$cache/env.sh"
+mkdir -p "$out/obj"
+
+gencode=()
+for a in $archs; do gencode+=(-gencode "arch=compute_$a,code=sm_$a"); done
+cxx=(g++ -std=c++17 -O2 -fPIC -Wall -Wextra -Werror -I"$src/include" -I"$src/src")
+sys_cuda=(-isystem "$DFC_CUDA_INCLUDE")
+nvcc=("$DFC_NVCC" -std=c++17 -O2 -Werror all-warnings -Xcompiler -fPIC,-Wall,-Wextra,-Werror
+  "${gencode[@]}" -I"$src/include" -I"$src/src")
+links=(-L"$DFC_CUDA_LIB" -L"$DFC_NCCL_LIB" -l:libcudart.so.13 -l:libnccl.so.2)
+
+# Rebuild an object only when its source or any header changed.
+headers=("$src"/include/*.h "$src"/src/*.h)
+stale() { # stale <output> <inputs...>
+  local o="$1"; shift
+  [ -f "$o" ] || return 0
+  local f
+  for f in "$@" "${headers[@]}"; do [ "$f" -nt "$o" ] && return 0; done
+  return 1
+}
+pids=()
+run() { # run <output> <inputs> -- <command...>   (up to $jobs at a time)
+  local o="$1"; shift
+  local ins=()
+  while [ "$1" != "--" ]; do ins+=("$1"); shift; done
+  shift
+  if stale "$o" "${ins[@]}"; then
+    echo "  build $(basename "$o")"
+    "$@" &
+    pids+=($!)
+    if [ "${#pids[@]}" -ge "$jobs" ]; then wait_all; fi
+  fi
+}
+failed=0
+wait_all() {
+  local p
+  for p in "${pids[@]}"; do wait "$p" || failed=1; done
+  pids=()
+  if [ "$failed" != 0 ]; then echo "build_plugins: compile failed" >&2; exit 1; fi
+}
+
+o="$out/obj"
+run "$o/host.o" "$src/src/host.cpp" -- "${cxx[@]}" -c "$src/src/host.cpp" -o "$o/host.o"
+run "$o/transport.o" "$src/src/transport.cpp" -- "${cxx[@]}" "${sys_cuda[@]}" -isystem "$DFC_NCCL_INCLUDE" \
+  -c "$src/src/transport.cpp" -o "$o/transport.o"
+run "$o/context.o" "$src/src/context.cpp" -- "${cxx[@]}" "${sys_cuda[@]}" -isystem "$DFC_NCCL_INCLUDE" \
+  -c "$src/src/context.cpp" -o "$o/context.o"
+run "$o/plugins.o" "$src/src/plugins.cpp" -- "${cxx[@]}" "${sys_cuda[@]}" -isystem "$DFC_TRT_INCLUDE" \
+  -c "$src/src/plugins.cpp" -o "$o/plugins.o"
+run "$o/kernels.o" "$src/src/kernels.cu" -- "${nvcc[@]}" -c "$src/src/kernels.cu" -o "$o/kernels.o"
+run "$out/host_tests" "$src/tests/host_tests.cpp" "$src/src/host.cpp" -- \
+  "${cxx[@]}" "$src/tests/host_tests.cpp" "$src/src/host.cpp" -o "$out/host_tests"
+run "$out/dfc_trt_shapes" "$src/tools/dfc_trt_shapes.cpp" "$src/src/host.cpp" -- \
+  "${cxx[@]}" "$src/tools/dfc_trt_shapes.cpp" "$src/src/host.cpp" -o "$out/dfc_trt_shapes"
+wait_all
+
+lib="$out/libdfc_trt_plugins.so"
+objs=("$o/plugins.o" "$o/context.o" "$o/transport.o" "$o/kernels.o" "$o/host.o")
+if stale "$lib" "${objs[@]}"; then
+  echo "  link $(basename "$lib")"
+  g++ -shared -o "$lib" "${objs[@]}" "${links[@]}" -Wl,--no-undefined -Wl,-rpath,'$ORIGIN'
+fi
+run "$out/dfc_gpu_harness" "$src/tests/gpu_harness.cu" "$lib" -- "${nvcc[@]}" "$src/tests/gpu_harness.cu" \
+  -o "$out/dfc_gpu_harness" -L"$out" -ldfc_trt_plugins -L"$DFC_CUDA_LIB" \
+  -Xlinker -rpath-link,"$DFC_NCCL_LIB" -Xlinker -rpath,'$ORIGIN'
+wait_all
+
+# Exported entry points TensorRT's plugin loader and the runtime look up.
+for sym in getCreators setLoggerFinder dfc_context_create dfc_context_set_step dfc_op_enqueue; do
+  if ! nm -D --defined-only "$lib" | grep -q " T $sym\$"; then
+    echo "build_plugins: $lib does not export $sym" >&2; exit 1
+  fi
+done
+
+status=0
+"$out/host_tests" || status=1
+printf 'halo 0 1 1 1 | 2 8 3\n' | "$out/dfc_trt_shapes" | grep -qx '2 10 3' || { echo "dfc_trt_shapes: wrong answer" >&2; status=1; }
+LD_LIBRARY_PATH="$DFC_CUDA_LIB:$DFC_NCCL_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$out/dfc_gpu_harness" || status=1
+echo "build_plugins: done in $(( $(date +%s) - start )) s (status $status)"
+exit $status
