@@ -65,6 +65,9 @@ def main() -> int:
         print("  parser error:", parser.get_error(i), flush=True)
     if not ok:
         return 1
+    for i in range(network.num_outputs):
+        t = network.get_output(i)
+        print("output", t.name, tuple(t.shape), t.dtype, flush=True)
     config = builder.create_builder_config()
     if fp16 and hasattr(trt.BuilderFlag, "FP16"):
         config.set_flag(trt.BuilderFlag.FP16)
