@@ -369,21 +369,43 @@ pub fn analyze(
     Ok((p, problems))
 }
 
-/// Extents of every split axis in `p` (with the spatial height), and the heights of the split
-/// feature maps, largest first.
+/// Extents of every split axis in `p` (with the spatial height), and the heights of the
+/// model's feature maps (the spatial input and every map a convolution or pooling reads or
+/// writes while split on H), largest first.
 fn split_extents(g: &Graph, p: &Partition) -> (Vec<i64>, Vec<i64>) {
-    let mut extents = vec![spatial_height(g, p.spatial_input)];
-    let mut levels = Vec::new();
+    let h = spatial_height(g, p.spatial_input);
+    let mut extents = vec![h];
     for (&v, l) in &p.layouts {
-        let (Some(axis), Some(d)) = (
+        if let (Some(axis), Some(d)) = (
             l.axis(),
             g.value(v).tensor_type().and_then(|t| t.static_dims()),
-        ) else {
-            continue;
-        };
-        if let Some(&e) = d.get(axis) {
+        ) && let Some(&e) = d.get(axis)
+        {
             extents.push(e);
-            if d.len() == 4 && axis == BAND_AXIS && !levels.contains(&e) {
+        }
+    }
+    let height_of = |v: Option<ValueId>| -> Option<i64> {
+        let v = v?;
+        (p.layout(v) == Layout::Split { axis: BAND_AXIS }).then_some(())?;
+        let d = g.value(v).tensor_type()?.static_dims()?;
+        (d.len() == 4).then(|| d[BAND_AXIS])
+    };
+    let mut levels = vec![h];
+    for id in g.node_ids() {
+        let node = g.node(id);
+        let conv_like = node.domain.is_empty()
+            && matches!(
+                node.op_type.as_str(),
+                "Conv" | "MaxPool" | "AveragePool" | "LpPool"
+            );
+        if !conv_like {
+            continue;
+        }
+        for e in [height_of(node.input(0)), height_of(node.output(0))]
+            .into_iter()
+            .flatten()
+        {
+            if !levels.contains(&e) {
                 levels.push(e);
             }
         }

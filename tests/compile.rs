@@ -413,35 +413,101 @@ fn refusals_list_every_offending_node_and_write_nothing() -> Result<()> {
 }
 
 #[test]
-fn indivisible_gpu_counts_list_the_ones_that_work() -> Result<()> {
+fn any_gpu_count_up_to_the_row_step_compiles_and_others_say_what_works() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let out = tmp.path().join("plan");
     let model = root().join("models/sd15_tiny.onnx");
+    let arg = |s: &'static str| std::ffi::OsStr::new(s);
+    // 32 latent rows, levels 32 / 16 / 8: boundaries on multiples of 4, so up to 8 GPUs.
     let run = dfc(&[
-        "compile".as_ref(),
+        arg("compile"),
         model.as_os_str(),
-        "--gpus".as_ref(),
-        "3".as_ref(),
-        "-o".as_ref(),
+        arg("--gpus"),
+        arg("3"),
+        arg("-o"),
         out.as_os_str(),
+    ])?;
+    let text = String::from_utf8_lossy(&run.stdout);
+    ensure!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    ensure!(text.contains("bands of 12,12,8 latent rows"), "{text}");
+    let plan = dfc::plan::Plan::load(&out)?;
+    ensure!(plan.bands.heights() == [12, 12, 8] && plan.row_step == 4);
+    ensure!(plan.levels == [32, 16, 8], "levels {:?}", plan.levels);
+    ensure!(
+        plan.ranks[2].rows == [24, 32] && plan.ranks[2].levels == [[24, 32], [12, 16], [6, 8]],
+        "{:?}",
+        plan.ranks[2]
+    );
+    // Nine GPUs: more bands than 4-row steps.
+    let nine = tmp.path().join("nine");
+    let run = dfc(&[
+        arg("compile"),
+        model.as_os_str(),
+        arg("--gpus"),
+        arg("9"),
+        arg("-o"),
+        nine.as_os_str(),
     ])?;
     let err = String::from_utf8_lossy(&run.stderr);
     ensure!(run.status.code() == Some(1), "exit {:?}: {err}", run.status);
     ensure!(
-        err.contains("3 bands do not fit")
-            && err.contains("band counts that work (≤ 32): 1, 2, 4, 8"),
+        err.contains("9 bands do not fit 32 rows in steps of 4 rows")
+            && err.contains("any band count from 1 to 8 works"),
         "{err}"
     );
-    ensure!(!out.exists());
-    no_leftovers(tmp.path())?;
-    // 16 GPUs: more bands than the 8 rows of the lowest level.
-    let e = compile(&options(&model, &out, 16, &SpecializeOptions::default()))
-        .err()
-        .map(|e| format!("{e:#}"))
-        .unwrap_or_default();
-    ensure!(e.contains("1, 2, 4, 8"), "{e}");
-    ensure!(!out.exists());
-    Ok(())
+    ensure!(!nine.exists());
+    // A hand-set band list off the row step names the step and lists that would work.
+    let run = dfc(&[
+        arg("compile"),
+        model.as_os_str(),
+        arg("--gpus"),
+        arg("3"),
+        arg("--bands"),
+        arg("10,12,10"),
+        arg("-o"),
+        nine.as_os_str(),
+    ])?;
+    let err = String::from_utf8_lossy(&run.stderr);
+    ensure!(run.status.code() == Some(1), "exit {:?}: {err}", run.status);
+    ensure!(
+        err.contains("not a multiple of 4 rows") && err.contains("--bands 12,12,8"),
+        "{err}"
+    );
+    // A band list for the wrong number of GPUs.
+    let e = compile(&CompileOptions {
+        bands: Some(dfc::passes::BandRequest::Heights(vec![16, 16])),
+        ..options(&model, &nine, 4, &SpecializeOptions::default())
+    })
+    .err()
+    .map(|e| format!("{e:#}"))
+    .unwrap_or_default();
+    ensure!(e.contains("2 bands given for groups of 4 GPUs"), "{e}");
+    ensure!(!nine.exists());
+    no_leftovers(tmp.path())
+}
+
+#[test]
+fn weights_size_the_bands_for_mixed_gpus() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let out = tmp.path().join("plan");
+    let model = root().join("models/sd15_tiny.onnx");
+    let report = compile(&CompileOptions {
+        bands: Some(dfc::passes::BandRequest::Weights(vec![1.0, 1.0, 2.0])),
+        ..options(&model, &out, 3, &SpecializeOptions::default())
+    })?;
+    let plan = report.plan.context("a plan")?;
+    // 8 steps of 4 rows shared 1 : 1 : 2 after one step each: 2, 2, 4 steps.
+    ensure!(plan.bands.heights() == [8, 8, 16], "{}", plan.bands);
+    ensure!((plan.ranks[2].share - 0.5).abs() < 1e-12);
+    // The gathers carry every band's part; the statistics slots are the same size on every band.
+    for e in &plan.exchanges {
+        if let Some(parts) = &e.parts {
+            let axis = e.axis.context("gather axis")?;
+            let got: Vec<i64> = e.input_shapes.iter().map(|s| s[axis]).collect();
+            ensure!(&got == parts, "slot {}: {got:?} vs {parts:?}", e.slot);
+        }
+    }
+    no_leftovers(tmp.path())
 }
 
 #[test]

@@ -1,4 +1,6 @@
-//! `dfc inspect`: what a model is made of, and what the partitioning passes will care about.
+//! `dfc inspect`: what a model is made of, and what the partitioning passes will care about;
+//! given a plan folder instead, how the plan cuts the image (every rank's rows at every level,
+//! its share of the work) and what each rank exchanges per step.
 //!
 //! The counts match what the `onnx` Python package reports for the same file (`len(graph.node)`,
 //! `collections.Counter(n.op_type for n in graph.node)`, `len(graph.initializer)`, the sum of
@@ -26,7 +28,7 @@ use crate::passes::specialize::infer_shapes;
 /// Arguments of `dfc inspect`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The ONNX model to inspect.
+    /// The ONNX model, or plan folder, to inspect.
     pub model: PathBuf,
     /// Print one JSON object instead of text.
     #[arg(long)]
@@ -459,6 +461,19 @@ fn sources(graph: &Graph, value: ValueId, consts: &HashSet<ValueId>) -> HashSet<
 
 /// Runs the command.
 pub fn run(args: &Args) -> Result<()> {
+    if args.model.is_dir() {
+        let plan = crate::plan::Plan::load(&args.model)?;
+        let report = plan_report(&plan);
+        if args.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).context("encoding the report")?
+            );
+        } else {
+            print!("{}", render_plan(&args.model, &plan, &report));
+        }
+        return Ok(());
+    }
     let report = inspect_file(&args.model)?;
     if args.json {
         println!(
@@ -568,6 +583,138 @@ pub fn render_text(r: &Report) -> String {
             .map(|(k, v)| format!("{k} ({v})"))
             .collect();
         let _ = writeln!(s, "unsupported by the compiler: {}", ops.join(", "));
+    }
+    s
+}
+
+/// What `dfc inspect PLAN_DIR` reports for one rank.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RankReport {
+    pub rank: usize,
+    pub group: usize,
+    pub band: usize,
+    /// Latent rows `[start, end)`.
+    pub rows: [i64; 2],
+    /// Rows at every level of the plan (`levels` of the report).
+    pub levels: Vec<[i64; 2]>,
+    /// Share of the image (and of the UNet's work) this rank computes.
+    pub share: f64,
+    /// Bytes received per step, by exchange kind, and in total.
+    pub halo_bytes: u64,
+    pub stats_bytes: u64,
+    pub gather_bytes: u64,
+    pub bytes_per_step: u64,
+}
+
+/// What `dfc inspect PLAN_DIR` reports.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PlanReport {
+    pub world_size: usize,
+    pub mode: String,
+    pub latent: [i64; 2],
+    /// Heights of every band (latent rows).
+    pub bands: Vec<i64>,
+    /// Band boundaries are multiples of this many latent rows.
+    pub row_step: i64,
+    /// Heights of the model's split feature maps, latent level first.
+    pub levels: Vec<i64>,
+    /// The largest share of any rank over the even share: the step time's overhead from
+    /// unequal bands when every GPU is equally fast (1 for equal bands).
+    pub imbalance: f64,
+    pub ranks: Vec<RankReport>,
+}
+
+/// The per-rank geometry and exchange volume of `plan`.
+pub fn plan_report(plan: &crate::plan::Plan) -> PlanReport {
+    use crate::plan::ExchangeKind;
+    let by_kind = |rank: usize, kind: ExchangeKind| -> u64 {
+        plan.exchanges
+            .iter()
+            .filter(|e| e.kind == kind)
+            .map(|e| e.bytes_received.get(rank).copied().unwrap_or(0))
+            .sum()
+    };
+    let ranks: Vec<RankReport> = plan
+        .ranks
+        .iter()
+        .map(|r| RankReport {
+            rank: r.rank,
+            group: r.group,
+            band: r.band,
+            rows: r.rows,
+            levels: r.levels.clone(),
+            share: r.share,
+            halo_bytes: by_kind(r.rank, ExchangeKind::Halo),
+            stats_bytes: by_kind(r.rank, ExchangeKind::Stats),
+            gather_bytes: by_kind(r.rank, ExchangeKind::Gather),
+            bytes_per_step: plan.bytes_per_step.get(r.rank).copied().unwrap_or(0),
+        })
+        .collect();
+    let n = plan.bands.n() as f64;
+    let largest = plan.bands.shares().into_iter().fold(0f64, f64::max);
+    PlanReport {
+        world_size: plan.world_size,
+        mode: plan.mode.name().to_string(),
+        latent: plan.latent,
+        bands: plan.bands.heights(),
+        row_step: plan.row_step,
+        levels: plan.levels.clone(),
+        imbalance: largest * n,
+        ranks,
+    }
+}
+
+/// The human-readable form of a plan report.
+pub fn render_plan(dir: &Path, plan: &crate::plan::Plan, r: &PlanReport) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "plan: {} ({} GPU(s), {} mode, {} group(s))",
+        dir.display(),
+        r.world_size,
+        r.mode,
+        plan.groups.len()
+    );
+    let _ = writeln!(
+        s,
+        "latent: {}×{}; bands {} (boundaries on multiples of {} rows); levels {:?}",
+        r.latent[0],
+        r.latent[1],
+        plan.bands,
+        r.row_step,
+        r.levels
+    );
+    let _ = writeln!(
+        s,
+        "slowest band: {:.3}× an even share (equal GPUs wait for it)",
+        r.imbalance
+    );
+    let _ = writeln!(
+        s,
+        "{:>4} {:>5} {:>4} {:>11} {:>7} {:>12} {:>12} {:>12} {:>12}  rows per level",
+        "rank", "group", "band", "rows", "share", "halo B", "stats B", "gather B", "total B"
+    );
+    for k in &r.ranks {
+        let levels: Vec<String> = k
+            .levels
+            .iter()
+            .map(|l| format!("{}..{}", l[0], l[1]))
+            .collect();
+        let _ = writeln!(
+            s,
+            "{:>4} {:>5} {:>4} {:>11} {:>6.1}% {:>12} {:>12} {:>12} {:>12}  {}",
+            k.rank,
+            k.group,
+            k.band,
+            format!("{}..{}", k.rows[0], k.rows[1]),
+            100.0 * k.share,
+            k.halo_bytes,
+            k.stats_bytes,
+            k.gather_bytes,
+            k.bytes_per_step,
+            levels.join(" ")
+        );
     }
     s
 }
