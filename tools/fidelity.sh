@@ -5,7 +5,7 @@
 #
 #   tools/fidelity.sh [OUT_DIR]          # default docs/fidelity; about 10 min on 2 cores
 #
-# Runs: displaced / naive / sync at N = 2, 4, 8; the warmup sweep (0, 1, 2, 4) at N = 4 with
+# Runs: displaced / naive / sync at N = 2, 4, 8, and at N = 3 and 6 (unequal bands); the warmup sweep (0, 1, 2, 4) at N = 4 with
 # DDIM 25 steps and with DPM-Solver++ 10 steps (the paper's setting); the GroupNorm ablation
 # (separate, stale, corrected, sync) at N = 4. Every run: 8 images (classes of
 # models/shapes/cond8.npz), 64x64, guidance 3, seed 1.
@@ -19,7 +19,7 @@ DFC=target/release/dfc
 COMMON=(models/shapes/unet.onnx --batch 16 --height 64 --width 64 --dim sequence=4
         --guidance 3 --seed 1 --inputs models/shapes/cond8.npz)
 
-for n in 2 4 8; do
+for n in 2 4 8 3 6; do
     echo "== N = $n: displaced, naive, sync (DDIM 25)"
     "$DFC" compare "${COMMON[@]}" --gpus "$n" --steps 25 --modes displaced,naive,sync \
         --png "$OUT/modes_n$n.png" --json "$OUT/modes_n$n.json"
