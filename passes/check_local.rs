@@ -12,7 +12,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::Result;
 
 use super::{Pass, PassContext, propagate};
 use crate::ir::{Graph, TensorType, ValueId};
@@ -53,14 +53,14 @@ fn check(g: &mut Graph, cx: &PassContext, skipped: &HashSet<crate::ir::NodeId>) 
     }
     let sweep = propagate::sweep(g, cx, false)?;
     if let Some(u) = sweep.unsupported.values().next() {
-        bail!(
-            "internal: the local graph has an operator the shape rules do not know: {} (node `{}`)",
+        return Err(crate::internal!(
+            "the local graph has an operator the shape rules do not know: {} (node `{}`)",
             u.op,
             u.first_node
-        );
+        ));
     }
     if let Some(i) = sweep.issues.first() {
-        bail!("internal: the local graph is inconsistent at {i}");
+        return Err(crate::internal!("the local graph is inconsistent at {i}"));
     }
     let mut tainted: HashSet<ValueId> = HashSet::new();
     for id in g.topo_order()? {
@@ -71,8 +71,8 @@ fn check(g: &mut Graph, cx: &PassContext, skipped: &HashSet<crate::ir::NodeId>) 
             let got = g.value(*v).tensor_type().cloned();
             let want = expected.get(v);
             let Some(got) = got.filter(|t| t.static_dims().is_some()) else {
-                return Err(anyhow!(
-                    "internal: value `{}` of node `{}` ({}) has no static type in the local graph",
+                return Err(crate::internal!(
+                    "value `{}` of node `{}` ({}) has no static type in the local graph",
                     g.value(*v).name,
                     node.name,
                     node.op_type
@@ -83,8 +83,8 @@ fn check(g: &mut Graph, cx: &PassContext, skipped: &HashSet<crate::ir::NodeId>) 
                     tainted.insert(*v);
                     continue;
                 }
-                return Err(anyhow!(
-                    "internal: node `{}` ({}) produces `{}` as {got}, but its band should be {}",
+                return Err(crate::internal!(
+                    "node `{}` ({}) produces `{}` as {got}, but its band should be {}",
                     node.name,
                     node.op_type,
                     g.value(*v).name,

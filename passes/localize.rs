@@ -80,8 +80,12 @@ impl BandConstant {
             BandConstant::Bound { extent, end, .. } => {
                 let part = bands
                     .part(band, *extent)
-                    .ok_or_else(|| anyhow!("internal: bands {bands} do not cut {extent}"))?;
-                Ok(Tensor::from_i64s(&[if *end { part.end } else { part.start }]))
+                    .ok_or_else(|| crate::internal!("bands {bands} do not cut {extent}"))?;
+                Ok(Tensor::from_i64s(&[if *end {
+                    part.end
+                } else {
+                    part.start
+                }]))
             }
         }
     }
@@ -239,7 +243,7 @@ fn local_dims(full: &[i64], layout: Layout, bands: &Bands, band: usize) -> Resul
     {
         let part = bands
             .part(band, *x)
-            .ok_or_else(|| anyhow!("internal: bands {bands} do not cut an axis of {x}"))?;
+            .ok_or_else(|| crate::internal!("bands {bands} do not cut an axis of {x}"))?;
         *x = part.end - part.start;
     }
     Ok(d)
@@ -256,7 +260,7 @@ pub fn localize(
     let bands = &p.bands;
     let n = bands.n();
     if band >= n {
-        bail!("internal: band {band} of {n}");
+        return Err(crate::internal!("band {band} of {n}"));
     }
     let exchange = n > 1 && mode != Mode::Naive;
     let opset = default_opset(g).unwrap_or(FALLBACK_OPSET);
@@ -318,7 +322,7 @@ pub fn localize(
                         .and_then(|d| d.get(axis).copied())
                         .ok_or_else(|| anyhow!("gathered value has no static shape"))?;
                     let parts = bands.parts(extent).ok_or_else(|| {
-                        anyhow!("internal: bands {bands} do not cut the gathered axis ({extent})")
+                        crate::internal!("bands {bands} do not cut the gathered axis ({extent})")
                     })?;
                     let gname = format!("{name}.gather");
                     let y = b.op(
@@ -374,9 +378,8 @@ pub fn localize(
                     let y = match band_sliced.get(&(v, axis)) {
                         Some(&y) => y,
                         None => {
-                            let y = band_slice(
-                                g, &b, &name, port, v, axis, opset, store, &mut out,
-                            )?;
+                            let y =
+                                band_slice(g, &b, &name, port, v, axis, opset, store, &mut out)?;
                             band_sliced.insert((v, axis), y);
                             y
                         }
@@ -430,15 +433,24 @@ pub fn localize(
             continue;
         }
         let Some(kind) = ExchangeKind::from_op_type(&node.op_type) else {
-            bail!("internal: unknown exchange operator {}", node.op_type);
+            return Err(crate::internal!(
+                "unknown exchange operator {}",
+                node.op_type
+            ));
         };
         let (Some(x), Some(y)) = (node.input(0), node.output(0)) else {
-            bail!("internal: exchange `{}` is not connected", node.name);
+            return Err(crate::internal!(
+                "exchange `{}` is not connected",
+                node.name
+            ));
         };
         let (tx, ty) = (static_type(g, x)?, static_type(g, y)?);
         let axis = (kind != ExchangeKind::Stats).then(|| node.attr_i(ATTR_AXIS, 0) as usize);
         let (top, bottom) = if kind == ExchangeKind::Halo {
-            (Some(node.attr_i(ATTR_TOP, 0)), Some(node.attr_i(ATTR_BOTTOM, 0)))
+            (
+                Some(node.attr_i(ATTR_TOP, 0)),
+                Some(node.attr_i(ATTR_BOTTOM, 0)),
+            )
         } else {
             (None, None)
         };
@@ -622,7 +634,7 @@ fn band_slice(
     let sname = format!("{name}.band{port}");
     let part = bands
         .part(band, extent)
-        .ok_or_else(|| anyhow!("internal: bands {bands} do not cut {extent}"))?;
+        .ok_or_else(|| crate::internal!("bands {bands} do not cut {extent}"))?;
     let start = i64_const(g, &format!("{sname}.start"), &[part.start]);
     let end = i64_const(g, &format!("{sname}.end"), &[part.end]);
     let axes = i64_const(g, &format!("{sname}.axes"), &[axis as i64]);
@@ -652,10 +664,10 @@ pub fn band_of(t: &Tensor, axis: usize, bands: &Bands, r: usize) -> Result<Tenso
     let shape = t.shape();
     let extent = *shape
         .get(axis)
-        .ok_or_else(|| anyhow!("internal: axis {axis} of a tensor of shape {shape:?}"))?;
+        .ok_or_else(|| crate::internal!("axis {axis} of a tensor of shape {shape:?}"))?;
     let part = bands
         .part(r, extent as i64)
-        .ok_or_else(|| anyhow!("internal: bands {bands} do not cut {extent}"))?;
+        .ok_or_else(|| crate::internal!("bands {bands} do not cut {extent}"))?;
     let picks: Vec<Vec<usize>> = shape
         .iter()
         .enumerate()

@@ -133,6 +133,8 @@ pub struct Problem {
     pub issue: NodeIssue,
     /// Whether another band count could work.
     pub indivisible: bool,
+    /// Whether it is dfc's fault (a partition rule misbehaved), not the model's.
+    pub internal: bool,
 }
 
 /// Errors of partitioning.
@@ -153,6 +155,9 @@ pub enum PartitionError {
         valid: Vec<usize>,
         max: usize,
     },
+    /// A partition rule misbehaved: dfc's fault, whatever the model.
+    #[error("partition rules misbehaved: {0}")]
+    Bug(String),
     #[error("cannot cut the image's {height} latent rows into bands as asked: {error}")]
     Bands {
         height: i64,
@@ -248,6 +253,7 @@ pub fn analyze(
                 ),
             },
             indivisible: true,
+            internal: false,
         });
     }
     p.layouts.insert(spatial, Layout::Split { axis: BAND_AXIS });
@@ -268,7 +274,7 @@ pub fn analyze(
         if layouts.iter().all(|l| *l == Layout::Replicated) {
             continue;
         }
-        let mut problem = |message: String, indivisible: bool| {
+        let mut problem = |message: String, indivisible: bool, internal: bool| {
             problems.push(Problem {
                 issue: NodeIssue {
                     node: node.name.clone(),
@@ -276,11 +282,13 @@ pub fn analyze(
                     message,
                 },
                 indivisible,
+                internal,
             })
         };
         let Some(rule) = partition_rule(&node.domain, &node.op_type) else {
             problem(
                 format!("no partition rule for {} on a split tensor", node.op_type),
+                false,
                 false,
             );
             continue;
@@ -297,6 +305,7 @@ pub fn analyze(
             .map(|v| v.is_some_and(|v| super::ops::is_constant(g, v)))
             .collect();
         let mut verdict = None;
+        let mut bug = None;
         for _ in 0..=layouts.len() {
             let cx = PartCx {
                 op: &op,
@@ -313,9 +322,9 @@ pub fn analyze(
                         layouts[port] = Layout::Replicated;
                     }
                     None => {
-                        verdict = Some(Verdict::Refuse(format!(
-                            "internal: asked to gather input {port}, which is not split"
-                        )));
+                        bug = Some(format!(
+                            "the rule asked to gather input {port}, which is not split"
+                        ));
                         break;
                     }
                 },
@@ -349,8 +358,9 @@ pub fn analyze(
                                     "bands {bands} do not cut axis {axis} ({e}) of its output into whole parts"
                                 ),
                                 true,
+                                false,
                             ),
-                            None => problem("its output has no static shape".into(), false),
+                            None => problem("its output has no static shape".into(), false, false),
                         }
                     }
                     p.layouts.insert(*v, l);
@@ -359,11 +369,14 @@ pub fn analyze(
                     p.needs.insert(id, needs);
                 }
             }
-            Some(Verdict::Refuse(m)) => problem(m, false),
-            Some(Verdict::Indivisible(m)) => problem(m, true),
-            Some(Verdict::Gather { .. }) | None => {
-                problem("internal: the partition rule did not settle".into(), false)
-            }
+            Some(Verdict::Refuse(m)) => problem(m, false, false),
+            Some(Verdict::Indivisible(m)) => problem(m, true, false),
+            Some(Verdict::Gather { .. }) | None => problem(
+                bug.take()
+                    .unwrap_or_else(|| "the partition rule did not settle".into()),
+                false,
+                true,
+            ),
         }
     }
     Ok((p, problems))
@@ -416,14 +429,33 @@ fn split_extents(g: &Graph, p: &Partition) -> (Vec<i64>, Vec<i64>) {
 
 /// Band counts up to `max` for which `g` partitions without problems with bands spread as
 /// evenly as `step` allows.
-pub fn valid_counts(g: &Graph, store: &ExternalStore, height: i64, step: i64, max: usize) -> Vec<usize> {
+pub fn valid_counts(
+    g: &Graph,
+    store: &ExternalStore,
+    height: i64,
+    step: i64,
+    max: usize,
+) -> Vec<usize> {
     (1..=max)
         .filter(|&n| {
-            Bands::even(height, n, step).is_ok_and(|b| {
-                matches!(analyze(g, store, &b), Ok((_, p)) if p.is_empty())
-            })
+            Bands::even(height, n, step)
+                .is_ok_and(|b| matches!(analyze(g, store, &b), Ok((_, p)) if p.is_empty()))
         })
         .collect()
+}
+
+/// Fails with [`PartitionError::Bug`] when a partition rule misbehaved on some node.
+fn bugs(problems: &[Problem]) -> Result<(), PartitionError> {
+    let bugs: Vec<String> = problems
+        .iter()
+        .filter(|p| p.internal)
+        .map(|p| p.issue.to_string())
+        .collect();
+    if bugs.is_empty() {
+        Ok(())
+    } else {
+        Err(PartitionError::Bug(bugs.join("; ")))
+    }
 }
 
 /// Partitions `g` into the bands `request` asks for, or explains, in one error, every node
@@ -439,6 +471,7 @@ pub fn partition(
     let height = spatial_height(g, spatial);
     // One band: every rule sees the split axes; their extents set the row step.
     let (whole, problems) = analyze(g, store, &Bands::single(height))?;
+    bugs(&problems)?;
     if problems.iter().any(|p| !p.indivisible) {
         return Err(PartitionError::Unsupported(
             problems
@@ -463,6 +496,7 @@ pub fn partition(
     };
     let n = bands.n();
     let (mut p, problems) = analyze(g, store, &bands)?;
+    bugs(&problems)?;
     p.row_step = step;
     p.levels = levels;
     if problems.is_empty() {
@@ -622,5 +656,21 @@ mod tests {
         assert!(e.contains("multiple of 2"), "{e}");
         let p = partition(&g, &store(), &BandRequest::Weights(vec![2.0, 1.0])).expect("weights");
         assert_eq!(p.bands.heights(), vec![8, 4]);
+    }
+
+    #[test]
+    fn misbehaving_rules_are_dfc_bugs_not_model_errors() {
+        let issue = |internal| Problem {
+            issue: NodeIssue {
+                node: "n".into(),
+                op: "Op".into(),
+                message: "m".into(),
+            },
+            indivisible: false,
+            internal,
+        };
+        assert!(bugs(&[issue(false)]).is_ok());
+        let e = bugs(&[issue(false), issue(true)]).expect_err("a bug");
+        assert!(matches!(e, PartitionError::Bug(_)), "{e}");
     }
 }

@@ -220,8 +220,7 @@ fn visit(
             }
         };
     }
-    let ocx = OpCx::new(g, &cx.store, node, opset, cx.options.max_fold_elements)
-        .with_known(known);
+    let ocx = OpCx::new(g, &cx.store, node, opset, cx.options.max_fold_elements).with_known(known);
     let types = match (def.infer)(&ocx) {
         Ok(t) => t,
         Err(e) if e.is::<MissingInfo>() => return Ok(Outcome::Nothing),

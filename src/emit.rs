@@ -20,7 +20,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, anyhow, bail};
 use sha2::{Digest, Sha256};
 
-use crate::cli::Internal;
+use crate::error::{Internal, is_internal};
 use crate::ir::{Dim, Graph, TensorType};
 use crate::onnx::proto::{StringStringEntryProto, TensorProto, tensor_proto::DataLocation};
 use crate::onnx::{self, ExternalData, ExternalStore};
@@ -101,13 +101,19 @@ pub struct Compiled {
     pub original_outputs: HashMap<String, TensorType>,
 }
 
+/// A pass failure as the error the user sees: the model's problems as they are, dfc's own
+/// faults (an [`Internal`] anywhere in the chain, a failed `check-local`, a failed verifier) as
+/// [`Internal`].
 fn user_error(e: PassError) -> anyhow::Error {
     match e {
         PassError::Failed { pass, error } => {
+            if let Some(PartitionError::Bug(m)) = error.downcast_ref::<PartitionError>() {
+                return Internal(format!("pass `{pass}`: {m}")).into();
+            }
             if error.is::<SpecializeError>() || error.is::<PartitionError>() {
                 return error;
             }
-            if matches!(pass, "check-local") || error.to_string().starts_with("internal") {
+            if matches!(pass, "check-local") || is_internal(&error) {
                 return Internal(format!("pass `{pass}`: {error:#}")).into();
             }
             anyhow::Error::new(PassError::Failed { pass, error })

@@ -9,6 +9,7 @@
 pub mod cli;
 pub mod contract;
 pub mod emit;
+pub mod error;
 pub mod ir;
 pub mod onnx;
 #[path = "../passes/mod.rs"]

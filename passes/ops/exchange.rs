@@ -113,11 +113,17 @@ mod tests {
         assert_eq!(halo, "f32[2,4,9,8]");
         let parts = |p: &[i64]| crate::onnx::proto::AttributeProto::ints("parts", p);
         assert_eq!(
-            run("DfcPatchAllGather", vec![ai("axis", 3), parts(&[8, 8, 8, 8])]),
+            run(
+                "DfcPatchAllGather",
+                vec![ai("axis", 3), parts(&[8, 8, 8, 8])]
+            ),
             "f32[2,4,8,32]"
         );
         assert_eq!(
-            run("DfcPatchAllGather", vec![ai("axis", 3), parts(&[12, 8, 12])]),
+            run(
+                "DfcPatchAllGather",
+                vec![ai("axis", 3), parts(&[12, 8, 12])]
+            ),
             "f32[2,4,8,32]"
         );
         let wrong = run("DfcPatchAllGather", vec![ai("axis", 3), parts(&[12, 12])]);

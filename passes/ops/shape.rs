@@ -1380,8 +1380,7 @@ fn part_resize(cx: &PartCx<'_>) -> Result<Verdict> {
     };
     let scale = output as f64 / input as f64;
     for r in 0..cx.n() {
-        let (Some(rows_in), Some(rows_out)) =
-            (cx.bands.part(r, input), cx.bands.part(r, output))
+        let (Some(rows_in), Some(rows_out)) = (cx.bands.part(r, input), cx.bands.part(r, output))
         else {
             continue;
         };

@@ -18,10 +18,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Marks an error as dfc's own fault (exit code 2) rather than the input's.
-#[derive(Debug, thiserror::Error)]
-#[error("internal error: {0}")]
-pub struct Internal(pub String);
+pub use crate::error::Internal;
 
 /// dfc: displaced patch parallelism for diffusion UNets, compiled on the ONNX graph.
 #[derive(Debug, Parser)]
@@ -76,8 +73,7 @@ where
     match result {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(e)) => {
-            let internal =
-                e.chain().any(|c| c.is::<Internal>()) || e.downcast_ref::<Internal>().is_some();
+            let internal = crate::error::is_internal(&e);
             eprintln!("error: {e}");
             for cause in e.chain().skip(1) {
                 eprintln!("  caused by: {cause}");
