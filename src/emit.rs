@@ -774,6 +774,7 @@ fn emit(opts: &CompileOptions, c: &Compiled, parent: &Path) -> Result<Plan> {
         outputs,
         exchanges,
         bytes_per_step,
+        engines: Vec::new(),
     };
     plan.check()
         .map_err(|e| Internal(format!("the emitted plan is inconsistent: {e}")))?;

@@ -3,6 +3,7 @@
 //! Data flows one way: [`onnx`] (protobuf I/O) ← [`ir`] (the graph) ← [`passes`] (analyses and
 //! rewrites) ← emit. The command-line front end lives in [`cli`].
 //! The exchange operators and communicators live in [`plugins`]; [`runtime`] executes plans.
+//! [`trt`] loads TensorRT through its shim to build and run engines.
 //! [`contract`] holds what they all share: the plan format, the exchange operators' schema and
 //! band geometry.
 
@@ -19,3 +20,4 @@ pub use contract::plan;
 pub mod plugins;
 pub mod runtime;
 pub mod tensor;
+pub mod trt;

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Builds the TensorRT plugin library (plugins/tensorrt) and its tools with warnings as errors,
+# Builds the TensorRT plugin library (plugins/tensorrt), the TensorRT shims that `dfc build`
+# loads (libdfc_trt_shim.so for TensorRT 11, libdfc_trt_shim_rtx.so for TensorRT-RTX 1.7) and
+# the tools, with warnings as errors,
 # for sm_80, sm_90 and sm_100, then runs the host tests (and the GPU harness, which skips
 # without a CUDA device). Outputs go to plugins/tensorrt/build/. Exit status != 0 when anything
 # fails to compile or a test fails.
@@ -87,6 +89,25 @@ run "$out/dfc_gpu_harness" "$src/tests/gpu_harness.cu" "$lib" -- "${nvcc[@]}" "$
   -o "$out/dfc_gpu_harness" -L"$out" -ldfc_trt_plugins -L"$DFC_CUDA_LIB" \
   -Xlinker -rpath-link,"$DFC_NCCL_LIB" -Xlinker -rpath,'$ORIGIN'
 wait_all
+
+# The TensorRT shim (dfc_trt.h): no CUDA code, so g++ only; TensorRT is dlopened, never linked.
+# TensorRT 11 and TensorRT-RTX 1.7 lay out their classes differently: one build per header set.
+shim_src="$src/shim/shim.cpp"
+shim_cxx=("${cxx[@]}" "${sys_cuda[@]}" -fvisibility=hidden)
+run "$out/libdfc_trt_shim.so" "$shim_src" -- "${shim_cxx[@]}" -isystem "$DFC_TRT_INCLUDE" -shared \
+  "$shim_src" -o "$out/libdfc_trt_shim.so" -ldl -Wl,--no-undefined
+run "$out/libdfc_trt_shim_rtx.so" "$shim_src" -- "${shim_cxx[@]}" -DDFC_TRT_RTX -isystem "$DFC_TRTRTX_INCLUDE" \
+  -shared "$shim_src" -o "$out/libdfc_trt_shim_rtx.so" -ldl -Wl,--no-undefined
+wait_all
+for shim in "$out/libdfc_trt_shim.so" "$out/libdfc_trt_shim_rtx.so"; do
+  for sym in dfc_trt_abi_version dfc_trt_last_error dfc_trt_open dfc_trt_close dfc_trt_load_plugins \
+    dfc_trt_build dfc_trt_engine_load dfc_trt_engine_io dfc_trt_engine_set_address \
+    dfc_trt_engine_enqueue dfc_trt_engine_destroy; do
+    if ! nm -D --defined-only "$shim" | grep -q " T $sym\$"; then
+      echo "build_plugins: $shim does not export $sym" >&2; exit 1
+    fi
+  done
+done
 
 # Exported entry points TensorRT's plugin loader and the runtime look up.
 for sym in getCreators setLoggerFinder dfc_context_create dfc_context_set_step dfc_op_enqueue; do

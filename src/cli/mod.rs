@@ -4,6 +4,7 @@
 //! model, missing ONNX Runtime), 2 internal error (a bug of dfc: errors marked [`Internal`], or
 //! a panic). Errors print their whole cause chain on stderr.
 
+pub mod build;
 pub mod compare;
 pub mod compile;
 pub mod eval;
@@ -47,6 +48,8 @@ pub enum Command {
     Unet(unet::Args),
     /// Sample a latent through a plan (bands in lockstep, pointwise samplers per band).
     Run(run::Args),
+    /// Build one TensorRT engine per rank of a plan (rank{i}.engine, recorded in plan.json).
+    Build(build::Args),
     /// Sample with the original model and with patch-parallel plans from one seed; report
     /// PSNR/SSIM against the original and write the images side by side.
     Compare(compare::Args),
@@ -106,5 +109,6 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Unet(args) => unet::run(args),
         Command::Run(args) => run::run(args),
         Command::Compare(args) => compare::run(args),
+        Command::Build(args) => build::run(args),
     }
 }

@@ -189,6 +189,26 @@ pub struct Plan {
     pub exchanges: Vec<ExchangeSpec>,
     /// Total bytes each rank receives per step (sum over slots), indexed by rank.
     pub bytes_per_step: Vec<u64>,
+    /// TensorRT engines built from the rank graphs (`dfc build`), at most one per rank.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub engines: Vec<EngineSpec>,
+}
+
+/// One rank's TensorRT engine, as `dfc build` wrote it. The engine embeds its rank's weights.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineSpec {
+    pub rank: usize,
+    /// Engine file, relative to the plan folder (`rank{i}.engine`).
+    pub file: String,
+    /// Library that built it: `TensorRT` or `TensorRT-RTX`.
+    pub builder: String,
+    /// Its version, `major.minor.patch`.
+    pub builder_version: String,
+    /// Build flags (`fp16`, `bf16`); empty for the graph's own types.
+    #[serde(default)]
+    pub flags: Vec<String>,
+    /// SHA-256 of the engine file (hex).
+    pub sha256: String,
 }
 
 /// Errors of reading a plan.
@@ -302,7 +322,10 @@ impl Plan {
         }
         for t in self.inputs.iter().chain(&self.outputs) {
             if t.local_shapes.len() != n {
-                return Err(format!("`{}` must list its shape on each of the {n} bands", t.name));
+                return Err(format!(
+                    "`{}` must list its shape on each of the {n} bands",
+                    t.name
+                ));
             }
         }
         for e in &self.exchanges {
@@ -315,6 +338,20 @@ impl Plan {
         }
         if self.bytes_per_step.len() != self.world_size {
             return Err("bytes_per_step must have one entry per rank".into());
+        }
+        for (i, e) in self.engines.iter().enumerate() {
+            if e.rank >= self.world_size || self.engines[..i].iter().any(|o| o.rank == e.rank) {
+                return Err(format!(
+                    "engine of rank {} is out of range or repeated",
+                    e.rank
+                ));
+            }
+            if e.file.is_empty() || e.file.contains('/') || e.file.starts_with('.') {
+                return Err(format!(
+                    "engine file `{}` must be a plain file name",
+                    e.file
+                ));
+            }
         }
         Ok(())
     }

@@ -29,8 +29,9 @@ enum {
     DFC_TRT_ERR_INVALID = 6  /* bad argument */
 };
 
-/* Builder flags. */
-enum { DFC_TRT_FP16 = 1, DFC_TRT_BF16 = 2 };
+/* Builder flags. (The bf16 flag is DFC_TRT_BUILD_BF16: DFC_TRT_BF16 is the element type below;
+ * DFC_TRT_FP16 stays as the fp16 flag's first name.) */
+enum { DFC_TRT_FP16 = 1, DFC_TRT_BUILD_FP16 = 1, DFC_TRT_BUILD_BF16 = 2 };
 
 /* Element types of engine I/O (TensorRT's DataType numbering). */
 enum {
