@@ -28,7 +28,8 @@ use std::fmt::Write;
 
 use anyhow::Result;
 
-use super::ops::layout::{Layout, Need, PartCx, Verdict, partition_rule};
+use super::ops::layout::{Layout, Need, Part, PartCx, Verdict};
+use super::ops::registry::partition_of;
 use super::ops::{OpCx, default_opset};
 use super::propagate::FALLBACK_OPSET;
 use super::{BandRequest, NodeIssue, Pass, PassContext};
@@ -285,13 +286,28 @@ pub fn analyze(
                 internal,
             })
         };
-        let Some(rule) = partition_rule(&node.domain, &node.op_type) else {
-            problem(
-                format!("no partition rule for {} on a split tensor", node.op_type),
-                false,
-                false,
-            );
-            continue;
+        let rule = match partition_of(&node.domain, &node.op_type) {
+            Some(Part::Rule(rule)) => rule,
+            Some(Part::Refuse(reason)) => {
+                problem(reason.to_string(), false, false);
+                continue;
+            }
+            Some(Part::Undeclared) => {
+                problem(
+                    format!("{} declares no partition rule", node.op_type),
+                    false,
+                    true,
+                );
+                continue;
+            }
+            None => {
+                problem(
+                    format!("no partition rule for {} on a split tensor", node.op_type),
+                    false,
+                    false,
+                );
+                continue;
+            }
         };
         let op = OpCx::new(g, store, node, opset, 1 << 20);
         let outputs: Vec<_> = node

@@ -173,7 +173,7 @@ fn visit(
         op: node.op_type.clone(),
         message,
     };
-    let Some(def) = ops::lookup(&node.domain, &node.op_type) else {
+    let Some(def) = ops::registry::lookup(&node.domain, &node.op_type) else {
         let key = if node.domain.is_empty() || node.domain == "ai.onnx" {
             node.op_type.clone()
         } else {

@@ -6,8 +6,9 @@
 
 use anyhow::{Result, anyhow, bail};
 
-use super::layout::{Need, PartCx, PartRule, Verdict};
-use super::{OpCx, OpDef, tt};
+use super::def::OpDef;
+use super::layout::{Need, PartCx, Verdict};
+use super::{OpCx, tt};
 use crate::contract::Bands;
 use crate::ir::{DataType, Dim, TensorType};
 
@@ -273,14 +274,14 @@ fn global_pool(cx: &OpCx<'_>) -> Result<Vec<TensorType>> {
 
 /// The conv family.
 pub const OPS: &[OpDef] = &[
-    OpDef::infer("Conv", conv),
-    OpDef::infer("ConvTranspose", conv_transpose),
-    OpDef::infer("MaxPool", pool),
-    OpDef::infer("AveragePool", pool),
-    OpDef::infer("LpPool", pool),
-    OpDef::infer("GlobalAveragePool", global_pool),
-    OpDef::infer("GlobalMaxPool", global_pool),
-    OpDef::infer("GlobalLpPool", global_pool),
+    OpDef::infer("Conv", conv).split(part_conv_like),
+    OpDef::infer("ConvTranspose", conv_transpose).split(part_conv_like),
+    OpDef::infer("MaxPool", pool).split(part_conv_like),
+    OpDef::infer("AveragePool", pool).split(part_conv_like),
+    OpDef::infer("LpPool", pool).split(part_conv_like),
+    OpDef::infer("GlobalAveragePool", global_pool).split(part_conv_like),
+    OpDef::infer("GlobalMaxPool", global_pool).split(part_conv_like),
+    OpDef::infer("GlobalLpPool", global_pool).split(part_conv_like),
 ];
 
 /// The halo a conv-like kernel needs on one spatial axis when its input is cut into bands.
@@ -424,19 +425,6 @@ fn part_conv_like(cx: &PartCx<'_>) -> anyhow::Result<Verdict> {
     };
     Ok(Verdict::split_all(cx, a, needs))
 }
-
-/// Partition rules of the conv family: a kernel reading rows of neighbouring bands gets a
-/// halo; one reading only its own rows (1×1, no padding on the split axis) is local.
-pub const PARTITION: &[PartRule] = &[
-    PartRule::new("Conv", part_conv_like),
-    PartRule::new("ConvTranspose", part_conv_like),
-    PartRule::new("MaxPool", part_conv_like),
-    PartRule::new("AveragePool", part_conv_like),
-    PartRule::new("LpPool", part_conv_like),
-    PartRule::new("GlobalAveragePool", part_conv_like),
-    PartRule::new("GlobalMaxPool", part_conv_like),
-    PartRule::new("GlobalLpPool", part_conv_like),
-];
 
 #[cfg(test)]
 mod tests {

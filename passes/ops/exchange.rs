@@ -7,8 +7,9 @@
 
 use anyhow::Result;
 
-use super::layout::{PartCx, PartRule, Verdict};
-use super::{OpCx, OpDef, norm_axis, tt};
+use super::def::OpDef;
+use super::layout::{PartCx, Verdict};
+use super::{OpCx, norm_axis, tt};
 use crate::contract::exchange::{
     ATTR_AXIS, ATTR_BOTTOM, ATTR_PARTS, ATTR_TOP, ExchangeAttrs, output_shape,
 };
@@ -70,9 +71,9 @@ fn gather(cx: &OpCx<'_>) -> Result<Vec<crate::ir::TensorType>> {
 
 /// The exchange operators.
 pub const OPS: &[OpDef] = &[
-    OpDef::infer(ExchangeKind::Halo.op_type(), halo),
-    OpDef::infer(ExchangeKind::Stats.op_type(), stats),
-    OpDef::infer(ExchangeKind::Gather.op_type(), gather),
+    OpDef::infer(ExchangeKind::Halo.op_type(), halo).split(already_partitioned),
+    OpDef::infer(ExchangeKind::Stats.op_type(), stats).split(already_partitioned),
+    OpDef::infer(ExchangeKind::Gather.op_type(), gather).split(already_partitioned),
 ];
 
 fn already_partitioned(_cx: &PartCx<'_>) -> Result<Verdict> {
@@ -80,13 +81,6 @@ fn already_partitioned(_cx: &PartCx<'_>) -> Result<Verdict> {
         "the graph is already partitioned (it contains exchange operators)".into(),
     ))
 }
-
-/// Partition rules: refuse (see the module documentation).
-pub const PARTITION: &[PartRule] = &[
-    PartRule::new(ExchangeKind::Halo.op_type(), already_partitioned),
-    PartRule::new(ExchangeKind::Stats.op_type(), already_partitioned),
-    PartRule::new(ExchangeKind::Gather.op_type(), already_partitioned),
-];
 
 #[cfg(test)]
 mod tests {
@@ -98,7 +92,7 @@ mod tests {
         let mut node = Node::new("x", op, DOMAIN);
         node.attrs = attrs;
         let cx = OpCx::detached(&node, 17, vec![f32t(&[2, 4, 8, 8])], vec![]);
-        let def = super::super::lookup(DOMAIN, op).expect("known");
+        let def = super::super::registry::lookup(DOMAIN, op).expect("known");
         (def.infer)(&cx)
             .map(|t| t[0].to_string())
             .unwrap_or_else(|e| e.to_string())

@@ -6,15 +6,13 @@
 //! rule ([`PartitionFn`]) sees the input layouts, the full (unpartitioned) types and constant
 //! values of the node, and answers with a [`Verdict`]: the output layouts plus what the
 //! rewrite must do for the node to compute its band locally ([`Need`]), a request to gather an
-//! operand first, or a refusal naming the reason. Rules live beside the shape rules, one table
-//! per operator family (`PARTITION` in each family module); [`partition_rule`] looks them up.
+//! operand first, or a refusal naming the reason. Rules live beside the shape rules, in each
+//! operator's row of its family's table (the `partition` of its [`super::def::OpDef`]).
 //!
 //! Rules are only asked about nodes with at least one split input: a node whose inputs are all
 //! replicated computes replicated outputs, whatever it is.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::OnceLock;
 
 use anyhow::Result;
 
@@ -157,45 +155,15 @@ impl PartCx<'_> {
 /// A partition rule.
 pub type PartitionFn = fn(&PartCx<'_>) -> Result<Verdict>;
 
-/// One operator's partition rule.
-pub struct PartRule {
-    pub op_type: &'static str,
-    pub rule: PartitionFn,
-}
-
-impl PartRule {
-    pub const fn new(op_type: &'static str, rule: PartitionFn) -> Self {
-        Self { op_type, rule }
-    }
-}
-
-/// The partition rule of `op_type` in `domain`, if any.
-pub fn partition_rule(domain: &str, op_type: &str) -> Option<PartitionFn> {
-    static MAP: OnceLock<HashMap<(&'static str, &'static str), PartitionFn>> = OnceLock::new();
-    let domain = if domain == "ai.onnx" { "" } else { domain };
-    MAP.get_or_init(|| {
-        let mut m = HashMap::new();
-        for (d, table) in [
-            ("", super::conv::PARTITION),
-            ("", super::norm::PARTITION),
-            ("", super::linalg::PARTITION),
-            ("", super::shape::PARTITION),
-            ("", super::elementwise::PARTITION),
-            ("", super::reduce::PARTITION),
-            (
-                super::norm::INTERNAL_DOMAIN,
-                super::norm::INTERNAL_PARTITION,
-            ),
-            (super::exchange::DOMAIN, super::exchange::PARTITION),
-        ] {
-            for r in table {
-                m.insert((d, r.op_type), r.rule);
-            }
-        }
-        m
-    })
-    .get(&(domain, op_type))
-    .copied()
+/// How an operator treats a split input.
+#[derive(Clone, Copy)]
+pub enum Part {
+    /// Its row does not say (a table mistake; `registry`'s tests reject it).
+    Undeclared,
+    /// Its partition rule.
+    Rule(PartitionFn),
+    /// It refuses a split input, for this reason.
+    Refuse(&'static str),
 }
 
 /// Elementwise with numpy broadcasting: every output is split on the (output-aligned) axis of
@@ -289,8 +257,12 @@ pub(crate) mod testing {
             n_outputs: outputs.len(),
             outputs,
         };
-        let rule = partition_rule(&node.domain, &node.op_type).expect("a rule");
-        rule(&cx).expect("the rule runs")
+        let def = super::super::registry::lookup(&node.domain, &node.op_type).expect("a row");
+        match def.partition {
+            Part::Rule(rule) => rule(&cx).expect("the rule runs"),
+            Part::Refuse(reason) => Verdict::Refuse(reason.into()),
+            Part::Undeclared => panic!("{} declares no partition", node.op_type),
+        }
     }
 }
 

@@ -13,8 +13,9 @@ use std::collections::BTreeMap;
 
 use anyhow::{Result, anyhow, bail};
 
-use super::layout::{Need, PartCx, PartRule, Verdict};
-use super::{OpCx, OpDef, broadcast, join_dims, same_as, tt};
+use super::def::OpDef;
+use super::layout::{Need, PartCx, Verdict};
+use super::{OpCx, broadcast, join_dims, same_as, tt};
 use crate::ir::{Dim, TensorType};
 
 fn merge_dim(a: &Dim, b: &Dim, what: &str) -> Result<Dim> {
@@ -246,12 +247,12 @@ fn softmax(cx: &OpCx<'_>) -> Result<Vec<TensorType>> {
 
 /// The linear-algebra family.
 pub const OPS: &[OpDef] = &[
-    OpDef::infer("MatMul", matmul),
-    OpDef::infer("Gemm", gemm),
-    OpDef::infer("Einsum", einsum),
-    OpDef::infer("Softmax", softmax),
-    OpDef::infer("LogSoftmax", softmax),
-    OpDef::infer("Hardmax", softmax),
+    OpDef::infer("MatMul", matmul).split(part_matmul),
+    OpDef::infer("Gemm", gemm).split(part_gemm),
+    OpDef::infer("Einsum", einsum).split(part_einsum),
+    OpDef::infer("Softmax", softmax).split(part_softmax),
+    OpDef::infer("LogSoftmax", softmax).split(part_softmax),
+    OpDef::infer("Hardmax", softmax).split(part_softmax),
 ];
 
 /// The band need of replicated operand `port` (dims `d`) of an op whose output (dims `o`) is
@@ -376,16 +377,6 @@ fn part_softmax(cx: &PartCx<'_>) -> Result<Verdict> {
     }
     Ok(Verdict::split_all(cx, a, Vec::new()))
 }
-
-/// Partition rules of the linear-algebra family.
-pub const PARTITION: &[PartRule] = &[
-    PartRule::new("MatMul", part_matmul),
-    PartRule::new("Gemm", part_gemm),
-    PartRule::new("Einsum", part_einsum),
-    PartRule::new("Softmax", part_softmax),
-    PartRule::new("LogSoftmax", part_softmax),
-    PartRule::new("Hardmax", part_softmax),
-];
 
 #[cfg(test)]
 mod tests {

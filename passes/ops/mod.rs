@@ -1,9 +1,11 @@
-//! Operator knowledge, one module per op family, as tables of [`OpDef`]s.
+//! Operator knowledge, one module per op family, as tables of [`def::OpDef`]s: one row per
+//! operator holding its shape-and-type rule, its constant evaluation and its partition rule
+//! side by side; [`registry`] looks them up.
 //!
-//! Every supported operator has a shape-and-type rule ([`OpDef::infer`]) computing output
+//! Every supported operator has a shape-and-type rule ([`def::OpDef::infer`]) computing output
 //! types from input types and, where the ONNX semantics need them, from constant input values
 //! (Reshape's shape, Slice's starts, …). Operators constant folding can evaluate also have an
-//! [`OpDef::eval`]. Rules read the default-domain opset of the model ([`OpCx::opset`]) where the
+//! [`def::OpDef::eval`]. Rules read the default-domain opset of the model ([`OpCx::opset`]) where the
 //! operator changed across versions (attribute vs input forms of `axes`, `split`, `pads`, …).
 //!
 //! A rule that lacks information (an input type unknown, a value not constant) returns a type
@@ -11,23 +13,27 @@
 //! it cannot even name the element type. Genuine inconsistencies (shapes that do not broadcast,
 //! an axis out of range) are errors naming the problem.
 //!
-//! Beside the shape rules, every family has a `PARTITION` table of partition rules (how input
-//! layouts map to output layouts when the image is cut into bands; see [`layout`]); the
+//! Every row also says how the operator is partitioned (how input layouts map to output layouts
+//! when the image is cut into bands, see [`layout`]), or why it refuses a split input; the
 //! exchange operators of domain `dfc` live in [`exchange`], the internal canonical GroupNorm in
 //! [`norm`].
+//!
+//! Dependencies point one way: this module (the rule context [`OpCx`] and shared helpers) ←
+//! [`layout`] (partition types) ← [`def`] (the row type) ← the families ← [`registry`].
 
 pub mod conv;
+pub mod def;
 pub mod elementwise;
 pub mod exchange;
 pub mod layout;
 pub mod linalg;
 pub mod norm;
 pub mod reduce;
+pub mod registry;
 pub mod shape;
 
 use std::cell::OnceCell;
 use std::collections::HashMap;
-use std::sync::OnceLock;
 
 use anyhow::{Result, anyhow, bail};
 
@@ -35,91 +41,10 @@ use crate::ir::{DataType, Dim, Graph, Node, TensorType, ValueId};
 use crate::onnx::ExternalStore;
 use crate::tensor::Tensor;
 
-/// Shape-and-type rule: one [`TensorType`] per output port (extra entries are ignored).
-pub type InferFn = fn(&OpCx<'_>) -> Result<Vec<TensorType>>;
-/// Evaluation on constant inputs; `Ok(None)` when this instance cannot be evaluated.
-pub type EvalFn = fn(&OpCx<'_>) -> Result<Option<Vec<Tensor>>>;
-
-/// What dfc knows about one operator of the default ONNX domain.
-pub struct OpDef {
-    pub op_type: &'static str,
-    pub infer: InferFn,
-    pub eval: Option<EvalFn>,
-    /// Whether `eval` needs every input's value; `false` for ops that read only input types
-    /// (`Shape`, `Size`), which fold whenever the input's shape is static.
-    pub eval_needs_values: bool,
-}
-
-impl OpDef {
-    pub const fn infer(op_type: &'static str, infer: InferFn) -> Self {
-        Self {
-            op_type,
-            infer,
-            eval: None,
-            eval_needs_values: true,
-        }
-    }
-    pub const fn fold(op_type: &'static str, infer: InferFn, eval: EvalFn) -> Self {
-        Self {
-            op_type,
-            infer,
-            eval: Some(eval),
-            eval_needs_values: true,
-        }
-    }
-}
-
 /// Marker error: a rule lacks an input type it needs (not a model error).
 #[derive(Debug, thiserror::Error)]
 #[error("input {0} has no known type")]
 pub struct MissingInfo(pub usize);
-
-/// Every operator table, in family order.
-fn tables() -> [&'static [OpDef]; 6] {
-    [
-        conv::OPS,
-        norm::OPS,
-        linalg::OPS,
-        shape::OPS,
-        elementwise::OPS,
-        reduce::OPS,
-    ]
-}
-
-/// The rule for `op_type` of `domain`, if dfc knows the operator: the default domain (`""` or
-/// `"ai.onnx"`), the exchange operators of domain [`exchange::DOMAIN`] and the internal
-/// operators of domain [`norm::INTERNAL_DOMAIN`].
-pub fn lookup(domain: &str, op_type: &str) -> Option<&'static OpDef> {
-    static MAP: OnceLock<HashMap<&'static str, &'static OpDef>> = OnceLock::new();
-    if domain == exchange::DOMAIN {
-        return exchange::OPS.iter().find(|d| d.op_type == op_type);
-    }
-    if domain == norm::INTERNAL_DOMAIN {
-        return norm::INTERNAL_OPS.iter().find(|d| d.op_type == op_type);
-    }
-    if !(domain.is_empty() || domain == "ai.onnx") {
-        return None;
-    }
-    MAP.get_or_init(|| {
-        tables()
-            .into_iter()
-            .flat_map(|t| t.iter())
-            .map(|d| (d.op_type, d))
-            .collect()
-    })
-    .get(op_type)
-    .copied()
-}
-
-/// Names of every supported operator, sorted.
-pub fn supported_ops() -> Vec<&'static str> {
-    let mut v: Vec<&'static str> = tables()
-        .into_iter()
-        .flat_map(|t| t.iter().map(|d| d.op_type))
-        .collect();
-    v.sort_unstable();
-    v
-}
 
 /// The default-domain opset version a model imports (`None` when it imports none).
 pub fn default_opset(g: &Graph) -> Option<i64> {
@@ -537,7 +462,7 @@ pub(crate) mod testing {
         values: Vec<Option<Tensor>>,
         n_out: usize,
     ) -> Result<Vec<TensorType>> {
-        let def = lookup("", op).ok_or_else(|| anyhow!("no rule for {op}"))?;
+        let def = super::registry::lookup("", op).ok_or_else(|| anyhow!("no rule for {op}"))?;
         let mut n = node(op, attrs);
         let n_in = types.len().max(values.len());
         let mut g = Graph::from_model(crate::onnx::proto::ModelProto {
@@ -597,7 +522,7 @@ pub(crate) mod testing {
         opset: i64,
         values: Vec<Option<Tensor>>,
     ) -> Result<Vec<Tensor>> {
-        let def = lookup("", op).ok_or_else(|| anyhow!("no rule for {op}"))?;
+        let def = super::registry::lookup("", op).ok_or_else(|| anyhow!("no rule for {op}"))?;
         let mut g = Graph::from_model(crate::onnx::proto::ModelProto {
             graph: Some(Default::default()),
             ..Default::default()
@@ -691,7 +616,7 @@ pub(crate) mod testing {
                 Some(Tensor::scalar(1i64)),
             ],
         ];
-        for op in super::supported_ops() {
+        for op in super::registry::supported_ops() {
             for attrs in &attr_sets {
                 for t in &types {
                     for v in &values {

@@ -12,8 +12,9 @@
 
 use anyhow::{Result, bail};
 
-use super::layout::{Layout, Need, PartCx, PartRule, Verdict, follow};
-use super::{OpCx, OpDef, norm_axes, norm_axis, same_as, tt};
+use super::def::OpDef;
+use super::layout::{Layout, Need, PartCx, Verdict, follow};
+use super::{OpCx, norm_axes, norm_axis, same_as, tt};
 use crate::ir::{DataType, Dim, TensorType};
 
 fn check_channels(cx: &OpCx<'_>, port: usize, what: &str) -> Result<()> {
@@ -96,12 +97,12 @@ fn same(cx: &OpCx<'_>) -> Result<Vec<TensorType>> {
 
 /// The normalization family.
 pub const OPS: &[OpDef] = &[
-    OpDef::infer("InstanceNormalization", instance_norm),
-    OpDef::infer("LayerNormalization", layer_norm),
-    OpDef::infer("GroupNormalization", group_norm),
-    OpDef::infer("BatchNormalization", batch_norm),
-    OpDef::infer("LpNormalization", same),
-    OpDef::infer("MeanVarianceNormalization", same),
+    OpDef::infer("InstanceNormalization", instance_norm).split(part_instance_norm),
+    OpDef::infer("LayerNormalization", layer_norm).split(part_layer_norm),
+    OpDef::infer("GroupNormalization", group_norm).split(part_group_norm_op),
+    OpDef::infer("BatchNormalization", batch_norm).split(follow),
+    OpDef::infer("LpNormalization", same).split(part_lp_norm),
+    OpDef::infer("MeanVarianceNormalization", same).split(part_mvn),
 ];
 
 /// Domain of dfc's internal operators (never written to a rank graph).
@@ -134,7 +135,8 @@ fn canonical_group_norm(cx: &OpCx<'_>) -> Result<Vec<TensorType>> {
 }
 
 /// The internal operators.
-pub const INTERNAL_OPS: &[OpDef] = &[OpDef::infer("GroupNorm", canonical_group_norm)];
+pub const INTERNAL_OPS: &[OpDef] =
+    &[OpDef::infer("GroupNorm", canonical_group_norm).split(part_canonical_group_norm)];
 
 fn refuse_over(cx: &PartCx<'_>, axes: &[usize], what: &str) -> Result<Verdict> {
     let a = match cx.only_first_split() {
@@ -194,20 +196,6 @@ fn part_canonical_group_norm(cx: &PartCx<'_>) -> Result<Verdict> {
         }),
     }
 }
-
-/// Partition rules of the normalization family.
-pub const PARTITION: &[PartRule] = &[
-    PartRule::new("InstanceNormalization", part_instance_norm),
-    PartRule::new("LayerNormalization", part_layer_norm),
-    PartRule::new("GroupNormalization", part_group_norm_op),
-    PartRule::new("BatchNormalization", follow),
-    PartRule::new("LpNormalization", part_lp_norm),
-    PartRule::new("MeanVarianceNormalization", part_mvn),
-];
-
-/// Partition rules of the internal operators.
-pub const INTERNAL_PARTITION: &[PartRule] =
-    &[PartRule::new("GroupNorm", part_canonical_group_norm)];
 
 #[cfg(test)]
 mod tests {

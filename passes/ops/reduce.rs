@@ -11,8 +11,9 @@
 
 use anyhow::Result;
 
-use super::layout::{Layout, Need, PartCx, PartRule, Verdict};
-use super::{OpCx, OpDef, norm_axes, norm_axis, tt};
+use super::def::OpDef;
+use super::layout::{Layout, Need, PartCx, Verdict};
+use super::{OpCx, norm_axes, norm_axis, tt};
 use crate::ir::{DataType, Dim, TensorType};
 use crate::tensor::{BinOp, Tensor};
 
@@ -114,18 +115,18 @@ fn arg(cx: &OpCx<'_>) -> Result<Vec<TensorType>> {
 
 /// The reduction family.
 pub const OPS: &[OpDef] = &[
-    OpDef::fold("ReduceSum", reduce, eval_reduce),
-    OpDef::fold("ReduceProd", reduce, eval_reduce),
-    OpDef::fold("ReduceMax", reduce, eval_reduce),
-    OpDef::fold("ReduceMin", reduce, eval_reduce),
-    OpDef::infer("ReduceMean", reduce),
-    OpDef::infer("ReduceL1", reduce),
-    OpDef::infer("ReduceL2", reduce),
-    OpDef::infer("ReduceSumSquare", reduce),
-    OpDef::infer("ReduceLogSum", reduce),
-    OpDef::infer("ReduceLogSumExp", reduce),
-    OpDef::infer("ArgMax", arg),
-    OpDef::infer("ArgMin", arg),
+    OpDef::fold("ReduceSum", reduce, eval_reduce).split(part_reduce),
+    OpDef::fold("ReduceProd", reduce, eval_reduce).split(part_reduce),
+    OpDef::fold("ReduceMax", reduce, eval_reduce).split(part_reduce),
+    OpDef::fold("ReduceMin", reduce, eval_reduce).split(part_reduce),
+    OpDef::infer("ReduceMean", reduce).split(part_reduce),
+    OpDef::infer("ReduceL1", reduce).split(part_reduce),
+    OpDef::infer("ReduceL2", reduce).split(part_reduce),
+    OpDef::infer("ReduceSumSquare", reduce).split(part_reduce),
+    OpDef::infer("ReduceLogSum", reduce).split(part_reduce),
+    OpDef::infer("ReduceLogSumExp", reduce).split(part_reduce),
+    OpDef::infer("ArgMax", arg).split(part_reduce),
+    OpDef::infer("ArgMin", arg).split(part_reduce),
 ];
 
 fn part_reduce(cx: &PartCx<'_>) -> Result<Verdict> {
@@ -164,22 +165,6 @@ fn part_reduce(cx: &PartCx<'_>) -> Result<Verdict> {
         "{op} over the split axis {a} has no rule (only ReduceMean is exchanged)"
     )))
 }
-
-/// Partition rules of the reductions.
-pub const PARTITION: &[PartRule] = &[
-    PartRule::new("ReduceSum", part_reduce),
-    PartRule::new("ReduceProd", part_reduce),
-    PartRule::new("ReduceMax", part_reduce),
-    PartRule::new("ReduceMin", part_reduce),
-    PartRule::new("ReduceMean", part_reduce),
-    PartRule::new("ReduceL1", part_reduce),
-    PartRule::new("ReduceL2", part_reduce),
-    PartRule::new("ReduceSumSquare", part_reduce),
-    PartRule::new("ReduceLogSum", part_reduce),
-    PartRule::new("ReduceLogSumExp", part_reduce),
-    PartRule::new("ArgMax", part_reduce),
-    PartRule::new("ArgMin", part_reduce),
-];
 
 #[cfg(test)]
 mod tests {

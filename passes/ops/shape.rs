@@ -19,10 +19,11 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use super::layout::{Layout, Need, PartCx, PartRule, Verdict, broadcast as part_broadcast};
+use super::def::OpDef;
+use super::layout::{Layout, Need, Part, PartCx, Verdict, broadcast as part_broadcast};
 use super::{
-    OpCx, OpDef, broadcast, broadcast_all, dims_product, fixed, join_dims, norm_axes, norm_axis,
-    same_as, size_dim, tt, usize_dims,
+    OpCx, broadcast, broadcast_all, dims_product, fixed, join_dims, norm_axes, norm_axis, same_as,
+    size_dim, tt, usize_dims,
 };
 use crate::ir::{DataType, Dim, Node, TensorType};
 use crate::onnx::ExternalStore;
@@ -239,8 +240,14 @@ fn unsqueeze(cx: &OpCx<'_>) -> Result<Vec<TensorType>> {
 }
 
 fn eval_reshape_like(cx: &OpCx<'_>) -> Result<Option<Vec<Tensor>>> {
-    let def = super::lookup("", &cx.node.op_type).ok_or_else(|| anyhow!("no rule"))?;
-    let out = (def.infer)(cx)?;
+    let infer = match cx.node.op_type.as_str() {
+        "Reshape" => reshape,
+        "Flatten" => flatten,
+        "Squeeze" => squeeze,
+        "Unsqueeze" => unsqueeze,
+        other => return Err(anyhow!("{other} is not reshape-like")),
+    };
+    let out = infer(cx)?;
     let Some(dims) = out.first().and_then(TensorType::static_dims) else {
         return Ok(None);
     };
@@ -1085,47 +1092,78 @@ fn identity(cx: &OpCx<'_>) -> Result<Vec<TensorType>> {
 
 /// The shape family.
 pub const OPS: &[OpDef] = &[
-    OpDef::fold("Reshape", reshape, eval_reshape_like),
-    OpDef::fold("Flatten", flatten, eval_reshape_like),
-    OpDef::fold("Squeeze", squeeze, eval_reshape_like),
-    OpDef::fold("Unsqueeze", unsqueeze, eval_reshape_like),
-    OpDef::fold("Transpose", transpose, eval_transpose),
-    OpDef::fold("Concat", concat, eval_concat),
-    OpDef::fold("Split", split, eval_split),
-    OpDef::fold("Slice", slice, eval_slice),
-    OpDef::fold("Gather", gather, eval_gather),
-    OpDef::infer("GatherElements", gather_elements),
+    OpDef::fold("Reshape", reshape, eval_reshape_like)
+        .split(part_reshape_like),
+    OpDef::fold("Flatten", flatten, eval_reshape_like)
+        .split(part_reshape_like),
+    OpDef::fold("Squeeze", squeeze, eval_reshape_like)
+        .split(part_reshape_like),
+    OpDef::fold("Unsqueeze", unsqueeze, eval_reshape_like)
+        .split(part_reshape_like),
+    OpDef::fold("Transpose", transpose, eval_transpose)
+        .split(part_transpose),
+    OpDef::fold("Concat", concat, eval_concat)
+        .split(part_concat),
+    OpDef::fold("Split", split, eval_split)
+        .split(part_split),
+    OpDef::fold("Slice", slice, eval_slice)
+        .split(part_slice),
+    OpDef::fold("Gather", gather, eval_gather)
+        .split(part_gather),
+    OpDef::infer("GatherElements", gather_elements)
+        .refuse("GatherElements indexes along any axis of a split tensor: no rule"),
     OpDef {
         op_type: "Shape",
         infer: shape_op,
         eval: Some(eval_shape),
         eval_needs_values: false,
+        partition: Part::Refuse("Shape of a split tensor: shape arithmetic must be constant after specialization"),
     },
     OpDef {
         op_type: "Size",
         infer: size_op,
         eval: Some(eval_size),
         eval_needs_values: false,
+        partition: Part::Refuse("Size of a split tensor: shape arithmetic must be constant after specialization"),
     },
-    OpDef::fold("ConstantOfShape", constant_of_shape, eval_constant_of_shape),
-    OpDef::fold("Range", range, eval_range),
-    OpDef::fold("Expand", expand, eval_expand),
-    OpDef::fold("Tile", tile, eval_tile),
-    OpDef::infer("Pad", pad),
-    OpDef::infer("Resize", resize),
-    OpDef::infer("Upsample", resize),
-    OpDef::fold("Constant", constant, eval_constant),
-    OpDef::fold("Identity", identity, eval_identity),
-    OpDef::infer("Dropout", dropout),
-    OpDef::fold("Cast", cast, eval_cast),
-    OpDef::fold("CastLike", cast_like, eval_cast_like),
-    OpDef::fold("Where", where_op, eval_where),
-    OpDef::infer("Trilu", identity),
-    OpDef::infer("CumSum", identity),
-    OpDef::infer("ScatterND", identity),
-    OpDef::infer("ScatterElements", identity),
-    OpDef::infer("SpaceToDepth", space_depth),
-    OpDef::infer("DepthToSpace", space_depth),
+    OpDef::fold("ConstantOfShape", constant_of_shape, eval_constant_of_shape)
+        .refuse("ConstantOfShape of a split shape tensor: shape arithmetic must be constant after specialization"),
+    OpDef::fold("Range", range, eval_range)
+        .refuse("Range over split values: shape arithmetic must be constant after specialization"),
+    OpDef::fold("Expand", expand, eval_expand)
+        .split(part_expand),
+    OpDef::fold("Tile", tile, eval_tile)
+        .split(part_tile),
+    OpDef::infer("Pad", pad)
+        .split(part_pad),
+    OpDef::infer("Resize", resize)
+        .split(part_resize),
+    OpDef::infer("Upsample", resize)
+        .split(part_resize),
+    OpDef::fold("Constant", constant, eval_constant)
+        .refuse("Constant has no inputs: it is never split"),
+    OpDef::fold("Identity", identity, eval_identity)
+        .split(part_follow_data),
+    OpDef::infer("Dropout", dropout)
+        .split(part_follow_data),
+    OpDef::fold("Cast", cast, eval_cast)
+        .split(part_follow_data),
+    OpDef::fold("CastLike", cast_like, eval_cast_like)
+        .split(part_cast_like),
+    OpDef::fold("Where", where_op, eval_where)
+        .split(part_broadcast),
+    OpDef::infer("Trilu", identity)
+        .refuse("Trilu on a split tensor: its triangle depends on global row indices"),
+    OpDef::infer("CumSum", identity)
+        .refuse("CumSum on a split tensor: a running sum crosses band boundaries"),
+    OpDef::infer("ScatterND", identity)
+        .refuse("ScatterND on a split tensor: indices address the whole tensor"),
+    OpDef::infer("ScatterElements", identity)
+        .refuse("ScatterElements on a split tensor: indices address the whole tensor"),
+    OpDef::infer("SpaceToDepth", space_depth)
+        .refuse("SpaceToDepth on a split tensor: it moves rows into channels"),
+    OpDef::infer("DepthToSpace", space_depth)
+        .refuse("DepthToSpace on a split tensor: it moves channels into rows"),
 ];
 
 // ---- Partition rules ----
@@ -1435,50 +1473,6 @@ fn part_cast_like(cx: &PartCx<'_>) -> Result<Verdict> {
 fn part_follow_data(cx: &PartCx<'_>) -> Result<Verdict> {
     super::layout::follow(cx)
 }
-
-fn part_refuse(cx: &PartCx<'_>) -> Result<Verdict> {
-    let op = cx.op.node.op_type.as_str();
-    Ok(Verdict::Refuse(match op {
-        "Shape" | "Size" => format!(
-            "{op} of a split tensor: shape arithmetic must be constant after specialization"
-        ),
-        _ => format!("{op} on a split tensor has no rule"),
-    }))
-}
-
-/// Partition rules of the shape family.
-pub const PARTITION: &[PartRule] = &[
-    PartRule::new("Reshape", part_reshape_like),
-    PartRule::new("Flatten", part_reshape_like),
-    PartRule::new("Squeeze", part_reshape_like),
-    PartRule::new("Unsqueeze", part_reshape_like),
-    PartRule::new("Transpose", part_transpose),
-    PartRule::new("Concat", part_concat),
-    PartRule::new("Split", part_split),
-    PartRule::new("Slice", part_slice),
-    PartRule::new("Gather", part_gather),
-    PartRule::new("GatherElements", part_refuse),
-    PartRule::new("Shape", part_refuse),
-    PartRule::new("Size", part_refuse),
-    PartRule::new("ConstantOfShape", part_refuse),
-    PartRule::new("Range", part_refuse),
-    PartRule::new("Expand", part_expand),
-    PartRule::new("Tile", part_tile),
-    PartRule::new("Pad", part_pad),
-    PartRule::new("Resize", part_resize),
-    PartRule::new("Upsample", part_resize),
-    PartRule::new("Identity", part_follow_data),
-    PartRule::new("Dropout", part_follow_data),
-    PartRule::new("Cast", part_follow_data),
-    PartRule::new("CastLike", part_cast_like),
-    PartRule::new("Where", part_broadcast),
-    PartRule::new("Trilu", part_refuse),
-    PartRule::new("CumSum", part_refuse),
-    PartRule::new("ScatterND", part_refuse),
-    PartRule::new("ScatterElements", part_refuse),
-    PartRule::new("SpaceToDepth", part_refuse),
-    PartRule::new("DepthToSpace", part_refuse),
-];
 
 #[cfg(test)]
 mod tests {
