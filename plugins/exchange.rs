@@ -1007,16 +1007,23 @@ mod tests {
     -> Result<(), crate::contract::BandError> {
         let bands = Bands::from_heights(&[3, 3, 2])?;
         let n = bands.n();
-        let got = on_ranks_with(n, 5, Some(1), GnMode::Corrected, Some(&bands), |ctx, step| {
-            let r = bands.rows(ctx.rank());
-            let s: Vec<f32> = moments(&moving(step), r.start as usize..r.end as usize)
-                .iter()
-                .map(|&v| v as f32)
-                .collect();
-            let mut g = vec![0f32; 4];
-            stats_all_reduce(ctx, 0, &s, &mut g).expect("stats");
-            g
-        });
+        let got = on_ranks_with(
+            n,
+            5,
+            Some(1),
+            GnMode::Corrected,
+            Some(&bands),
+            |ctx, step| {
+                let r = bands.rows(ctx.rank());
+                let s: Vec<f32> = moments(&moving(step), r.start as usize..r.end as usize)
+                    .iter()
+                    .map(|&v| v as f32)
+                    .collect();
+                let mut g = vec![0f32; 4];
+                stats_all_reduce(ctx, 0, &s, &mut g).expect("stats");
+                g
+            },
+        );
         let close = |a: f32, b: f64| (f64::from(a) - b).abs() <= 1e-6 * b.abs().max(1.0);
         for (r, per_step) in got.iter().enumerate() {
             let rows = bands.rows(r);

@@ -246,8 +246,8 @@ impl<T: KernelElement> Operator for AxisOp<T> {
         // Along the axis, the halo adds its rows; the gather's extent is the sum of its parts.
         let along = match self.kind {
             ExchangeKind::Halo => {
-                let grow =
-                    ctx.attr::<i64>(ATTR_TOP).unwrap_or(0) + ctx.attr::<i64>(ATTR_BOTTOM).unwrap_or(0);
+                let grow = ctx.attr::<i64>(ATTR_TOP).unwrap_or(0)
+                    + ctx.attr::<i64>(ATTR_BOTTOM).unwrap_or(0);
                 Along::Add(grow)
             }
             _ => Along::Set(ctx.attr::<Vec<i64>>(ATTR_PARTS)?.iter().sum()),

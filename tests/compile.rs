@@ -428,7 +428,11 @@ fn any_gpu_count_up_to_the_row_step_compiles_and_others_say_what_works() -> Resu
         out.as_os_str(),
     ])?;
     let text = String::from_utf8_lossy(&run.stdout);
-    ensure!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    ensure!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     ensure!(text.contains("bands of 12,12,8 latent rows"), "{text}");
     let plan = dfc::plan::Plan::load(&out)?;
     ensure!(plan.bands.heights() == [12, 12, 8] && plan.row_step == 4);

@@ -95,8 +95,15 @@ fn unequal_band_sync_plans_equal_the_original_model() -> Result<()> {
         let tol = if f.name.contains("fp16") { 1e-2 } else { 1e-4 };
         for n in [3, 5, 6, 7] {
             let (e, bands) = plan_error_with(&f, n, None, Mode::Sync, false)?;
-            lines.push(format!("{} n={n} (bands {bands}): max rel error {e:.2e}", f.name));
-            ensure!(e <= tol, "{} n={n} (bands {bands}): error {e} above {tol}", f.name);
+            lines.push(format!(
+                "{} n={n} (bands {bands}): max rel error {e:.2e}",
+                f.name
+            ));
+            ensure!(
+                e <= tol,
+                "{} n={n} (bands {bands}): error {e} above {tol}",
+                f.name
+            );
         }
         // By hand: the largest band in the middle, a small one at each edge.
         let req = BandRequest::Heights(vec![4, 24, 4]);

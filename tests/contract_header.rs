@@ -31,7 +31,11 @@ fn committed_header_is_the_rendered_contract() -> Result<()> {
 fn header_names_every_operator_and_attribute() {
     let h = c_header();
     for kind in dfc::contract::ExchangeKind::ALL {
-        assert!(h.contains(&format!("\"{}\"", kind.op_type())), "{}", kind.op_type());
+        assert!(
+            h.contains(&format!("\"{}\"", kind.op_type())),
+            "{}",
+            kind.op_type()
+        );
         for attr in kind.attributes() {
             assert!(h.contains(&format!("\"{attr}\"")), "{attr}");
         }

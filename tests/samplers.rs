@@ -226,7 +226,10 @@ fn run_banded(config: &SamplerConfig, shape: [usize; 4], heights: &[i64]) -> Res
     let seed = 11;
     let mut full = vec![0.0f32; shape.iter().product()];
     let bands = Bands::from_heights(heights)?;
-    ensure!(bands.height() == shape[2] as i64, "bands {bands} for {shape:?}");
+    ensure!(
+        bands.height() == shape[2] as i64,
+        "bands {bands} for {shape:?}"
+    );
     for band in 0..bands.n() {
         let r = bands.rows(band);
         let rows = r.start as usize..r.end as usize;

@@ -23,7 +23,12 @@ use crate::plan::{GnMode, Mode};
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct BandArgs {
     /// Latent rows of each band, top to bottom (e.g. 44,44,40); one per GPU of a group.
-    #[arg(long, value_delimiter = ',', value_name = "ROWS,…", conflicts_with = "weights")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "ROWS,…",
+        conflicts_with = "weights"
+    )]
     pub bands: Option<Vec<i64>>,
     /// Relative speed of each GPU of a group (e.g. 1,1,0.8): bands sized in proportion.
     #[arg(long, value_delimiter = ',', value_name = "W,…")]

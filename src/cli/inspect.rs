@@ -679,11 +679,7 @@ pub fn render_plan(dir: &Path, plan: &crate::plan::Plan, r: &PlanReport) -> Stri
     let _ = writeln!(
         s,
         "latent: {}×{}; bands {} (boundaries on multiples of {} rows); levels {:?}",
-        r.latent[0],
-        r.latent[1],
-        plan.bands,
-        r.row_step,
-        r.levels
+        r.latent[0], r.latent[1], plan.bands, r.row_step, r.levels
     );
     let _ = writeln!(
         s,

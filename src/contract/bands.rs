@@ -146,10 +146,7 @@ impl Bands {
         // Every band gets one unit; the rest is shared by weight.
         let spare = units - n as i64;
         let total: f64 = weights.iter().sum();
-        let exact: Vec<f64> = weights
-            .iter()
-            .map(|w| spare as f64 * w / total)
-            .collect();
+        let exact: Vec<f64> = weights.iter().map(|w| spare as f64 * w / total).collect();
         let mut got: Vec<i64> = exact.iter().map(|e| e.floor() as i64).collect();
         let mut left = spare - got.iter().sum::<i64>();
         let mut order: Vec<usize> = (0..n).collect();
@@ -393,7 +390,10 @@ mod tests {
             .check(128, 4)
             .expect_err("42 is not on a step");
         let text = e.to_string();
-        assert!(text.contains("multiple of 4") && text.contains("1 to 32"), "{text}");
+        assert!(
+            text.contains("multiple of 4") && text.contains("1 to 32"),
+            "{text}"
+        );
         assert!(Bands::from_heights(&[44, 44]).is_ok_and(|b| b.check(128, 4).is_err()));
         assert!(Bands::from_heights(&[44, 0, 84]).is_err());
         Ok(())

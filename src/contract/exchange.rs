@@ -217,11 +217,7 @@ pub fn c_header() -> String {
     }
     s += "\n/* GroupNorm statistics in the stale steps of displaced mode (plan.json `gn`). */\n";
     for m in GnMode::ALL {
-        s += &format!(
-            "#define DFC_GN_{} {}\n",
-            m.name().to_uppercase(),
-            m.code()
-        );
+        s += &format!("#define DFC_GN_{} {}\n", m.name().to_uppercase(), m.code());
     }
     s += "\n/* Entries of the last axis of a statistics tensor that the corrected mode treats as one\n";
     s += " * (E[x], E[x^2]) pair. */\n";
@@ -251,7 +247,10 @@ mod tests {
             output_shape(&gather, &[2, 300, 64]),
             Err(ShapeError::NotAPart { .. })
         ));
-        assert_eq!(output_shape(&ExchangeAttrs::Stats, &[2, 8, 2])?, vec![2, 8, 2]);
+        assert_eq!(
+            output_shape(&ExchangeAttrs::Stats, &[2, 8, 2])?,
+            vec![2, 8, 2]
+        );
         assert!(output_shape(&halo, &[2, 4]).is_err());
         Ok(())
     }
