@@ -9,6 +9,7 @@ pub mod compare;
 pub mod compile;
 pub mod eval;
 pub mod inspect;
+pub mod launch;
 pub mod passes;
 pub mod run;
 pub mod specialize;
@@ -53,6 +54,11 @@ pub enum Command {
     /// Sample with the original model and with patch-parallel plans from one seed; report
     /// PSNR/SSIM against the original and write the images side by side.
     Compare(compare::Args),
+    /// Start one `dfc run --backend tensorrt` process per GPU (and meet the other nodes).
+    Launch(launch::Args),
+    /// A rank process that makes no communicator (tests of `dfc launch`).
+    #[command(hide = true)]
+    RankProbe(launch::ProbeArgs),
 }
 
 /// Runs the command line `args` (program name first) and returns the exit code.
@@ -110,5 +116,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Run(args) => run::run(args),
         Command::Compare(args) => compare::run(args),
         Command::Build(args) => build::run(args),
+        Command::Launch(args) => launch::run(args),
+        Command::RankProbe(args) => launch::probe(args),
     }
 }

@@ -7,6 +7,11 @@
 //! divided by `--vae-scale`), else the latent's first three channels read as RGB in [-1, 1]
 //! (the image itself for pixel-space models, a preview for SD latents). The original model
 //! runs through the same command from a one-rank plan (`dfc compile MODEL --gpus 1`).
+//!
+//! `--backend cpu` (default) runs every rank as a thread of this process; `--backend tensorrt`
+//! runs this process's rank on its GPU (a one-rank plan directly, more ranks under
+//! `dfc launch`, which starts one such process per GPU; rank 0 writes the outputs). A build
+//! without the `gpu` feature refuses `tensorrt` with the reason.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -19,7 +24,7 @@ use crate::plan::Mode;
 use crate::runtime::image::{Image, VaeDecoder, latent_images, side_by_side};
 use crate::runtime::sampler::{Prediction, SamplerConfig, SamplerKind};
 use crate::runtime::sampling::{SampleOptions, Sampled, sample};
-use crate::runtime::{ExecOptions, HostTensor, PlanExecutor, read_npz, write_npz};
+use crate::runtime::{ExecOptions, HostTensor, PlanExecutor, UnetExecutor, read_npz, write_npz};
 
 /// The sampler, as named on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -165,8 +170,31 @@ pub fn sample_plan(
     )
     .with_context(|| format!("loading plan {}", plan_dir.display()))?;
     let loaded = start.elapsed().as_secs_f64();
+    sample_with(
+        &mut exec, plan_dir, args, options, cond, label, loaded, true,
+    )
+}
+
+/// Samples with a loaded executor (`loaded`: seconds its loading took); `report`: print the
+/// progress bar and the summary line.
+#[allow(clippy::too_many_arguments)]
+pub fn sample_with<E: UnetExecutor>(
+    exec: &mut E,
+    plan_dir: &Path,
+    args: &SamplingArgs,
+    options: &SampleOptions,
+    cond: &[(String, HostTensor)],
+    label: &str,
+    loaded: f64,
+    report: bool,
+) -> Result<Sampled> {
     let steps = options.sampler.steps;
-    let bar = ProgressBar::with_draw_target(Some(steps as u64), ProgressDrawTarget::stderr());
+    let target = if report {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    };
+    let bar = ProgressBar::with_draw_target(Some(steps as u64), target);
     bar.set_style(
         ProgressStyle::with_template(
             "{prefix} {spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} steps, {its} (eta {eta})",
@@ -177,17 +205,18 @@ pub fn sample_plan(
         }),
     );
     bar.set_prefix(label.to_string());
-    let sampled = sample(&mut exec, cond, options, |done| {
-        bar.set_position(done as u64)
-    });
+    let sampled = sample(exec, cond, options, |done| bar.set_position(done as u64));
     bar.finish_and_clear();
-    let sampled = sampled.with_context(|| {
+    let sampled = sampled.map_err(anyhow::Error::from).with_context(|| {
         format!(
             "sampling with plan {} and inputs {}",
             plan_dir.display(),
             args.inputs.display()
         )
     })?;
+    if !report {
+        return Ok(sampled);
+    }
     let total: f64 = sampled.step_seconds.iter().sum();
     let plan = exec.plan();
     eprintln!(
@@ -213,6 +242,28 @@ pub fn sample_plan(
     Ok(sampled)
 }
 
+/// Where the UNet runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// ONNX Runtime on the CPU, every rank a thread of this process.
+    Cpu,
+    /// TensorRT engines with the dfc plugins, one rank per process and GPU (`dfc launch`; a
+    /// one-rank plan also runs directly). Needs a build with the `gpu` feature.
+    Tensorrt,
+}
+
+/// Options of the TensorRT backend.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GpuArgs {
+    /// Capture one CUDA graph per phase (warmup, first stale step, steady stale steps) and
+    /// replay them instead of enqueueing the engine.
+    #[arg(long)]
+    pub cuda_graphs: bool,
+    /// TensorRT's folder (or its core library); default: `DFC_TENSORRT`, then the library path.
+    #[arg(long, value_name = "PATH")]
+    pub tensorrt: Option<PathBuf>,
+}
+
 /// Arguments of `dfc run`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -227,6 +278,11 @@ pub struct Args {
     /// side by side.
     #[arg(long)]
     pub png: Option<PathBuf>,
+    /// Where the UNet runs.
+    #[arg(long, value_enum, default_value_t = Backend::Cpu)]
+    pub backend: Backend,
+    #[command(flatten)]
+    pub gpu: GpuArgs,
 }
 
 /// Runs the command.
@@ -234,7 +290,16 @@ pub fn run(args: &Args) -> Result<()> {
     let options = args.sampling.options()?;
     let cond = args.sampling.conditioning()?;
     let mut imager = args.sampling.imager()?;
-    let sampled = sample_plan(&args.plan, &args.sampling, &options, &cond, "")?;
+    let (sampled, writes) = match args.backend {
+        Backend::Cpu => (
+            sample_plan(&args.plan, &args.sampling, &options, &cond, "")?,
+            true,
+        ),
+        Backend::Tensorrt => sample_gpu(args, &options, &cond)?,
+    };
+    if !writes {
+        return Ok(());
+    }
     // Decode before writing anything, so a failing decoder leaves no files behind.
     let image = match &args.png {
         Some(_) => Some(side_by_side(&imager.images(&sampled.latent)?)?),
@@ -257,4 +322,52 @@ pub fn run(args: &Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Samples on the TensorRT backend; returns the result and whether this process writes the
+/// outputs (rank 0 only).
+#[cfg(feature = "gpu")]
+fn sample_gpu(
+    args: &Args,
+    options: &SampleOptions,
+    cond: &[(String, HostTensor)],
+) -> Result<(Sampled, bool)> {
+    use crate::runtime::gpu::{GpuExecutor, GpuOptions};
+    let start = Instant::now();
+    let mut exec = GpuExecutor::load(
+        &args.plan,
+        &GpuOptions {
+            tensorrt: args.gpu.tensorrt.clone(),
+            cuda_graphs: args.gpu.cuda_graphs,
+        },
+    )
+    .with_context(|| format!("loading plan {} on the GPU", args.plan.display()))?;
+    let loaded = start.elapsed().as_secs_f64();
+    let lead = exec.is_lead();
+    let sampled = sample_with(
+        &mut exec,
+        &args.plan,
+        &args.sampling,
+        options,
+        cond,
+        "",
+        loaded,
+        lead,
+    )?;
+    exec.finish().context("finishing the GPU run")?;
+    Ok((sampled, lead))
+}
+
+/// Without the `gpu` feature there is no TensorRT backend.
+#[cfg(not(feature = "gpu"))]
+fn sample_gpu(
+    args: &Args,
+    _options: &SampleOptions,
+    _cond: &[(String, HostTensor)],
+) -> Result<(Sampled, bool)> {
+    let _ = &args.gpu;
+    bail!(
+        "--backend tensorrt: this dfc was built without the `gpu` feature; build it with \
+         `cargo build --release --features gpu` on a machine with CUDA 13, NCCL and TensorRT"
+    )
 }

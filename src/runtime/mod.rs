@@ -3,10 +3,16 @@
 //! [`ort_env`] finds and loads ONNX Runtime; [`session`] runs one model file on named
 //! [`host::HostTensor`]s; [`host`] also reads and writes `.npz` files; [`plan_exec`] runs a
 //! plan folder's rank graphs in lockstep; [`sampling`] runs a whole sampling loop through a
-//! plan with [`sampler`]'s update rules; [`image`] turns latents into images and compares them.
+//! plan with [`sampler`]'s update rules on any [`executor::UnetExecutor`]; [`image`] turns latents
+//! into images and compares them; [`launch`] starts and supervises one process per rank (and
+//! their rendezvous across nodes); `gpu` (feature `gpu`) is the TensorRT + NCCL executor.
 
+pub mod executor;
+#[cfg(feature = "gpu")]
+pub mod gpu;
 pub mod host;
 pub mod image;
+pub mod launch;
 pub mod ort_env;
 pub mod plan_exec;
 pub mod rng;
@@ -14,6 +20,7 @@ pub mod sampler;
 pub mod sampling;
 pub mod session;
 
+pub use executor::UnetExecutor;
 pub use host::{HostTensor, NamedTensors, difference, read_npz, write_npz};
 pub use ort_env::{INSTALL_HINT, environment, find_onnxruntime};
 pub use plan_exec::{ExecError, ExecOptions, PlanExecutor};

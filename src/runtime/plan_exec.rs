@@ -282,43 +282,7 @@ impl PlanExecutor {
         inputs: &[(String, HostTensor)],
         skip: &[&str],
     ) -> Result<Vec<NamedTensors>, ExecError> {
-        let mut per_rank: Vec<NamedTensors> = vec![Vec::new(); self.plan.world_size];
-        for spec in &self.plan.inputs {
-            if skip.contains(&spec.name.as_str()) {
-                continue;
-            }
-            let Some((_, full)) = inputs.iter().find(|(n, _)| *n == spec.name) else {
-                return Err(ExecError::MissingInput {
-                    name: spec.name.clone(),
-                    known: self
-                        .plan
-                        .inputs
-                        .iter()
-                        .map(|s| s.name.as_str())
-                        .filter(|n| !skip.contains(n))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                });
-            };
-            let bad = |reason: String| ExecError::Input {
-                name: spec.name.clone(),
-                reason,
-            };
-            check_tensor(spec, full, &spec.shape, "the plan's full").map_err(bad)?;
-            for r in &self.plan.ranks {
-                let part = split(
-                    full,
-                    &spec.layout,
-                    (r.group, self.plan.groups.len()),
-                    (r.band, &self.plan.bands),
-                )
-                .map_err(bad)?;
-                check_tensor(spec, &part, spec.local_shape(r.band), "the plan's per-rank")
-                    .map_err(|e| bad(format!("rank {}: {e}", r.rank)))?;
-                per_rank[r.rank].push((spec.name.clone(), part));
-            }
-        }
-        Ok(per_rank)
+        split_for_plan(&self.plan, inputs, skip)
     }
 
     /// The full-size outputs assembled from every rank's outputs.
@@ -444,6 +408,51 @@ impl PlanExecutor {
             })
             .collect()
     }
+}
+
+/// Each rank's inputs (indexed by rank), cut from full-size `inputs` per `plan`'s layouts, for
+/// every plan input except those named in `skip` (see [`PlanExecutor::split_inputs_except`]).
+pub fn split_for_plan(
+    plan: &Plan,
+    inputs: &[(String, HostTensor)],
+    skip: &[&str],
+) -> Result<Vec<NamedTensors>, ExecError> {
+    let mut per_rank: Vec<NamedTensors> = vec![Vec::new(); plan.world_size];
+    for spec in &plan.inputs {
+        if skip.contains(&spec.name.as_str()) {
+            continue;
+        }
+        let Some((_, full)) = inputs.iter().find(|(n, _)| *n == spec.name) else {
+            return Err(ExecError::MissingInput {
+                name: spec.name.clone(),
+                known: plan
+                    .inputs
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .filter(|n| !skip.contains(n))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        };
+        let bad = |reason: String| ExecError::Input {
+            name: spec.name.clone(),
+            reason,
+        };
+        check_tensor(spec, full, &spec.shape, "the plan's full").map_err(bad)?;
+        for r in &plan.ranks {
+            let part = split(
+                full,
+                &spec.layout,
+                (r.group, plan.groups.len()),
+                (r.band, &plan.bands),
+            )
+            .map_err(bad)?;
+            check_tensor(spec, &part, spec.local_shape(r.band), "the plan's per-rank")
+                .map_err(|e| bad(format!("rank {}: {e}", r.rank)))?;
+            per_rank[r.rank].push((spec.name.clone(), part));
+        }
+    }
+    Ok(per_rank)
 }
 
 /// Checks dtype and shape of `t` against `spec` and `shape`.

@@ -7,7 +7,7 @@
 //!   H; another name works when it is the only such input) and the timestep as `timestep` (or
 //!   the only unsplit input of rank ≤ 1); every other input (the conditioning:
 //!   `encoder_hidden_states`, SDXL's `text_embeds`/`time_ids`, …) is given at full batch and
-//!   split by [`PlanExecutor::split_inputs_except`];
+//!   split by [`UnetExecutor::split_inputs_except`];
 //! - with classifier-free guidance the model was compiled for batch `2·n` (unconditional half
 //!   first) and samples `n` images. Without split batch, each rank feeds `x ‖ x` (its band,
 //!   duplicated along the batch), and combines the two halves of its band output with
@@ -16,8 +16,9 @@
 //!   group's band output of the same step. On the CPU runtime the executor holds both groups'
 //!   outputs after each lockstep step, so the pair is combined in host memory and both members
 //!   step identical samplers on the guided band. A GPU backend (one process per GPU) does the
-//!   same with a paired exchange: rank `b` of group 0 and rank `b` of group 1 swap their band
-//!   outputs (send/recv of `n·C·h·W` elements), then both combine and step.
+//!   same with a paired exchange ([`UnetExecutor::partner_bands`]): rank `b` of group 0 and
+//!   rank `b` of group 1 swap their band outputs (send/recv of `n·C·h·W` elements), then both
+//!   combine and step.
 //! - without guidance (or guidance 1) the batch is sampled as is (`n` = the model batch; under
 //!   split batch each group samples its half of the images);
 //! - the initial noise is the full `[n, C, H, W]` [`latent_noise`] of the seed, of which each
@@ -31,8 +32,9 @@ use half::f16;
 use ndarray::{ArrayD, IxDyn};
 use thiserror::Error;
 
+use super::executor::UnetExecutor;
 use super::host::{HostTensor, NamedTensors};
-use super::plan_exec::{ExecError, PlanExecutor};
+use super::plan_exec::ExecError;
 use super::sampler::{
     Sampler, SamplerConfig, SamplerError, guide, latent_noise, put_rows, take_rows,
 };
@@ -57,6 +59,9 @@ pub enum SampleError {
     /// The options do not fit the plan.
     #[error("{0}")]
     Options(String),
+    /// A backend other than the CPU executor failed (e.g. the GPU executor).
+    #[error(transparent)]
+    Backend(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// What to sample.
@@ -173,11 +178,10 @@ fn roles(plan: &Plan) -> Result<Roles<'_>, SampleError> {
     })
 }
 
-/// One rank's share of the loop.
+/// One local rank's share of the loop.
 struct RankState {
-    /// The band's images (batch entries of the final latent).
-    images: Range<usize>,
-    rows: Range<usize>,
+    /// The rank (index into the plan's ranks).
+    rank: usize,
     /// Shape of the latent input of this rank's graph.
     dims: Vec<usize>,
     /// The band of the latent, `[images, C, rows, W]`, row-major.
@@ -228,16 +232,27 @@ fn timestep_tensor(spec: &TensorSpec, t: f64) -> Result<HostTensor, SampleError>
     })
 }
 
-/// Samples with the plan loaded in `exec`: `cond` holds every model input but the latent and
-/// the timestep, at full batch (entries named like those two, or unknown to the plan, are
-/// ignored). `progress` is called after every step with the number of steps done.
-pub fn sample(
-    exec: &mut PlanExecutor,
+/// Where one rank's band sits in the final latent.
+struct Placement {
+    /// The band's images (batch entries of the final latent).
+    images: Range<usize>,
+    /// The band's latent rows.
+    rows: Range<usize>,
+}
+
+/// Samples with the plan loaded in `exec` (any [`UnetExecutor`]: the CPU executor runs every
+/// rank, a GPU process its own): `cond` holds every model input but the latent and the
+/// timestep, at full batch (entries named like those two, or unknown to the plan, are
+/// ignored). `progress` is called after every step with the number of steps done. Every
+/// process of a multi-process run gets the whole final latent.
+pub fn sample<E: UnetExecutor>(
+    exec: &mut E,
     cond: &[(String, HostTensor)],
     options: &SampleOptions,
     mut progress: impl FnMut(usize),
 ) -> Result<Sampled, SampleError> {
     let plan = exec.plan().clone();
+    let local = exec.local_ranks();
     let Roles {
         latent,
         timestep,
@@ -265,29 +280,44 @@ pub fn sample(
     let noise = latent_noise(options.seed, full_shape);
     let plane = channels * height * width;
 
-    let cond_per_rank =
-        exec.split_inputs_except(cond, &[latent.name.as_str(), timestep.name.as_str()])?;
-    let mut states = Vec::with_capacity(plan.world_size);
-    for r in &plan.ranks {
-        let rows = r.rows[0].max(0) as usize..r.rows[1].max(0) as usize;
-        if rows.is_empty() || rows.end > height {
-            return Err(SampleError::Plan(format!(
-                "rank {} owns rows {rows:?} of a latent of {height} rows",
-                r.rank
-            )));
-        }
+    // Where every rank's band sits (all ranks: the final latent is assembled from them).
+    let placements: Vec<Placement> = plan
+        .ranks
+        .iter()
+        .map(|r| {
+            let rows = r.rows[0].max(0) as usize..r.rows[1].max(0) as usize;
+            if rows.is_empty() || rows.end > height {
+                return Err(SampleError::Plan(format!(
+                    "rank {} owns rows {rows:?} of a latent of {height} rows",
+                    r.rank
+                )));
+            }
+            let images = match (cfg, split) {
+                (None, true) => {
+                    let per = batch / groups;
+                    r.group * per..(r.group + 1) * per
+                }
+                _ => 0..images,
+            };
+            Ok(Placement { images, rows })
+        })
+        .collect::<Result<_, _>>()?;
+
+    let cond_per_rank = exec
+        .split_inputs_except(cond, &[latent.name.as_str(), timestep.name.as_str()])
+        .map_err(Into::into)?;
+    let mut states = Vec::with_capacity(local.len());
+    for &rank in &local {
+        let r = plan
+            .ranks
+            .get(rank)
+            .ok_or_else(|| SampleError::Plan(format!("the plan has no rank {rank}")))?;
+        let Placement { images: mine, rows } = &placements[rank];
         let local_dims: Vec<usize> = latent
             .local_shape(r.band)
             .iter()
             .map(|&d| d.max(0) as usize)
             .collect();
-        let mine = match (cfg, split) {
-            (None, true) => {
-                let per = batch / groups;
-                r.group * per..(r.group + 1) * per
-            }
-            _ => 0..images,
-        };
         let mut x = take_rows(
             &noise[mine.start * plane..mine.end * plane],
             [mine.len(), channels, height, width],
@@ -308,22 +338,34 @@ pub fn sample(
             )));
         }
         states.push(RankState {
-            images: mine,
-            rows,
+            rank,
             dims: local_dims,
             x,
             sampler,
         });
     }
+    let Some(first) = states.first() else {
+        return Err(SampleError::Plan("the executor runs no rank".into()));
+    };
+    // The CFG pair of every local rank under split batch: band b of group 0 (unconditional)
+    // and of group 1 (conditional).
+    let pairs: Vec<(usize, usize)> = states
+        .iter()
+        .map(|s| {
+            let band = plan.ranks[s.rank].band;
+            let at = |g: usize| plan.groups.get(g).and_then(|m| m.get(band)).copied();
+            (at(0).unwrap_or(s.rank), at(1).unwrap_or(s.rank))
+        })
+        .collect();
 
     let steps = options.sampler.steps;
-    let timesteps: Vec<f64> = states[0].sampler.timesteps().to_vec();
+    let timesteps: Vec<f64> = first.sampler.timesteps().to_vec();
     let mut step_seconds = Vec::with_capacity(steps);
     for (i, &t) in timesteps.iter().enumerate() {
         let start = std::time::Instant::now();
         let stale = plan.mode == Mode::Displaced && i as u64 > u64::from(plan.warmup);
         let ts = timestep_tensor(timestep, t)?;
-        let mut feeds: Vec<NamedTensors> = Vec::with_capacity(plan.world_size);
+        let mut feeds: Vec<NamedTensors> = Vec::with_capacity(states.len());
         for (s, cond) in states.iter().zip(&cond_per_rank) {
             let mut scaled = vec![0f32; s.x.len()];
             s.sampler.scale_model_input(i, &s.x, &mut scaled)?;
@@ -338,17 +380,27 @@ pub fn sample(
             feed.push((timestep.name.clone(), ts.clone()));
             feeds.push(feed);
         }
-        let outs = exec.run_ranks(feeds, stale)?;
+        let outs = exec.run_ranks(feeds, stale).map_err(Into::into)?;
+        if outs.len() != states.len() {
+            return Err(SampleError::Plan(format!(
+                "the executor returned {} output sets for {} ranks",
+                outs.len(),
+                states.len()
+            )));
+        }
         let mut bands: Vec<Vec<f32>> = outs
             .iter()
-            .enumerate()
-            .map(|(rank, o)| {
+            .zip(&states)
+            .map(|(o, s)| {
                 let t = o
                     .iter()
                     .find(|(n, _)| *n == output.name)
                     .map(|(_, t)| t)
                     .ok_or_else(|| {
-                        SampleError::Plan(format!("rank {rank} did not produce `{}`", output.name))
+                        SampleError::Plan(format!(
+                            "rank {} did not produce `{}`",
+                            s.rank, output.name
+                        ))
                     })?;
                 floats_of(t, &output.name)
             })
@@ -362,16 +414,26 @@ pub fn sample(
                     guide(u, c, scale)
                 })
                 .collect::<Result<_, _>>()?,
-            // The CFG pair: band b of group 0 (unconditional) and of group 1 (conditional).
-            Some(scale) => plan
-                .ranks
-                .iter()
-                .map(|r| {
-                    let u = plan.groups[0][r.band];
-                    let c = plan.groups[1][r.band];
-                    guide(&bands[u], &bands[c], scale)
-                })
-                .collect::<Result<_, _>>()?,
+            Some(scale) => {
+                let partners: Vec<usize> = states
+                    .iter()
+                    .zip(&pairs)
+                    .map(|(s, &(u, c))| if s.rank == u { c } else { u })
+                    .collect();
+                let theirs = exec.partner_bands(&bands, &partners)?;
+                states
+                    .iter()
+                    .zip(&pairs)
+                    .zip(bands.iter().zip(&theirs))
+                    .map(|((s, &(u, _)), (mine, other))| {
+                        if s.rank == u {
+                            guide(mine, other, scale)
+                        } else {
+                            guide(other, mine, scale)
+                        }
+                    })
+                    .collect::<Result<_, _>>()?
+            }
         };
         for (s, g) in states.iter_mut().zip(&guided) {
             s.sampler.step(i, g, &mut s.x)?;
@@ -379,13 +441,21 @@ pub fn sample(
         step_seconds.push(start.elapsed().as_secs_f64());
         progress(i + 1);
     }
+    let xs = exec.all_bands(states.into_iter().map(|s| s.x).collect())?;
+    if xs.len() != placements.len() {
+        return Err(SampleError::Plan(format!(
+            "{} final bands for {} ranks",
+            xs.len(),
+            placements.len()
+        )));
+    }
     let mut full = vec![0f32; noise.len()];
-    for s in &states {
-        let part = &mut full[s.images.start * plane..s.images.end * plane];
+    for (x, p) in xs.iter().zip(&placements) {
+        let part = &mut full[p.images.start * plane..p.images.end * plane];
         put_rows(
-            &s.x,
-            [s.images.len(), channels, height, width],
-            s.rows.clone(),
+            x,
+            [p.images.len(), channels, height, width],
+            p.rows.clone(),
             part,
         )?;
     }
