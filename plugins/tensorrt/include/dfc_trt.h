@@ -71,7 +71,10 @@ int dfc_trt_load_plugins(dfc_trt* trt, const char* plugin_lib);
 int dfc_trt_build(dfc_trt* trt, const char* onnx_path, const char* engine_path, uint32_t flags,
     uint64_t workspace_bytes, dfc_trt_io* io, int32_t max_io, int32_t* n_io);
 
-/* Deserializes an engine on CUDA device `device` and creates one execution context. */
+/* Deserializes an engine on CUDA device `device` and creates one execution context. The device's
+ * primary context is made current on the calling thread (CUDA driver API, libcuda.so.1), which
+ * every copy of the CUDA runtime follows. Plugin libraries loaded with dfc_trt_load_plugins are
+ * registered with the runtime first. Destroy every engine before dfc_trt_close. */
 int dfc_trt_engine_load(dfc_trt* trt, const char* engine_path, int32_t device, dfc_trt_engine** out);
 int dfc_trt_engine_io(dfc_trt_engine* e, dfc_trt_io* io, int32_t max_io, int32_t* n_io);
 /* Binds a device buffer to the tensor `name` (once; buffers stay bound across enqueues). */
