@@ -30,6 +30,9 @@ use crate::onnx::proto::AttributeProto;
 pub struct Canonicalize;
 
 impl Pass for Canonicalize {
+    fn establishes(&self) -> Option<crate::ir::Phase> {
+        Some(crate::ir::Phase::Canonical)
+    }
     fn name(&self) -> &'static str {
         "canonicalize"
     }

@@ -11,7 +11,6 @@
 //! operator family; [`propagate`] is the engine that applies it over a graph.
 
 pub mod canonicalize;
-pub mod check_local;
 pub mod dce;
 pub mod fold_constants;
 pub mod infer_shapes;
@@ -20,11 +19,12 @@ pub mod ops;
 pub mod partition;
 pub mod propagate;
 pub mod specialize;
+pub mod verify;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::ir::{Graph, IrError};
+use crate::ir::{Graph, IrError, Phase};
 use crate::onnx::ExternalStore;
 
 /// A graph transformation or analysis.
@@ -35,6 +35,10 @@ pub trait Pass: Sync {
     fn description(&self) -> &'static str;
     /// Runs the pass; returns whether the graph changed.
     fn run(&self, g: &mut Graph, cx: &mut PassContext) -> anyhow::Result<bool>;
+    /// The phase the graph is in after this pass (`None`: unchanged).
+    fn establishes(&self) -> Option<Phase> {
+        None
+    }
 }
 
 /// Tunables shared by the passes.
@@ -182,7 +186,6 @@ pub static REGISTRY: &[&dyn Pass] = &[
     &canonicalize::Canonicalize,
     &partition::PartitionPass,
     &localize::Localize,
-    &check_local::CheckLocal,
 ];
 
 /// Every pipeline: name → pass names, in order.
@@ -203,7 +206,6 @@ pub static PIPELINES: &[(&str, &[&str])] = &[
             "canonicalize",
             "partition",
             "localize",
-            "check-local",
         ],
     ),
 ];
@@ -227,6 +229,13 @@ pub enum PassError {
         pass: &'static str,
         error: IrError,
         dump: String,
+    },
+    /// The graph breaks an invariant of its phase (see [`verify`]).
+    #[error("after pass `{pass}`, the {phase} graph breaks its invariants: {error:#}")]
+    Phase {
+        pass: &'static str,
+        phase: Phase,
+        error: anyhow::Error,
     },
 }
 
@@ -346,11 +355,10 @@ impl PassManager {
             let changed = pass
                 .run(g, cx)
                 .map_err(|error| PassError::Failed { pass: name, error })?;
-            report.timings.push(PassTiming {
-                pass: name,
-                duration: start.elapsed(),
-                changed,
-            });
+            let entered = pass.establishes().filter(|&p| p > g.phase);
+            if let Some(p) = entered {
+                g.phase = p;
+            }
             if verify && let Err(error) = g.verify() {
                 return Err(PassError::Verify {
                     pass: name,
@@ -358,6 +366,21 @@ impl PassManager {
                     dump: g.dump(),
                 });
             }
+            // The local graph's invariants are checked always: the plan's rank graphs are it.
+            if (verify || entered == Some(Phase::Local))
+                && let Err(error) = verify::verify_phase(g, cx)
+            {
+                return Err(PassError::Phase {
+                    pass: name,
+                    phase: g.phase,
+                    error,
+                });
+            }
+            report.timings.push(PassTiming {
+                pass: name,
+                duration: start.elapsed(),
+                changed,
+            });
             if self.dump_after.contains(&name) {
                 report.dumps.push((name, g.dump()));
             }
