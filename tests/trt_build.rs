@@ -179,7 +179,10 @@ fn fp16_on_an_f32_plan_is_refused_with_the_reason() -> Result<()> {
 
 /// TensorRT-RTX, its shim and the plugin library, or why not.
 fn rtx_toolchain() -> std::result::Result<Found, String> {
-    let found = TensorRt::find(None).map_err(|e| format!("no TensorRT: {e}"))?;
+    let found = TensorRt::find(None).map_err(|e| {
+        let e = e.to_string();
+        format!("no TensorRT ({})", e.lines().next().unwrap_or_default())
+    })?;
     if Kind::of(&found.lib) != Kind::Rtx {
         return Err(format!("{} is not TensorRT-RTX", found.lib.display()));
     }
@@ -369,5 +372,26 @@ fn a_corrupt_rank_graph_exits_1_and_leaves_no_engine() -> Result<()> {
         "left behind: {names:?}"
     );
     assert_eq!(std::fs::read(plan.join("plan.json"))?, before);
+    Ok(())
+}
+
+#[test]
+fn engine_io_that_differs_from_the_plan_is_refused() -> Result<()> {
+    require_rtx!();
+    let dir = tempfile::tempdir()?;
+    let plan = dir.path().join("plan");
+    compile("sd15_tiny.onnx", 1, false, &plan)?;
+    let path = plan.join("plan.json");
+    let mut json: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    json["outputs"][0]["local_shapes"][0][3] = serde_json::json!(31);
+    let edited = serde_json::to_string_pretty(&json)?;
+    std::fs::write(&path, &edited)?;
+    let o = common::dfc(&["build".as_ref(), plan.as_os_str()])?;
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("do not match"), "{err}");
+    assert!(err.contains("output `out_sample` has shape"), "{err}");
+    assert!(!plan.join("rank0.engine").exists());
+    assert_eq!(std::fs::read_to_string(&path)?, edited);
     Ok(())
 }
