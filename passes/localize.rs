@@ -156,6 +156,9 @@ pub struct LocalGraph {
 pub struct Localize;
 
 impl Pass for Localize {
+    fn establishes(&self) -> Option<crate::ir::Phase> {
+        Some(crate::ir::Phase::Local)
+    }
     fn name(&self) -> &'static str {
         "localize"
     }
@@ -170,8 +173,14 @@ impl Pass for Localize {
         let mode = cx.partition_options.mode;
         let local = localize(g, &p, mode, &cx.store, cx.band)?;
         cx.local = Some(local);
+        super::verify::reinfer_local_types(g, cx)?;
         Ok(true)
     }
+}
+
+/// The layout `partition` gave `v` (values it did not see, inserted since, are replicated).
+fn layout_of(g: &Graph, v: ValueId) -> Layout {
+    g.value(v).layout.unwrap_or(Layout::Replicated)
 }
 
 fn static_type(g: &Graph, v: ValueId) -> Result<TensorType> {
@@ -273,7 +282,8 @@ pub fn localize(
         io_layouts: HashMap::new(),
     };
     for &v in g.inputs.iter().chain(&g.outputs) {
-        out.io_layouts.insert(g.value(v).name.clone(), p.layout(v));
+        out.io_layouts
+            .insert(g.value(v).name.clone(), layout_of(g, v));
     }
     // Full types, before anything is rewritten.
     let full: HashMap<ValueId, TensorType> = g
@@ -281,8 +291,12 @@ pub fn localize(
         .filter_map(|v| g.value(v).tensor_type().cloned().map(|t| (v, t)))
         .collect();
     // 1. Local types.
-    for (&v, &l) in &p.layouts {
-        if let (Layout::Split { axis }, Some(t)) = (l, full.get(&v)) {
+    let split: Vec<(ValueId, usize)> = g
+        .value_ids()
+        .filter_map(|v| layout_of(g, v).axis().map(|a| (v, a)))
+        .collect();
+    for (v, axis) in split {
+        if let Some(t) = full.get(&v) {
             let d = t
                 .static_dims()
                 .ok_or_else(|| anyhow!("value `{}` has no static shape", g.value(v).name))?;
@@ -415,7 +429,7 @@ pub fn localize(
         if node.domain == INTERNAL_DOMAIN && node.op_type == "GroupNorm" {
             let split = node
                 .input(0)
-                .map(|x| p.layout(x) != Layout::Replicated)
+                .map(|x| layout_of(g, x) != Layout::Replicated)
                 .unwrap_or(false);
             lower_group_norm(g, id, exchange && split, opset, &mut for_node)
                 .with_context(|| format!("lowering GroupNorm `{name}`"))?;
@@ -1135,10 +1149,10 @@ mod tests {
         let mut cx = PassContext::new(crate::onnx::ExternalStore::new(std::env::temp_dir()));
         cx.partition_options.bands = crate::passes::BandRequest::Count(2);
         cx.partition_options.mode = Mode::Sync;
-        for p in ["fold-constants", "partition", "localize", "check-local"] {
-            crate::passes::pass_by_name(p)?.run(&mut g, &mut cx)?;
-            g.verify()?;
-        }
+        cx.options.verify = true;
+        crate::passes::PassManager::from_names(&["fold-constants", "partition", "localize"])?
+            .run(&mut g, &mut cx)?;
+        assert_eq!(g.phase, crate::ir::Phase::Local);
         let dump = g.dump();
         assert!(
             dump.contains("conv.halo = dfc:DfcHaloExchange(%0) {axis=2, top=1, bottom=1, slot=0} -> %3: f32[1,4,6,8]"),

@@ -536,6 +536,9 @@ pub fn partition(
 pub struct PartitionPass;
 
 impl Pass for PartitionPass {
+    fn establishes(&self) -> Option<crate::ir::Phase> {
+        Some(crate::ir::Phase::Partitioned)
+    }
     fn name(&self) -> &'static str {
         "partition"
     }
@@ -547,8 +550,13 @@ impl Pass for PartitionPass {
         if request.n() == 0 {
             anyhow::bail!("the number of bands must be at least 1");
         }
-        cx.partition = Some(partition(g, &cx.store, request)?);
-        Ok(false)
+        let p = partition(g, &cx.store, request)?;
+        let ids: Vec<ValueId> = g.value_ids().collect();
+        for v in ids {
+            g.value_mut(v).layout = Some(p.layout(v));
+        }
+        cx.partition = Some(p);
+        Ok(true)
     }
 }
 

@@ -470,6 +470,9 @@ fn bind(g: &Graph, opts: &SpecializeOptions) -> Result<Bindings, SpecializeError
 pub struct RequireStatic;
 
 impl Pass for RequireStatic {
+    fn establishes(&self) -> Option<crate::ir::Phase> {
+        Some(crate::ir::Phase::Specialized)
+    }
     fn name(&self) -> &'static str {
         "require-static"
     }

@@ -1,44 +1,140 @@
-//! `check-local`: re-runs shape inference on the local graph and checks that every value's
-//! inferred type equals the local type `localize` expects (the full type with `dim / n` on the
-//! split axis). A size-carrying constant that was not localized, or a rule that placed a value
-//! wrongly, shows up here as a mismatch at the node that produces it.
+//! The phase verifier: the invariants of each [`Phase`], checked by the pass manager after
+//! every pass once the graph has reached that phase (in debug builds and tests, or when asked;
+//! the local graph's check runs always, since emitted plans rely on it).
 //!
-//! **Invariant:** after this pass every value of the local graph has a static type that shape
-//! inference derives from the graph inputs alone; the types written to the rank graphs are
-//! those. Rejects (as an internal error naming the node) any mismatch, any node the shape rules
-//! find inconsistent, and any operator they do not know. In `naive` mode, values downstream of
-//! a skipped gather (band-local attention) may differ from the band of the full tensor; they
-//! take the inferred type.
+//! - [`Phase::Specialized`] and later: every value that has a type has a static one.
+//! - [`Phase::Canonical`] and later: no `GroupNormalization` and no 4-D
+//!   `InstanceNormalization` remains (group norms are one internal node, then lowered).
+//! - [`Phase::Partitioned`]: every live value has exactly one layout, and a node whose inputs
+//!   are all replicated has replicated outputs.
+//! - [`Phase::Local`]: shape inference from the graph inputs alone derives exactly the local
+//!   types `localize` wrote (a size-carrying constant that was not localized, or a rule that
+//!   placed a value wrongly, shows up as a mismatch at the node producing it); no internal
+//!   operator remains; exchange slots are unique. In `naive` mode, values downstream of a
+//!   skipped gather (band-local attention) may differ from the band of the full tensor; they
+//!   take the inferred type.
+//!
+//! Every violation is dfc's fault: it is reported as [`crate::error::Internal`].
 
 use std::collections::{HashMap, HashSet};
 
 use anyhow::Result;
 
-use super::{Pass, PassContext, propagate};
-use crate::ir::{Graph, TensorType, ValueId};
+use super::ops::norm::INTERNAL_DOMAIN;
+use super::{PassContext, propagate};
+use crate::contract::exchange::{ATTR_SLOT, DOMAIN};
+use crate::ir::{Graph, Layout, Phase, TensorType, ValueId};
 
-/// See the module documentation.
-pub struct CheckLocal;
-
-impl Pass for CheckLocal {
-    fn name(&self) -> &'static str {
-        "check-local"
+/// Checks the invariants of `g`'s phase (see the module documentation).
+pub fn verify_phase(g: &Graph, cx: &PassContext) -> Result<()> {
+    if g.phase >= Phase::Specialized {
+        static_types(g)?;
     }
-    fn description(&self) -> &'static str {
-        "re-infer the local graph's shapes and check them against the expected band shapes"
+    if g.phase >= Phase::Canonical {
+        canonical(g)?;
     }
-    fn run(&self, g: &mut Graph, cx: &mut PassContext) -> Result<bool> {
-        let skipped: HashSet<_> = cx
-            .local
-            .as_ref()
-            .map(|l| l.skipped_gathers.iter().copied().collect())
-            .unwrap_or_default();
-        check(g, cx, &skipped)?;
-        Ok(false)
+    match g.phase {
+        Phase::Partitioned => layouts(g),
+        Phase::Local => local(g, cx),
+        _ => Ok(()),
     }
 }
 
-fn check(g: &mut Graph, cx: &PassContext, skipped: &HashSet<crate::ir::NodeId>) -> Result<()> {
+fn static_types(g: &Graph) -> Result<()> {
+    for v in g.value_ids() {
+        let val = g.value(v);
+        if let Some(t) = val.tensor_type()
+            && (val.producer().is_some() || !val.uses().is_empty())
+            && t.static_dims().is_none()
+        {
+            return Err(crate::internal!(
+                "value `{}` has the non-static type {t} in a specialized graph",
+                val.name
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn canonical(g: &Graph) -> Result<()> {
+    for id in g.node_ids() {
+        let n = g.node(id);
+        let four_d_instance_norm = n.op_type == "InstanceNormalization"
+            && n.input(0)
+                .and_then(|x| g.value(x).tensor_type())
+                .and_then(|t| t.rank())
+                == Some(4);
+        if n.domain.is_empty() && (n.op_type == "GroupNormalization" || four_d_instance_norm) {
+            return Err(crate::internal!(
+                "node `{}` ({}) survived canonicalization",
+                n.name,
+                n.op_type
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn layouts(g: &Graph) -> Result<()> {
+    for v in g.value_ids() {
+        let val = g.value(v);
+        if val.layout.is_none() && (val.producer().is_some() || !val.uses().is_empty()) {
+            return Err(crate::internal!(
+                "value `{}` has no layout in a partitioned graph",
+                val.name
+            ));
+        }
+    }
+    for id in g.node_ids() {
+        let n = g.node(id);
+        let replicated =
+            |v: &Option<ValueId>| v.is_none_or(|v| g.value(v).layout == Some(Layout::Replicated));
+        if n.inputs().iter().all(replicated) && !n.outputs().iter().all(replicated) {
+            return Err(crate::internal!(
+                "node `{}` ({}) has only replicated inputs but a split output",
+                n.name,
+                n.op_type
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn local(g: &Graph, cx: &PassContext) -> Result<()> {
+    let mut slots = HashSet::new();
+    for id in g.node_ids() {
+        let n = g.node(id);
+        if n.domain == INTERNAL_DOMAIN {
+            return Err(crate::internal!(
+                "internal operator `{}` ({}) remains in the local graph",
+                n.name,
+                n.op_type
+            ));
+        }
+        if n.domain == DOMAIN && !slots.insert(n.attr_i(ATTR_SLOT, -1)) {
+            return Err(crate::internal!(
+                "exchange slot {} is used twice (node `{}`)",
+                n.attr_i(ATTR_SLOT, -1),
+                n.name
+            ));
+        }
+    }
+    // Inference rewrites types: check a copy.
+    let mut copy = g.clone();
+    reinfer_local_types(&mut copy, cx)
+}
+
+/// Re-infers every produced value's type of the local graph `g` from its inputs alone and
+/// checks it against the type `localize` wrote; values downstream of a gather skipped in
+/// `naive` mode take the inferred type. `localize` runs it to settle those types, the verifier
+/// on a copy to check.
+pub(super) fn reinfer_local_types(g: &mut Graph, cx: &PassContext) -> Result<()> {
+    let skipped: HashSet<crate::ir::NodeId> = cx
+        .local
+        .as_ref()
+        .map(|l| l.skipped_gathers.iter().copied().collect())
+        .unwrap_or_default();
+    let skipped = &skipped;
     let mut expected: HashMap<ValueId, TensorType> = HashMap::new();
     let produced: Vec<ValueId> = g
         .value_ids()
@@ -94,4 +190,83 @@ fn check(g: &mut Graph, cx: &PassContext, skipped: &HashSet<crate::ir::NodeId>) 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::{DataType, ValueType};
+    use crate::passes::test_graphs::{model, node, vi};
+    use crate::passes::{BandRequest, PassManager};
+
+    fn relu_conv() -> Graph {
+        let f = DataType::FLOAT;
+        let mut conv = node("Conv", "conv", &["x", "w"], &["y"]);
+        conv.attribute
+            .push(crate::onnx::proto::AttributeProto::ints("pads", &[1, 1, 1, 1]));
+        let w = {
+            let mut t = crate::tensor::Tensor::zeros(f, &[4, 4, 3, 3])
+                .expect("zeros")
+                .to_proto("w");
+            t.name = Some("w".into());
+            t
+        };
+        model(
+            vec![node("Relu", "relu", &["x0"], &["x"]), conv],
+            vec![vi("x0", f, &["1", "4", "8", "8"])],
+            vec![vi("y", f, &["?", "?", "?", "?"])],
+            vec![w],
+            17,
+        )
+    }
+
+    fn cx() -> PassContext {
+        let mut cx = PassContext::new(crate::onnx::ExternalStore::new(std::env::temp_dir()));
+        cx.partition_options.bands = BandRequest::Count(2);
+        cx.options.verify = true;
+        cx
+    }
+
+    #[test]
+    fn each_phase_holds_after_its_pass_and_breaks_are_caught() -> anyhow::Result<()> {
+        let mut g = relu_conv();
+        let mut cx = cx();
+        let pm = PassManager::from_names(&["fold-constants", "canonicalize", "partition"])?;
+        pm.run(&mut g, &mut cx)?;
+        assert_eq!(g.phase, Phase::Partitioned);
+        verify_phase(&g, &cx)?;
+        // A value without a layout breaks the partitioned phase.
+        let x = g.inputs[0];
+        g.value_mut(x).layout = None;
+        let e = verify_phase(&g, &cx).expect_err("no layout");
+        assert!(crate::error::is_internal(&e) && e.to_string().contains("no layout"), "{e}");
+        g.value_mut(x).layout = Some(Layout::Split { axis: 2 });
+        PassManager::from_names(&["localize"])?.run(&mut g, &mut cx)?;
+        assert_eq!(g.phase, Phase::Local);
+        verify_phase(&g, &cx)?;
+        // A local type that inference does not derive breaks the local phase.
+        let y = g.outputs[0];
+        let wrong = crate::ir::TensorType::fixed(DataType::FLOAT, &[1, 4, 8, 8]);
+        g.value_mut(y).ty = Some(ValueType::Tensor(wrong));
+        let e = verify_phase(&g, &cx).expect_err("full-size type in a band graph");
+        assert!(e.to_string().contains("its band should be"), "{e}");
+        Ok(())
+    }
+
+    #[test]
+    fn a_group_normalization_left_after_canonicalize_is_caught() -> anyhow::Result<()> {
+        let mut g = relu_conv();
+        let mut cx = cx();
+        PassManager::from_names(&["fold-constants", "canonicalize"])?.run(&mut g, &mut cx)?;
+        assert_eq!(g.phase, Phase::Canonical);
+        verify_phase(&g, &cx)?;
+        let relu = g
+            .node_ids()
+            .find(|&id| g.node(id).op_type == "Relu")
+            .expect("relu");
+        g.node_mut(relu).op_type = "GroupNormalization".into();
+        let e = verify_phase(&g, &cx).expect_err("not canonical");
+        assert!(e.to_string().contains("survived canonicalization"), "{e}");
+        Ok(())
+    }
 }

@@ -102,7 +102,7 @@ pub struct Compiled {
 }
 
 /// A pass failure as the error the user sees: the model's problems as they are, dfc's own
-/// faults (an [`Internal`] anywhere in the chain, a failed `check-local`, a failed verifier) as
+/// faults (an [`Internal`] anywhere in the chain, a failed IR or phase verifier) as
 /// [`Internal`].
 fn user_error(e: PassError) -> anyhow::Error {
     match e {
@@ -113,12 +113,12 @@ fn user_error(e: PassError) -> anyhow::Error {
             if error.is::<SpecializeError>() || error.is::<PartitionError>() {
                 return error;
             }
-            if matches!(pass, "check-local") || is_internal(&error) {
+            if is_internal(&error) {
                 return Internal(format!("pass `{pass}`: {error:#}")).into();
             }
             anyhow::Error::new(PassError::Failed { pass, error })
         }
-        PassError::Verify { .. } => Internal(e.to_string()).into(),
+        PassError::Verify { .. } | PassError::Phase { .. } => Internal(e.to_string()).into(),
         other => other.into(),
     }
 }
@@ -215,7 +215,7 @@ pub fn compile_graph(opts: &CompileOptions) -> Result<(CompileReport, Option<Com
         ..Default::default()
     };
     if opts.dump_after.is_some() {
-        let pass = run.stopped_after.unwrap_or("check-local");
+        let pass = run.stopped_after.unwrap_or("localize");
         let mut dump = run
             .dumps
             .into_iter()

@@ -12,7 +12,6 @@
 //! Rules are only asked about nodes with at least one split input: a node whose inputs are all
 //! replicated computes replicated outputs, whatever it is.
 
-use std::fmt;
 
 use anyhow::Result;
 
@@ -20,33 +19,7 @@ use super::OpCx;
 use crate::contract::Bands;
 use crate::ir::TensorType;
 
-/// Where a value lives.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Layout {
-    /// Every rank holds the whole value.
-    Replicated,
-    /// Rank `r` holds band `r` of the group's bands along `axis`.
-    Split { axis: usize },
-}
-
-impl Layout {
-    /// The split axis, if any.
-    pub fn axis(self) -> Option<usize> {
-        match self {
-            Layout::Split { axis } => Some(axis),
-            Layout::Replicated => None,
-        }
-    }
-}
-
-impl fmt::Display for Layout {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Layout::Replicated => f.write_str("replicated"),
-            Layout::Split { axis } => write!(f, "split(axis {axis})"),
-        }
-    }
-}
+pub use crate::ir::Layout;
 
 /// What the local rewrite of one node needs.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -17,6 +17,7 @@
 //! is acyclic. [`Graph::verify`] checks all of it.
 
 mod dump;
+mod phase;
 mod types;
 mod verify;
 
@@ -32,6 +33,7 @@ use crate::onnx::proto::{
     AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto,
 };
 
+pub use phase::{Layout, Phase};
 pub use types::{DataType, Dim, TensorType, ValueType};
 
 /// Identifies a node; `Display` prints `n{index}` as in the text dump.
@@ -80,6 +82,8 @@ pub struct Value {
     pub init: Option<TensorProto>,
     /// The original `ValueInfoProto` (doc string, metadata, denotations) when the model had one.
     pub info: Option<ValueInfoProto>,
+    /// Where the value lives once the graph is [`Phase::Partitioned`] (`None` before).
+    pub layout: Option<Layout>,
     producer: Option<(NodeId, usize)>,
     uses: Vec<(NodeId, usize)>,
     live: bool,
@@ -220,6 +224,8 @@ pub struct Graph {
     /// The source model with node, initializer, input, output and value-info lists emptied:
     /// opsets, functions, metadata, sparse initializers and all other fields, unchanged.
     pub shell: ModelProto,
+    /// The compilation phase the graph has reached.
+    pub phase: Phase,
     next_order: BTreeMap<u32, u32>,
 }
 
@@ -240,6 +246,7 @@ impl Graph {
             inputs: Vec::new(),
             outputs: Vec::new(),
             shell: model,
+            phase: Phase::Source,
             next_order: BTreeMap::new(),
         };
         for info in inputs {
@@ -327,6 +334,7 @@ impl Graph {
             ty,
             init: None,
             info: None,
+            layout: None,
             producer: None,
             uses: Vec::new(),
             live: true,
