@@ -388,4 +388,29 @@ mod tests {
         assert!(g.dump().contains("{num_groups=4"), "{}", g.dump());
         Ok(())
     }
+
+    #[test]
+    fn group_normalization_21_keeps_per_channel_scale_and_bias() -> Result<()> {
+        let f = DataType::FLOAT;
+        let mut gn = node("GroupNormalization", "gn", &["x", "s", "b"], &["y"]);
+        gn.attribute.push(AttributeProto::int("num_groups", 2));
+        gn.attribute.push(AttributeProto::int("stash_type", 1));
+        gn.attribute.push(AttributeProto::float("epsilon", 1e-6));
+        let mut g = model(
+            vec![gn],
+            vec![vi("x", f, &["1", "4", "2", "2"])],
+            vec![vi("y", f, &["1", "4", "2", "2"])],
+            vec![init("s", f32s(&[4], 1.5)), init("b", f32s(&[4], 0.25))],
+            21,
+        );
+        run(&mut g)?;
+        let dump = g.dump();
+        // The model's own [C] scale and bias are read as they are: no per-group repeat.
+        assert!(!dump.contains("gn.scale"), "{dump}");
+        assert!(
+            dump.contains("dfc.internal:GroupNorm(%0, %1, %2) {num_groups=2, epsilon=0.000001}"),
+            "{dump}"
+        );
+        Ok(())
+    }
 }

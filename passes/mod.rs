@@ -13,6 +13,7 @@
 pub mod canonicalize;
 pub mod dce;
 pub mod fold_constants;
+pub mod fused;
 pub mod infer_shapes;
 pub mod localize;
 pub mod ops;
@@ -178,6 +179,7 @@ impl PassContext {
 
 /// Every pass, once.
 pub static REGISTRY: &[&dyn Pass] = &[
+    &fused::RejectFused,
     &specialize::BindInputs,
     &infer_shapes::InferShapes,
     &fold_constants::FoldConstants,
@@ -199,6 +201,7 @@ pub static PIPELINES: &[(&str, &[&str])] = &[
     (
         "compile",
         &[
+            "reject-fused",
             "bind-inputs",
             "fold-constants",
             "dce",

@@ -1,6 +1,8 @@
 //! Linear algebra and attention pieces: MatMul (numpy broadcasting of batch dims, 1-D
 //! promotion), Gemm (`transA`/`transB`), Einsum (the general subscript rule, ellipsis and
-//! implicit output included), and the softmax family.
+//! implicit output included), the fused `Attention` operator (opset 23: 4-D
+//! `[B, heads, S, D]` and 3-D `[B, S, heads·D]` forms, grouped heads, a KV cache) and the
+//! softmax family.
 //!
 //! Partition rules: a MatMul whose left operand is split on its rows (M) and whose right one is
 //! replicated is local; a contraction over a split axis, or two split operands, gathers the
@@ -8,15 +10,25 @@
 //! structurally: in Q·Kᵀ and P·V the keys and values come from the split image and get a
 //! `DfcPatchAllGather`; in cross-attention they come from the replicated text and need
 //! nothing. Softmax over a non-split axis is local.
+//!
+//! Einsum follows the split index through its equation: when every split operand's split
+//! index survives in the output (the same index), the output is split there and replicated
+//! operands carrying that index are taken per band; an operand whose split index is contracted
+//! (the values of `b i j, b j d -> b i d`) or differs from the one kept (the keys of
+//! `b i d, b j d -> b i j`: the output keeps the index that comes first) is gathered. Ellipsis
+//! and repeated-index forms have no partition rule. `Attention` keeps the queries' token split
+//! and gathers keys and values split on their token axis; it refuses a KV cache, causal
+//! masking and the optional extra outputs on a split tensor.
 
 use std::collections::BTreeMap;
 
 use anyhow::{Result, anyhow, bail};
 
 use super::def::OpDef;
-use super::layout::{Need, PartCx, Verdict};
+use super::layout::{Layout, Need, PartCx, Verdict};
 use super::{OpCx, broadcast, join_dims, same_as, tt};
 use crate::ir::{Dim, TensorType};
+use crate::tensor::Tensor;
 
 fn merge_dim(a: &Dim, b: &Dim, what: &str) -> Result<Dim> {
     Ok(match (a, b) {
@@ -249,7 +261,8 @@ fn softmax(cx: &OpCx<'_>) -> Result<Vec<TensorType>> {
 pub const OPS: &[OpDef] = &[
     OpDef::infer("MatMul", matmul).split(part_matmul),
     OpDef::infer("Gemm", gemm).split(part_gemm),
-    OpDef::infer("Einsum", einsum).split(part_einsum),
+    OpDef::fold("Einsum", einsum, eval_einsum).split(part_einsum),
+    OpDef::infer("Attention", attention).split(part_attention),
     OpDef::infer("Softmax", softmax).split(part_softmax),
     OpDef::infer("LogSoftmax", softmax).split(part_softmax),
     OpDef::infer("Hardmax", softmax).split(part_softmax),
@@ -312,7 +325,7 @@ fn part_matmul(cx: &PartCx<'_>) -> Result<Verdict> {
         (Some(x), None) => Verdict::split_all(cx, x, Vec::new()),
         (None, Some(y)) if y + 2 < r => verdict(y, replicated_operand(0, &a, &o, y)),
         (None, Some(y)) => Verdict::split_all(cx, y, Vec::new()),
-        (None, None) => Verdict::local(vec![crate::passes::ops::layout::Layout::Replicated]),
+        (None, None) => Verdict::local(vec![Layout::Replicated]),
     })
 }
 
@@ -350,10 +363,426 @@ fn part_gemm(cx: &PartCx<'_>) -> Result<Verdict> {
     Ok(Verdict::split_all(cx, axis, needs))
 }
 
-fn part_einsum(_cx: &PartCx<'_>) -> Result<Verdict> {
-    Ok(Verdict::Refuse(
-        "Einsum on a split tensor has no rule".into(),
-    ))
+/// The subscripts of an Einsum equation in the plain form partition rules handle: one letter
+/// per axis, no ellipsis, no letter twice in one term.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Subscripts {
+    /// Letters of each input term.
+    pub inputs: Vec<Vec<char>>,
+    /// Letters of the output (implicit output: the letters seen once, sorted).
+    pub output: Vec<char>,
+}
+
+/// Parses `equation` for `n_inputs` operands into [`Subscripts`]; the error says which form
+/// is not supported.
+pub fn plain_subscripts(equation: &str, n_inputs: usize) -> Result<Subscripts, String> {
+    let eq: String = equation.chars().filter(|c| !c.is_whitespace()).collect();
+    let (lhs, rhs) = match eq.split_once("->") {
+        Some((l, r)) => (l, Some(r)),
+        None => (eq.as_str(), None),
+    };
+    if eq.contains("...") {
+        return Err(format!(
+            "Einsum `{equation}` uses an ellipsis; only equations with one letter per axis have a partition rule"
+        ));
+    }
+    let term = |t: &str| -> Result<Vec<char>, String> {
+        let mut v: Vec<char> = Vec::new();
+        for c in t.chars() {
+            if !c.is_ascii_alphabetic() {
+                return Err(format!("Einsum `{equation}`: invalid character `{c}`"));
+            }
+            if v.contains(&c) {
+                return Err(format!(
+                    "Einsum `{equation}` repeats index `{c}` in one term (a diagonal or trace); it has no partition rule"
+                ));
+            }
+            v.push(c);
+        }
+        Ok(v)
+    };
+    let inputs = lhs.split(',').map(term).collect::<Result<Vec<_>, _>>()?;
+    if inputs.len() != n_inputs {
+        return Err(format!(
+            "Einsum `{equation}` has {} terms for {n_inputs} inputs",
+            inputs.len()
+        ));
+    }
+    let output = match rhs {
+        Some(r) => term(r)?,
+        None => {
+            let mut counts: BTreeMap<char, usize> = BTreeMap::new();
+            for c in inputs.iter().flatten() {
+                *counts.entry(*c).or_default() += 1;
+            }
+            counts
+                .into_iter()
+                .filter(|(_, n)| *n == 1)
+                .map(|(c, _)| c)
+                .collect()
+        }
+    };
+    if let Some(c) = output
+        .iter()
+        .find(|c| !inputs.iter().flatten().any(|x| x == *c))
+    {
+        return Err(format!(
+            "Einsum `{equation}`: output index `{c}` appears in no input"
+        ));
+    }
+    Ok(Subscripts { inputs, output })
+}
+
+fn part_einsum(cx: &PartCx<'_>) -> Result<Verdict> {
+    let Some(eq) = cx.op.node.attr_s("equation") else {
+        return Ok(Verdict::Refuse("Einsum has no `equation`".into()));
+    };
+    let s = match plain_subscripts(&eq, cx.layouts.len()) {
+        Ok(s) => s,
+        Err(m) => return Ok(Verdict::Refuse(m)),
+    };
+    let Some(o) = cx.out_dims(0) else {
+        return Ok(Verdict::Refuse("output shape is not static".into()));
+    };
+    // The split index kept: the earliest output axis any split operand is split on. An operand
+    // whose split index is contracted away is gathered first.
+    let split = cx.split_inputs();
+    let mut keep: Option<(usize, char)> = None;
+    for &(port, a) in &split {
+        let Some(&letter) = s.inputs[port].get(a) else {
+            return Ok(Verdict::Refuse(format!(
+                "input {port} is split on axis {a}, beyond its term `{}`",
+                s.inputs[port].iter().collect::<String>()
+            )));
+        };
+        match s.output.iter().position(|&c| c == letter) {
+            None => return Ok(Verdict::Gather { port }),
+            Some(oa) if keep.is_none_or(|(k, _)| oa < k) => keep = Some((oa, letter)),
+            Some(_) => {}
+        }
+    }
+    let Some((axis, letter)) = keep else {
+        return Ok(Verdict::local(vec![Layout::Replicated; cx.n_outputs]));
+    };
+    if let Some(&(port, _)) = split.iter().find(|&&(p, a)| s.inputs[p][a] != letter) {
+        return Ok(Verdict::Gather { port });
+    }
+    let mut needs = Vec::new();
+    for (port, l) in cx.layouts.iter().enumerate() {
+        if *l != Layout::Replicated {
+            continue;
+        }
+        let Some(ia) = s.inputs[port].iter().position(|&c| c == letter) else {
+            continue;
+        };
+        let Some(d) = cx.dims(port) else {
+            return Ok(Verdict::Refuse(format!("input {port} has no static shape")));
+        };
+        match d.get(ia) {
+            Some(1) => {}
+            Some(&e) if e == o[axis] => needs.push(Need::SliceOperand { port, axis: ia }),
+            _ => {
+                return Ok(Verdict::Refuse(format!(
+                    "input {port} has extent {:?} on index `{letter}`, neither 1 nor {}",
+                    d.get(ia),
+                    o[axis]
+                )));
+            }
+        }
+    }
+    Ok(Verdict::split_all(cx, axis, needs))
+}
+
+/// Evaluates a plain Einsum (see [`plain_subscripts`]) on small constant float inputs by
+/// summing over every index assignment; `None` for other forms, types or sizes.
+fn eval_einsum(cx: &OpCx<'_>) -> Result<Option<Vec<Tensor>>> {
+    const MAX_TERMS: usize = 1 << 16;
+    let Some(eq) = cx.node.attr_s("equation") else {
+        return Ok(None);
+    };
+    let Ok(s) = plain_subscripts(&eq, cx.n_inputs()) else {
+        return Ok(None);
+    };
+    let mut values = Vec::new();
+    for port in 0..cx.n_inputs() {
+        let Some(t) = cx.value(port)? else {
+            return Ok(None);
+        };
+        if !t.dtype().is_float() {
+            return Ok(None);
+        }
+        values.push(t);
+    }
+    let elem = values.first().map(|t| t.dtype());
+    if values.iter().any(|t| Some(t.dtype()) != elem) {
+        return Ok(None);
+    }
+    // Every letter's extent; broadcast (extent-1) axes read index 0.
+    let mut extent: BTreeMap<char, usize> = BTreeMap::new();
+    for (t, letters) in values.iter().zip(&s.inputs) {
+        let dims = t.shape();
+        if dims.len() != letters.len() {
+            return Ok(None);
+        }
+        for (&c, &d) in letters.iter().zip(dims) {
+            let e = extent.entry(c).or_insert(d);
+            if *e == 1 {
+                *e = d;
+            } else if d != 1 && d != *e {
+                return Ok(None);
+            }
+        }
+    }
+    let letters: Vec<char> = extent.keys().copied().collect();
+    let total: usize = extent.values().product();
+    if total > MAX_TERMS {
+        return Ok(None);
+    }
+    let pos = |c: char| letters.iter().position(|&x| x == c).unwrap_or(0);
+    let data: Vec<Vec<f64>> = values.iter().map(|t| t.to_f64s()).collect();
+    let offsets = |term: &[char], dims: &[usize], idx: &[usize]| -> usize {
+        let mut off = 0;
+        for (k, &c) in term.iter().enumerate() {
+            let i = if dims[k] == 1 { 0 } else { idx[pos(c)] };
+            off = off * dims[k] + i;
+        }
+        off
+    };
+    let in_dims: Vec<Vec<usize>> = values.iter().map(|t| t.shape().to_vec()).collect();
+    let out_dims: Vec<usize> = s.output.iter().map(|c| extent[c]).collect();
+    let mut out = vec![0f64; out_dims.iter().product()];
+    let mut idx = vec![0usize; letters.len()];
+    for _ in 0..total {
+        let mut prod = 1f64;
+        for ((term, dims), d) in s.inputs.iter().zip(&in_dims).zip(&data) {
+            prod *= d[offsets(term, dims, &idx)];
+        }
+        out[offsets(&s.output, &out_dims, &idx)] += prod;
+        for k in (0..letters.len()).rev() {
+            idx[k] += 1;
+            if idx[k] < extent[&letters[k]] {
+                break;
+            }
+            idx[k] = 0;
+        }
+    }
+    let Some(elem) = elem else {
+        return Ok(None);
+    };
+    Ok(Some(vec![Tensor::from_vec(&out_dims, out)?.cast(elem)?]))
+}
+
+/// Whether input `port` is given (connected, or typed in a detached context).
+fn present(cx: &OpCx<'_>, port: usize) -> bool {
+    cx.has_input(port) || cx.types.get(port).is_some_and(Option::is_some)
+}
+
+/// `a / b` on a dim; unknown unless both are known.
+fn div_dim(a: &Dim, b: i64, what: &str) -> Result<Dim> {
+    match a {
+        Dim::Fixed(x) if b > 0 && x % b == 0 => Ok(Dim::Fixed(x / b)),
+        Dim::Fixed(x) => bail!("{what}: {x} is not a multiple of {b}"),
+        _ => Ok(Dim::Unknown),
+    }
+}
+
+fn add_dims(a: &Dim, b: &Dim) -> Dim {
+    match (a, b) {
+        (Dim::Fixed(x), Dim::Fixed(y)) => Dim::Fixed(x + y),
+        _ => Dim::Unknown,
+    }
+}
+
+/// `Attention` (opset 23): `Y` `[B, Hq, Sq, Dv]` (4-D) or `[B, Sq, Hq·Dv]` (3-D, with
+/// `q_num_heads` and `kv_num_heads`); `present_key`/`present_value` `[B, Hkv, Sp + Skv, ·]`;
+/// `qk_matmul_output` `[B, Hq, Sq, Sp + Skv]`.
+fn attention(cx: &OpCx<'_>) -> Result<Vec<TensorType>> {
+    let q = cx.input(0)?;
+    let k = cx.input(1)?;
+    let v = cx.input(2)?;
+    let (Some(qd), Some(kd), Some(vd)) = (&q.shape, &k.shape, &v.shape) else {
+        return Ok(vec![
+            tt(q.elem, None),
+            tt(k.elem, None),
+            tt(v.elem, None),
+            tt(q.elem, None),
+        ]);
+    };
+    let batch = merge_dim(&qd[0], &kd[0], "Attention: Q and K batch differ")
+        .and_then(|b| merge_dim(&b, &vd[0], "Attention: K and V batch differ"))?;
+    // Per-head views: (heads, tokens, head size) of Q, K and V.
+    let (qh, kh, vh) = match (qd.len(), kd.len(), vd.len()) {
+        (4, 4, 4) => (
+            [qd[1].clone(), qd[2].clone(), qd[3].clone()],
+            [kd[1].clone(), kd[2].clone(), kd[3].clone()],
+            [vd[1].clone(), vd[2].clone(), vd[3].clone()],
+        ),
+        (3, 3, 3) => {
+            let hq = cx.attr_i("q_num_heads", 0);
+            let hkv = cx.attr_i("kv_num_heads", 0);
+            if hq <= 0 || hkv <= 0 {
+                bail!("3-D Attention needs positive `q_num_heads` and `kv_num_heads`");
+            }
+            (
+                [
+                    Dim::Fixed(hq),
+                    qd[1].clone(),
+                    div_dim(&qd[2], hq, "Attention Q hidden size")?,
+                ],
+                [
+                    Dim::Fixed(hkv),
+                    kd[1].clone(),
+                    div_dim(&kd[2], hkv, "Attention K hidden size")?,
+                ],
+                [
+                    Dim::Fixed(hkv),
+                    vd[1].clone(),
+                    div_dim(&vd[2], hkv, "Attention V hidden size")?,
+                ],
+            )
+        }
+        (a, b, c) => bail!("Attention needs Q, K, V all 3-D or all 4-D, not ranks {a}, {b}, {c}"),
+    };
+    merge_dim(&qh[2], &kh[2], "Attention: Q and K head sizes differ")?;
+    let heads_kv = merge_dim(&kh[0], &vh[0], "Attention: K and V heads differ")?;
+    let kv_len = merge_dim(&kh[1], &vh[1], "Attention: K and V lengths differ")?;
+    if let (Dim::Fixed(a), Dim::Fixed(b)) = (&qh[0], &heads_kv)
+        && (*b <= 0 || a % b != 0)
+    {
+        bail!("Attention: {a} query heads are not a multiple of {b} key/value heads");
+    }
+    let past = if present(cx, 4) {
+        match cx.dims(4)? {
+            Some(p) if p.len() == 4 => p[2].clone(),
+            Some(p) => bail!("Attention past_key must be 4-D, not rank {}", p.len()),
+            None => Dim::Unknown,
+        }
+    } else {
+        Dim::Fixed(0)
+    };
+    let total = add_dims(&past, &kv_len);
+    let y = if qd.len() == 4 {
+        vec![batch.clone(), qh[0].clone(), qh[1].clone(), vh[2].clone()]
+    } else {
+        let hidden = match (&qh[0], &vh[2]) {
+            (Dim::Fixed(h), Dim::Fixed(d)) => Dim::Fixed(h * d),
+            _ => Dim::Unknown,
+        };
+        vec![batch.clone(), qh[1].clone(), hidden]
+    };
+    let mut out = vec![
+        tt(q.elem, Some(y)),
+        tt(
+            k.elem,
+            Some(vec![
+                batch.clone(),
+                heads_kv.clone(),
+                total.clone(),
+                kh[2].clone(),
+            ]),
+        ),
+        tt(
+            v.elem,
+            Some(vec![batch.clone(), heads_kv, total.clone(), vh[2].clone()]),
+        ),
+        tt(
+            q.elem,
+            Some(vec![batch, qh[0].clone(), qh[1].clone(), total]),
+        ),
+    ];
+    out.truncate(cx.node.outputs().len().max(1));
+    Ok(out)
+}
+
+fn part_attention(cx: &PartCx<'_>) -> Result<Verdict> {
+    if present(cx.op, 4) || present(cx.op, 5) {
+        return Ok(Verdict::Refuse(
+            "Attention with past_key/past_value (a KV cache) on a split tensor: export the UNet's attention without a cache"
+                .into(),
+        ));
+    }
+    if present(cx.op, 6) {
+        return Ok(Verdict::Refuse(
+            "Attention with nonpad_kv_seqlen on a split tensor has no partition rule".into(),
+        ));
+    }
+    if (1..4).any(|p| cx.op.node.output(p).is_some()) {
+        return Ok(Verdict::Refuse(
+            "Attention's present_key/present_value/qk_matmul_output outputs on a split tensor have no partition rule"
+                .into(),
+        ));
+    }
+    if cx.op.attr_i("is_causal", 0) != 0 {
+        return Ok(Verdict::Refuse(
+            "causal Attention masks by absolute token position: not supported on a split tensor"
+                .into(),
+        ));
+    }
+    let (Some(q), Some(o)) = (cx.dims(0), cx.out_dims(0)) else {
+        return Ok(Verdict::Refuse("shapes are not static".into()));
+    };
+    let tok = if q.len() == 4 { 2 } else { 1 };
+    // Keys and values split on their token axis: every query reads every key.
+    for port in [1, 2] {
+        if cx.axis(port) == Some(tok) {
+            return Ok(Verdict::Gather { port });
+        }
+    }
+    let axis = match cx.axis(0) {
+        Some(a) if a == tok || a == 0 => a,
+        Some(a) => {
+            return Ok(Verdict::Refuse(format!(
+                "Attention with queries split on axis {a} (heads or channels)"
+            )));
+        }
+        None => {
+            // Queries replicated: any split key/value operand is gathered.
+            if let Some(&(port, _)) = cx.split_inputs().first() {
+                return Ok(Verdict::Gather { port });
+            }
+            return Ok(Verdict::local(vec![Layout::Replicated; cx.n_outputs]));
+        }
+    };
+    let mut needs = Vec::new();
+    for port in 1..cx.layouts.len().min(4) {
+        if !present(cx.op, port) {
+            continue;
+        }
+        // The mask's query axis is its second to last; K and V follow the queries only on the
+        // batch axis.
+        let Some(d) = cx.dims(port) else {
+            return Ok(Verdict::Refuse(format!("input {port} has no static shape")));
+        };
+        let ia = match (port, axis) {
+            (3, 0) if d.len() == 4 => Some(0),
+            (3, 0) => None,
+            (3, _) => d.len().checked_sub(2),
+            (_, 0) => Some(0),
+            _ => None,
+        };
+        match (cx.axis(port), ia) {
+            (Some(a), Some(ia)) if a == ia => {}
+            (Some(_), _) => return Ok(Verdict::Gather { port }),
+            (None, None) => {}
+            (None, Some(ia)) => {
+                let full = if port == 3 && axis != 0 { q[tok] } else { q[0] };
+                match d[ia] {
+                    1 => {}
+                    e if e == full => needs.push(Need::SliceOperand { port, axis: ia }),
+                    e => {
+                        return Ok(Verdict::Refuse(format!(
+                            "input {port} has extent {e} on the split axis, neither 1 nor {full}"
+                        )));
+                    }
+                }
+            }
+        }
+    }
+    let _ = o;
+    Ok(Verdict::Local {
+        outputs: vec![Layout::Split { axis }],
+        needs,
+    })
 }
 
 fn part_softmax(cx: &PartCx<'_>) -> Result<Verdict> {
@@ -560,5 +989,292 @@ mod tests {
             2,
         );
         assert_eq!(v, Verdict::local(vec![s(2)]));
+    }
+
+    fn einsum_verdict(
+        eq: &str,
+        types: Vec<Option<crate::ir::TensorType>>,
+        layouts: Vec<crate::passes::ops::layout::Layout>,
+        out: &[i64],
+    ) -> crate::passes::ops::layout::Verdict {
+        crate::passes::ops::layout::testing::verdict(
+            &node("Einsum", vec![astr("equation", eq)]),
+            12,
+            types,
+            vec![],
+            layouts,
+            vec![f32t(out)],
+            2,
+        )
+    }
+
+    #[test]
+    fn einsum_attention_forms() {
+        use crate::passes::ops::layout::{Layout, Need, Verdict};
+        let s = |axis| Layout::Split { axis };
+        let r = Layout::Replicated;
+        // (b h) i d, (b h) j d -> (b h) i j: queries and keys split on tokens: keys gathered.
+        let v = einsum_verdict(
+            "b i d, b j d -> b i j",
+            vec![f32t(&[16, 64, 40]), f32t(&[16, 64, 40])],
+            vec![s(1), s(1)],
+            &[16, 64, 64],
+        );
+        assert_eq!(v, Verdict::Gather { port: 1 });
+        // After the gather: local, split on the query tokens.
+        let v = einsum_verdict(
+            "b i d, b j d -> b i j",
+            vec![f32t(&[16, 64, 40]), f32t(&[16, 64, 40])],
+            vec![s(1), r],
+            &[16, 64, 64],
+        );
+        assert_eq!(v, Verdict::local(vec![s(1)]));
+        // Probabilities times values: the contraction runs over the split value tokens.
+        let v = einsum_verdict(
+            "bij,bjd->bid",
+            vec![f32t(&[16, 64, 64]), f32t(&[16, 64, 40])],
+            vec![s(1), s(1)],
+            &[16, 64, 40],
+        );
+        assert_eq!(v, Verdict::Gather { port: 1 });
+        // Heads axis, keys first in the equation: the earliest output index is kept.
+        let v = einsum_verdict(
+            "bhkd,bhqd->bhqk",
+            vec![f32t(&[2, 8, 64, 40]), f32t(&[2, 8, 64, 40])],
+            vec![s(2), s(2)],
+            &[2, 8, 64, 64],
+        );
+        assert_eq!(v, Verdict::Gather { port: 0 });
+        let v = einsum_verdict(
+            "bhqk,bhkd->bhqd",
+            vec![f32t(&[2, 8, 64, 64]), f32t(&[2, 8, 64, 40])],
+            vec![s(2), r],
+            &[2, 8, 64, 40],
+        );
+        assert_eq!(v, Verdict::local(vec![s(2)]));
+        // Cross-attention: keys from the replicated text need nothing.
+        let v = einsum_verdict(
+            "bhqd,bhkd->bhqk",
+            vec![f32t(&[2, 8, 64, 40]), f32t(&[2, 8, 77, 40])],
+            vec![s(2), r],
+            &[2, 8, 64, 77],
+        );
+        assert_eq!(v, Verdict::local(vec![s(2)]));
+        // A transpose moves the split axis; a full-extent replicated operand is taken per band.
+        let v = einsum_verdict(
+            "bic,ci->bci",
+            vec![f32t(&[2, 64, 8]), f32t(&[8, 64])],
+            vec![s(1), r],
+            &[2, 8, 64],
+        );
+        assert_eq!(
+            v,
+            Verdict::Local {
+                outputs: vec![s(2)],
+                needs: vec![Need::SliceOperand { port: 1, axis: 1 }]
+            }
+        );
+        // Split on the batch: local.
+        let v = einsum_verdict(
+            "bid,bjd->bij",
+            vec![f32t(&[2, 64, 40]), f32t(&[2, 64, 40])],
+            vec![s(0), s(0)],
+            &[2, 64, 64],
+        );
+        assert_eq!(v, Verdict::local(vec![s(0)]));
+        // Unsupported forms are refused with the reason.
+        for (eq, what) in [
+            ("...id,...jd->...ij", "ellipsis"),
+            ("bii,bid->bd", "repeats"),
+        ] {
+            let v = einsum_verdict(
+                eq,
+                vec![f32t(&[2, 64, 64]), f32t(&[2, 64, 40])],
+                vec![s(1), r],
+                &[2, 64, 64],
+            );
+            assert!(
+                matches!(&v, Verdict::Refuse(m) if m.contains(what)),
+                "{eq}: {v:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn einsum_folds_small_constants() -> anyhow::Result<()> {
+        use crate::tensor::Tensor;
+        let a = Tensor::from_vec(&[2, 3], vec![1f32, 2., 3., 4., 5., 6.])?;
+        let b = Tensor::from_vec(&[3, 2], vec![1f32, 0., 0., 1., 1., 1.])?;
+        let out = eval(
+            "Einsum",
+            vec![astr("equation", "ij,jk->ik")],
+            12,
+            vec![Some(a.clone()), Some(b)],
+        )?;
+        assert_eq!(out[0].to_f64s(), vec![4., 5., 10., 11.]);
+        let out = eval(
+            "Einsum",
+            vec![astr("equation", "ij->ji")],
+            12,
+            vec![Some(a)],
+        )?;
+        assert_eq!(out[0].dims(), vec![3, 2]);
+        assert_eq!(out[0].to_f64s(), vec![1., 4., 2., 5., 3., 6.]);
+        Ok(())
+    }
+
+    #[test]
+    fn attention_op_shapes() {
+        let f = |d: &[i64]| f32t(d);
+        assert_eq!(
+            infer_text_n(
+                "Attention",
+                vec![],
+                23,
+                vec![f(&[2, 8, 64, 40]), f(&[2, 4, 77, 40]), f(&[2, 4, 77, 32])],
+                vec![],
+                4
+            ),
+            "f32[2,8,64,32] f32[2,4,77,40] f32[2,4,77,32] f32[2,8,64,77]"
+        );
+        assert_eq!(
+            infer_text(
+                "Attention",
+                vec![ai("q_num_heads", 8), ai("kv_num_heads", 8)],
+                23,
+                vec![f(&[2, 64, 320]), f(&[2, 77, 320]), f(&[2, 77, 320])],
+                vec![]
+            ),
+            "f32[2,64,320]"
+        );
+        // A KV cache lengthens the present keys.
+        assert_eq!(
+            infer_text_n(
+                "Attention",
+                vec![],
+                23,
+                vec![
+                    f(&[1, 2, 4, 8]),
+                    f(&[1, 2, 4, 8]),
+                    f(&[1, 2, 4, 8]),
+                    None,
+                    f(&[1, 2, 10, 8]),
+                    f(&[1, 2, 10, 8])
+                ],
+                vec![],
+                2
+            ),
+            "f32[1,2,4,8] f32[1,2,14,8]"
+        );
+        assert!(
+            infer_text(
+                "Attention",
+                vec![],
+                23,
+                vec![f(&[2, 64, 320]), f(&[2, 77, 320]), f(&[2, 77, 320])],
+                vec![]
+            )
+            .contains("q_num_heads")
+        );
+        assert!(
+            infer_text(
+                "Attention",
+                vec![],
+                23,
+                vec![f(&[2, 6, 64, 40]), f(&[2, 4, 64, 40]), f(&[2, 4, 64, 40])],
+                vec![]
+            )
+            .contains("multiple")
+        );
+    }
+
+    #[test]
+    fn attention_op_partition() {
+        use crate::passes::ops::layout::testing::verdict;
+        use crate::passes::ops::layout::{Layout, Need, Verdict};
+        let s = |axis| Layout::Split { axis };
+        let r = Layout::Replicated;
+        let att = node(
+            "Attention",
+            vec![ai("q_num_heads", 8), ai("kv_num_heads", 8)],
+        );
+        let t = |d: &[i64]| f32t(d);
+        // Self-attention (3-D): keys, then values, gathered; then local on the query tokens.
+        let types = vec![t(&[2, 64, 320]), t(&[2, 64, 320]), t(&[2, 64, 320])];
+        let run = |layouts: Vec<Layout>, types: Vec<Option<crate::ir::TensorType>>| {
+            verdict(&att, 23, types, vec![], layouts, vec![t(&[2, 64, 320])], 2)
+        };
+        assert_eq!(
+            run(vec![s(1), s(1), s(1)], types.clone()),
+            Verdict::Gather { port: 1 }
+        );
+        assert_eq!(
+            run(vec![s(1), r, s(1)], types.clone()),
+            Verdict::Gather { port: 2 }
+        );
+        assert_eq!(
+            run(vec![s(1), r, r], types.clone()),
+            Verdict::local(vec![s(1)])
+        );
+        // Cross-attention: keys and values from the text: nothing to exchange.
+        let cross = vec![t(&[2, 64, 320]), t(&[2, 77, 320]), t(&[2, 77, 320])];
+        assert_eq!(run(vec![s(1), r, r], cross), Verdict::local(vec![s(1)]));
+        // A full mask [Sq, Skv] is taken per band of queries.
+        let masked = vec![
+            t(&[2, 64, 320]),
+            t(&[2, 64, 320]),
+            t(&[2, 64, 320]),
+            t(&[64, 64]),
+        ];
+        assert_eq!(
+            run(vec![s(1), r, r, r], masked),
+            Verdict::Local {
+                outputs: vec![s(1)],
+                needs: vec![Need::SliceOperand { port: 3, axis: 0 }]
+            }
+        );
+        // Split on the batch (CFG halves): local.
+        assert_eq!(
+            run(vec![s(0), s(0), s(0)], types.clone()),
+            Verdict::local(vec![s(0)])
+        );
+        // Split on heads: refused.
+        let v = run(vec![s(2), r, r], types);
+        assert!(matches!(v, Verdict::Refuse(_)), "{v:?}");
+        // A KV cache and causal masking are refused with their reasons.
+        let cache = vec![
+            t(&[2, 8, 64, 40]),
+            t(&[2, 8, 64, 40]),
+            t(&[2, 8, 64, 40]),
+            None,
+            t(&[2, 8, 4, 40]),
+            t(&[2, 8, 4, 40]),
+        ];
+        let v = verdict(
+            &node("Attention", vec![]),
+            23,
+            cache,
+            vec![],
+            vec![s(2), r, r, r, r, r],
+            vec![t(&[2, 8, 64, 40])],
+            2,
+        );
+        assert!(
+            matches!(&v, Verdict::Refuse(m) if m.contains("KV cache")),
+            "{v:?}"
+        );
+        let v = verdict(
+            &node("Attention", vec![ai("is_causal", 1)]),
+            23,
+            vec![t(&[2, 8, 64, 40]), t(&[2, 8, 64, 40]), t(&[2, 8, 64, 40])],
+            vec![],
+            vec![s(2), r, r],
+            vec![t(&[2, 8, 64, 40])],
+            2,
+        );
+        assert!(
+            matches!(&v, Verdict::Refuse(m) if m.contains("causal")),
+            "{v:?}"
+        );
     }
 }

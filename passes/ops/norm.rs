@@ -1,11 +1,13 @@
 //! Normalization operators: InstanceNormalization, LayerNormalization (with its optional
-//! `Mean` and `InvStdDev` outputs), GroupNormalization, BatchNormalization (inference and
+//! `Mean` and `InvStdDev` outputs), RMSNormalization (opset 23), GroupNormalization (opset 18
+//! per-group and opset 21 per-channel scale and bias, `stash_type`), BatchNormalization (inference and
 //! training outputs), LpNormalization, MeanVarianceNormalization; and the internal canonical
 //! `GroupNorm` of domain [`INTERNAL_DOMAIN`] that `canonicalize` makes of every group-norm
 //! construct: `GroupNorm(x, scale?, bias?) {num_groups, epsilon}`, scale and bias per channel
 //! (`[C]` or `[C,1,…]`), statistics over each group's channels and every spatial position.
 //!
-//! Partition rules: statistics over a non-split axis are local; LayerNormalization,
+//! Partition rules: statistics over a non-split axis are local (LayerNormalization and
+//! RMSNormalization over the channels of `[B, tokens, C]`); LayerNormalization, RMSNormalization,
 //! LpNormalization, MeanVarianceNormalization and InstanceNormalization over the split axis are
 //! refused; the canonical GroupNorm on an image split on a spatial axis computes per-band
 //! statistics that are exchanged ([`Need::GroupNormStats`]).
@@ -50,6 +52,27 @@ fn layer_norm(cx: &OpCx<'_>) -> Result<Vec<TensorType>> {
         tt(stash, Some(stats.clone())),
         tt(stash, Some(stats)),
     ])
+}
+
+/// `RMSNormalization` (opset 23): `Y` has `X`'s type; `scale` broadcasts over the normalized
+/// axes `[axis, rank)`.
+fn rms_norm(cx: &OpCx<'_>) -> Result<Vec<TensorType>> {
+    if let Some(d) = cx.static_dims(0) {
+        let axis = norm_axis(cx.attr_i("axis", -1), d.len())?;
+        if let Some(s) = cx.static_dims(1)
+            && (s.len() > d.len() - axis
+                || s.iter()
+                    .rev()
+                    .zip(d.iter().rev())
+                    .any(|(&a, &b)| a != 1 && a != b))
+        {
+            bail!(
+                "scale {s:?} does not broadcast over the normalized axes {:?}",
+                &d[axis..]
+            );
+        }
+    }
+    same_as(cx, 0)
 }
 
 fn group_norm(cx: &OpCx<'_>) -> Result<Vec<TensorType>> {
@@ -99,6 +122,7 @@ fn same(cx: &OpCx<'_>) -> Result<Vec<TensorType>> {
 pub const OPS: &[OpDef] = &[
     OpDef::infer("InstanceNormalization", instance_norm).split(part_instance_norm),
     OpDef::infer("LayerNormalization", layer_norm).split(part_layer_norm),
+    OpDef::infer("RMSNormalization", rms_norm).split(part_rms_norm),
     OpDef::infer("GroupNormalization", group_norm).split(part_group_norm_op),
     OpDef::infer("BatchNormalization", batch_norm).split(follow),
     OpDef::infer("LpNormalization", same).split(part_lp_norm),
@@ -160,6 +184,12 @@ fn part_layer_norm(cx: &PartCx<'_>) -> Result<Verdict> {
     let r = cx.dims(0).map(|d| d.len()).unwrap_or(0);
     let axis = norm_axis(cx.op.attr_i("axis", -1), r)?;
     refuse_over(cx, &(axis..r).collect::<Vec<_>>(), "LayerNormalization")
+}
+
+fn part_rms_norm(cx: &PartCx<'_>) -> Result<Verdict> {
+    let r = cx.dims(0).map(|d| d.len()).unwrap_or(0);
+    let axis = norm_axis(cx.op.attr_i("axis", -1), r)?;
+    refuse_over(cx, &(axis..r).collect::<Vec<_>>(), "RMSNormalization")
 }
 
 fn part_lp_norm(cx: &PartCx<'_>) -> Result<Verdict> {
@@ -272,6 +302,79 @@ mod tests {
                 vec![]
             ),
             "f32[2,3,4,4] f32[3] f32[3] f32[3] f32[3]"
+        );
+    }
+
+    #[test]
+    fn rms_norm_shapes() {
+        assert_eq!(
+            infer_text(
+                "RMSNormalization",
+                vec![ai("axis", -1)],
+                23,
+                vec![f32t(&[2, 64, 32]), f32t(&[32])],
+                vec![]
+            ),
+            "f32[2,64,32]"
+        );
+        assert!(
+            infer_text(
+                "RMSNormalization",
+                vec![],
+                23,
+                vec![f32t(&[2, 64, 32]), f32t(&[16])],
+                vec![]
+            )
+            .starts_with("error")
+        );
+    }
+
+    #[test]
+    fn norms_over_channels_are_local_over_tokens_refused() {
+        use crate::passes::ops::layout::testing::verdict;
+        use crate::passes::ops::layout::{Layout, Verdict};
+        let s1 = Layout::Split { axis: 1 };
+        let r = Layout::Replicated;
+        for op in ["LayerNormalization", "RMSNormalization"] {
+            // [B, tokens, C] split on tokens, normalized over channels: local.
+            let v = verdict(
+                &node(op, vec![ai("axis", -1)]),
+                23,
+                vec![f32t(&[2, 64, 32]), f32t(&[32])],
+                vec![],
+                vec![s1, r],
+                vec![f32t(&[2, 64, 32])],
+                2,
+            );
+            assert_eq!(v, Verdict::local(vec![s1]), "{op}");
+            // Normalized over tokens and channels: refused.
+            let v = verdict(
+                &node(op, vec![ai("axis", 1)]),
+                23,
+                vec![f32t(&[2, 64, 32]), f32t(&[64, 32])],
+                vec![],
+                vec![s1, r],
+                vec![f32t(&[2, 64, 32])],
+                2,
+            );
+            assert!(
+                matches!(&v, Verdict::Refuse(m) if m.contains("split axis")),
+                "{op}: {v:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn group_normalization_21_with_stash_type() {
+        assert_eq!(
+            infer_text(
+                "GroupNormalization",
+                vec![ai("num_groups", 4), ai("stash_type", 1)],
+                21,
+                vec![f32t(&[2, 32, 8, 8]), f32t(&[32]), f32t(&[32])],
+                vec![]
+            ),
+            "f32[2,32,8,8]"
         );
     }
 }

@@ -9,7 +9,8 @@
 //! - convolutions whose kernel is taller than one row (they need halo rows when split on H);
 //! - GroupNorms: the `GroupNormalization` op, and torch's export pattern
 //!   Reshape → InstanceNormalization → Reshape → Mul → Add, each counted once;
-//! - attentions: MatMul(Q, Kᵀ) → [Mul/Div/Add …] → Softmax → MatMul(·, V). Q and K are traced
+//! - attentions: MatMul(Q, Kᵀ) or Einsum(Q, K) → [Mul/Div/Add …] → Softmax → MatMul(·, V) or
+//!   Einsum(·, V), and the `Attention` operator (opset 23). Q and K are traced
 //!   back through data-movement and elementwise ops (MatMul with weights, Reshape, Transpose,
 //!   Add, Mul, Div, Cast, …) to their *sources* (graph inputs or outputs of other ops); shape
 //!   computations and constants are not followed. Self-attention: Q and K share a source.
@@ -254,12 +255,19 @@ impl Structure {
                 "Conv" if conv_kernel_height(graph, id) > 1 => s.convs_kernel_gt1 += 1,
                 "GroupNormalization" => s.group_norms += 1,
                 "InstanceNormalization" if is_torch_group_norm(graph, id) => s.group_norms += 1,
-                "Softmax" => match attention_kind(graph, id, &consts, spatial) {
-                    Some(AttentionKind::SelfAttention) => s.self_attentions += 1,
-                    Some(AttentionKind::Cross) => s.cross_attentions += 1,
-                    Some(AttentionKind::Other) => s.other_attentions += 1,
-                    None => {}
-                },
+                "Softmax" | "Attention" => {
+                    let kind = if node.op_type == "Softmax" {
+                        attention_kind(graph, id, &consts, spatial)
+                    } else {
+                        attention_op_kind(graph, id, &consts, spatial)
+                    };
+                    match kind {
+                        Some(AttentionKind::SelfAttention) => s.self_attentions += 1,
+                        Some(AttentionKind::Cross) => s.cross_attentions += 1,
+                        Some(AttentionKind::Other) => s.other_attentions += 1,
+                        None => {}
+                    }
+                }
                 _ => {}
             }
         }
@@ -372,7 +380,7 @@ fn attention_kind(
     // Upstream: scale / mask ops, then the score MatMul.
     let mut cur = producer_of(graph, softmax, 0)?;
     let mut hops = 0;
-    while graph.node(cur).op_type != "MatMul" {
+    while !is_product(graph, cur) {
         let node = graph.node(cur);
         if !matches!(node.op_type.as_str(), "Mul" | "Div" | "Add" | "Cast") || hops > 4 {
             return None;
@@ -390,7 +398,7 @@ fn attention_kind(
             _ => data
                 .iter()
                 .filter_map(|v| graph.value(*v).producer().map(|p| p.0))
-                .find(|&p| graph.node(p).op_type == "MatMul")?,
+                .find(|&p| is_product(graph, p))?,
         };
         hops += 1;
     }
@@ -399,10 +407,10 @@ fn attention_kind(
     let mut down = softmax;
     loop {
         let users = consumers(graph, down);
-        if users
-            .iter()
-            .any(|&(n, port)| port == 0 && graph.node(n).op_type == "MatMul")
-        {
+        if users.iter().any(|&(n, port)| {
+            (port == 0 && graph.node(n).op_type == "MatMul")
+                || (graph.node(n).op_type == "Einsum" && graph.node(n).inputs().len() == 2)
+        }) {
             break;
         }
         match users.as_slice() {
@@ -411,8 +419,40 @@ fn attention_kind(
         }
     }
     let node = graph.node(scores);
-    let q = sources(graph, node.input(0)?, consts);
-    let k = sources(graph, node.input(1)?, consts);
+    classify(graph, node.input(0)?, node.input(1)?, consts, spatial)
+}
+
+/// A score product: MatMul, or an Einsum of two operands.
+fn is_product(graph: &Graph, id: NodeId) -> bool {
+    let node = graph.node(id);
+    node.op_type == "MatMul" || (node.op_type == "Einsum" && node.inputs().len() == 2)
+}
+
+/// Classifies an `Attention` operator by its queries (input 0) and keys (input 1).
+fn attention_op_kind(
+    graph: &Graph,
+    id: NodeId,
+    consts: &HashSet<ValueId>,
+    spatial: Option<ValueId>,
+) -> Option<AttentionKind> {
+    let node = graph.node(id);
+    if !(node.domain.is_empty() || node.domain == "ai.onnx") {
+        return None;
+    }
+    classify(graph, node.input(0)?, node.input(1)?, consts, spatial)
+}
+
+/// Self-attention when the queries `q` and keys `k` share a source; cross-attention when the
+/// keys come from a graph input other than the spatial one.
+fn classify(
+    graph: &Graph,
+    q: ValueId,
+    k: ValueId,
+    consts: &HashSet<ValueId>,
+    spatial: Option<ValueId>,
+) -> Option<AttentionKind> {
+    let q = sources(graph, q, consts);
+    let k = sources(graph, k, consts);
     if !q.is_disjoint(&k) {
         return Some(AttentionKind::SelfAttention);
     }

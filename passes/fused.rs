@@ -1,0 +1,163 @@
+//! `reject-fused`: refuses graphs that ONNX Runtime's transformer optimizer rewrote into its own
+//! fused operators (domain `com.microsoft`: `GroupNorm`, `SkipGroupNorm`, `MultiHeadAttention`,
+//! `BiasSplitGelu`, `BiasAdd`, `NhwcConv`, …). Those operators hide the constructs the
+//! partition rules read (statistics over the image, keys and values of every token, NHWC
+//! layouts), and their kernels exist only in some ONNX Runtime builds, so dfc asks for the
+//! model as exported, before fusion.
+//!
+//! **Invariant:** after this pass no node of domain `com.microsoft` remains (the graph is not
+//! changed; the pass fails instead). Rejects every such node in one error that names each node,
+//! its operator and the standard ONNX form to export instead.
+
+use anyhow::Result;
+
+use super::{Pass, PassContext};
+use crate::ir::Graph;
+
+/// Domain of ONNX Runtime's contributed operators.
+pub const ORT_DOMAIN: &str = "com.microsoft";
+
+/// One fused node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FusedNode {
+    pub node: String,
+    pub op: String,
+    /// What to export instead.
+    pub instead: &'static str,
+}
+
+/// A graph holding ONNX Runtime fused operators.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{} node(s) are ONNX Runtime fused operators (domain com.microsoft), which dfc does not partition; \
+     export the UNet without ONNX Runtime's transformer optimizer (onnxruntime.transformers.optimizer / \
+     fusion options off), or export instead:\n{}",
+    .0.len(),
+    list(.0)
+)]
+pub struct FusedOpsError(pub Vec<FusedNode>);
+
+fn list(nodes: &[FusedNode]) -> String {
+    nodes
+        .iter()
+        .map(|n| format!("  `{}` ({ORT_DOMAIN}:{}): {}", n.node, n.op, n.instead))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The standard ONNX form of ONNX Runtime's fused operator `op`.
+pub fn unfused_form(op: &str) -> &'static str {
+    match op {
+        "GroupNorm" => {
+            "GroupNormalization (opset 21) or torch's Reshape → InstanceNormalization → Reshape → Mul → Add, on NCHW"
+        }
+        "SkipGroupNorm" => "Add of the skip, then GroupNormalization (opset 21), on NCHW",
+        "MultiHeadAttention" | "Attention" | "PackedAttention" | "PackedMultiHeadAttention" => {
+            "MatMul → Softmax → MatMul attention, Einsum attention, or the ONNX Attention operator (opset 23)"
+        }
+        "GroupQueryAttention" => "the ONNX Attention operator (opset 23) without a KV cache",
+        "BiasSplitGelu" => "Add of the bias, Split in two halves, Gelu (or its Erf form) and Mul",
+        "BiasAdd" => "Add (bias, then skip)",
+        "BiasGelu" | "FastGelu" | "QuickGelu" | "Gelu" => {
+            "Add of the bias, then Gelu or its Erf form"
+        }
+        "NhwcConv" => "Conv on NCHW tensors",
+        "SkipLayerNormalization" | "SkipSimplifiedLayerNormalization" => {
+            "Add of the skip, then LayerNormalization (or RMSNormalization)"
+        }
+        "LayerNormalization" | "SimplifiedLayerNormalization" => {
+            "LayerNormalization or RMSNormalization of the default domain"
+        }
+        "FusedConv" => "Conv followed by its activation",
+        "FusedMatMul" => "MatMul (with Transpose and Mul where it was fused)",
+        _ => "the unfused standard ONNX operators",
+    }
+}
+
+/// Every node of domain [`ORT_DOMAIN`], in topological order.
+pub fn fused_nodes(g: &Graph) -> Vec<FusedNode> {
+    let mut ids: Vec<_> = g.node_ids().collect();
+    ids.sort_by_key(|&id| g.node(id).order);
+    ids.into_iter()
+        .map(|id| g.node(id))
+        .filter(|n| n.domain == ORT_DOMAIN)
+        .map(|n| FusedNode {
+            node: n.name.clone(),
+            op: n.op_type.clone(),
+            instead: unfused_form(&n.op_type),
+        })
+        .collect()
+}
+
+/// See the module documentation.
+pub struct RejectFused;
+
+impl Pass for RejectFused {
+    fn name(&self) -> &'static str {
+        "reject-fused"
+    }
+    fn description(&self) -> &'static str {
+        "refuse ONNX Runtime fused operators (com.microsoft), listing each with its unfused form"
+    }
+    fn run(&self, g: &mut Graph, _cx: &mut PassContext) -> Result<bool> {
+        let fused = fused_nodes(g);
+        if fused.is_empty() {
+            Ok(false)
+        } else {
+            Err(FusedOpsError(fused).into())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::DataType;
+    use crate::onnx::ExternalStore;
+    use crate::passes::test_graphs::{model, node, vi};
+
+    #[test]
+    fn every_fused_node_is_listed_with_its_unfused_form() {
+        let f = DataType::FLOAT;
+        let mut gn = node("GroupNorm", "gn0", &["x", "g", "b"], &["a"]);
+        gn.domain = Some(ORT_DOMAIN.into());
+        let mut mha = node("MultiHeadAttention", "attn0", &["a", "a", "a"], &["m"]);
+        mha.domain = Some(ORT_DOMAIN.into());
+        let mut bsg = node("BiasSplitGelu", "ff0", &["m", "bias"], &["y"]);
+        bsg.domain = Some(ORT_DOMAIN.into());
+        let mut g = model(
+            vec![gn, mha, bsg],
+            vec![vi("x", f, &["1", "4", "4", "8"])],
+            vec![vi("y", f, &["?", "?", "?", "?"])],
+            vec![],
+            17,
+        );
+        let mut cx = PassContext::new(ExternalStore::new(std::env::temp_dir()));
+        let e = RejectFused.run(&mut g, &mut cx).expect_err("refused");
+        let text = e.to_string();
+        assert!(text.starts_with("3 node(s)"), "{text}");
+        for want in [
+            "`gn0` (com.microsoft:GroupNorm): GroupNormalization",
+            "`attn0` (com.microsoft:MultiHeadAttention): MatMul",
+            "`ff0` (com.microsoft:BiasSplitGelu): Add",
+        ] {
+            assert!(text.contains(want), "{want} missing: {text}");
+        }
+        assert!(e.downcast_ref::<FusedOpsError>().is_some());
+    }
+
+    #[test]
+    fn standard_graphs_pass() -> Result<()> {
+        let f = DataType::FLOAT;
+        let mut g = model(
+            vec![node("Relu", "r", &["x"], &["y"])],
+            vec![vi("x", f, &["1", "4", "4", "8"])],
+            vec![vi("y", f, &["1", "4", "4", "8"])],
+            vec![],
+            17,
+        );
+        let mut cx = PassContext::new(ExternalStore::new(std::env::temp_dir()));
+        assert!(!RejectFused.run(&mut g, &mut cx)?);
+        Ok(())
+    }
+}
