@@ -525,7 +525,7 @@ mod tests {
     use std::thread;
     use std::time::Duration;
 
-    use crate::runtime::Rng;
+    use crate::contract::rng::Rng;
 
     /// Runs `f(ctx)` on `n` rank threads of one group for `steps` steps; returns the results per
     /// rank and step.

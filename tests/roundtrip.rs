@@ -264,7 +264,10 @@ fn specialize_dynamic_fixtures_at_another_size() -> Result<()> {
                     };
                 }
             }
-            inputs.push((name.clone(), rng.tensor_like(t, &dims)));
+            inputs.push((
+                name.clone(),
+                dfc::runtime::rng::tensor_like(&mut rng, t, &dims),
+            ));
         }
         let expected = run(&fx.model, &inputs)?;
         let dir = tempfile::tempdir()?;
