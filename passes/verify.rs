@@ -203,7 +203,10 @@ mod tests {
         let f = DataType::FLOAT;
         let mut conv = node("Conv", "conv", &["x", "w"], &["y"]);
         conv.attribute
-            .push(crate::onnx::proto::AttributeProto::ints("pads", &[1, 1, 1, 1]));
+            .push(crate::onnx::proto::AttributeProto::ints(
+                "pads",
+                &[1, 1, 1, 1],
+            ));
         let w = {
             let mut t = crate::tensor::Tensor::zeros(f, &[4, 4, 3, 3])
                 .expect("zeros")
@@ -239,7 +242,10 @@ mod tests {
         let x = g.inputs[0];
         g.value_mut(x).layout = None;
         let e = verify_phase(&g, &cx).expect_err("no layout");
-        assert!(crate::error::is_internal(&e) && e.to_string().contains("no layout"), "{e}");
+        assert!(
+            crate::error::is_internal(&e) && e.to_string().contains("no layout"),
+            "{e}"
+        );
         g.value_mut(x).layout = Some(Layout::Split { axis: 2 });
         PassManager::from_names(&["localize"])?.run(&mut g, &mut cx)?;
         assert_eq!(g.phase, Phase::Local);

@@ -12,7 +12,6 @@
 //! Rules are only asked about nodes with at least one split input: a node whose inputs are all
 //! replicated computes replicated outputs, whatever it is.
 
-
 use anyhow::Result;
 
 use super::OpCx;
