@@ -534,10 +534,13 @@ fn eval_einsum(cx: &OpCx<'_>) -> Result<Option<Vec<Tensor>>> {
         }
     }
     let letters: Vec<char> = extent.keys().copied().collect();
-    let total: usize = extent.values().product();
-    if total > MAX_TERMS {
+    let Some(total) = extent
+        .values()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .filter(|&n| n <= MAX_TERMS)
+    else {
         return Ok(None);
-    }
+    };
     let pos = |c: char| letters.iter().position(|&x| x == c).unwrap_or(0);
     let data: Vec<Vec<f64>> = values.iter().map(|t| t.to_f64s()).collect();
     let offsets = |term: &[char], dims: &[usize], idx: &[usize]| -> usize {
@@ -550,7 +553,14 @@ fn eval_einsum(cx: &OpCx<'_>) -> Result<Option<Vec<Tensor>>> {
     };
     let in_dims: Vec<Vec<usize>> = values.iter().map(|t| t.shape().to_vec()).collect();
     let out_dims: Vec<usize> = s.output.iter().map(|c| extent[c]).collect();
-    let mut out = vec![0f64; out_dims.iter().product()];
+    let out_len = out_dims
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .filter(|&n| n <= MAX_TERMS);
+    let Some(out_len) = out_len else {
+        return Ok(None);
+    };
+    let mut out = vec![0f64; out_len];
     let mut idx = vec![0usize; letters.len()];
     for _ in 0..total {
         let mut prod = 1f64;
@@ -588,7 +598,7 @@ fn div_dim(a: &Dim, b: i64, what: &str) -> Result<Dim> {
 
 fn add_dims(a: &Dim, b: &Dim) -> Dim {
     match (a, b) {
-        (Dim::Fixed(x), Dim::Fixed(y)) => Dim::Fixed(x + y),
+        (Dim::Fixed(x), Dim::Fixed(y)) => x.checked_add(*y).map_or(Dim::Unknown, Dim::Fixed),
         _ => Dim::Unknown,
     }
 }
@@ -608,6 +618,14 @@ fn attention(cx: &OpCx<'_>) -> Result<Vec<TensorType>> {
             tt(q.elem, None),
         ]);
     };
+    if !matches!((qd.len(), kd.len(), vd.len()), (3, 3, 3) | (4, 4, 4)) {
+        bail!(
+            "Attention needs Q, K, V all 3-D or all 4-D, not ranks {}, {}, {}",
+            qd.len(),
+            kd.len(),
+            vd.len()
+        );
+    }
     let batch = merge_dim(&qd[0], &kd[0], "Attention: Q and K batch differ")
         .and_then(|b| merge_dim(&b, &vd[0], "Attention: K and V batch differ"))?;
     // Per-head views: (heads, tokens, head size) of Q, K and V.
@@ -665,7 +683,7 @@ fn attention(cx: &OpCx<'_>) -> Result<Vec<TensorType>> {
         vec![batch.clone(), qh[0].clone(), qh[1].clone(), vh[2].clone()]
     } else {
         let hidden = match (&qh[0], &vh[2]) {
-            (Dim::Fixed(h), Dim::Fixed(d)) => Dim::Fixed(h * d),
+            (Dim::Fixed(h), Dim::Fixed(d)) => h.checked_mul(*d).map_or(Dim::Unknown, Dim::Fixed),
             _ => Dim::Unknown,
         };
         vec![batch.clone(), qh[1].clone(), hidden]
@@ -721,7 +739,11 @@ fn part_attention(cx: &PartCx<'_>) -> Result<Verdict> {
     let (Some(q), Some(o)) = (cx.dims(0), cx.out_dims(0)) else {
         return Ok(Verdict::Refuse("shapes are not static".into()));
     };
-    let tok = if q.len() == 4 { 2 } else { 1 };
+    let tok = match q.len() {
+        4 => 2,
+        3 => 1,
+        r => return Ok(Verdict::Refuse(format!("Attention queries of rank {r}"))),
+    };
     // Keys and values split on their token axis: every query reads every key.
     for port in [1, 2] {
         if cx.axis(port) == Some(tok) {
