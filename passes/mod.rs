@@ -10,6 +10,12 @@
 //! Operator knowledge (shape rules, evaluation) lives in tables in [`ops`], one module per
 //! operator family; [`propagate`] is the engine that applies it over a graph.
 
+// The layers below, under the names the passes use.
+pub use dfc_contract as contract;
+pub use dfc_contract::plan;
+pub use dfc_graph::{error, internal, ir, onnx, tensor};
+pub(crate) use crate as passes;
+
 pub mod canonicalize;
 pub mod dce;
 pub mod fold_constants;

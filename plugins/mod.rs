@@ -10,6 +10,10 @@
 //! `comm` and `exchange` know nothing of any executor; a TensorRT/NCCL backend implements the
 //! same contract next to `ort_ops`.
 
+// The contract, under the names the operators use.
+pub use dfc_contract as contract;
+pub use dfc_contract::plan;
+
 pub mod comm;
 pub mod exchange;
 pub mod ort_ops;

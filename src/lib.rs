@@ -1,23 +1,19 @@
 //! dfc: a compiler and runtime for displaced patch parallelism on diffusion UNets.
 //!
-//! Data flows one way: [`onnx`] (protobuf I/O) ← [`ir`] (the graph) ← [`passes`] (analyses and
-//! rewrites) ← emit. The command-line front end lives in [`cli`].
-//! The exchange operators and communicators live in [`plugins`]; [`runtime`] executes plans.
-//! [`trt`] loads TensorRT through its shim to build and run engines.
-//! [`contract`] holds what they all share: the plan format, the exchange operators' schema and
-//! band geometry.
+//! The workspace's crates, re-exported here under the module names the command line and the
+//! tests use, follow one direction: [`contract`] (plan format, exchange-operator schema, band
+//! geometry, seeded RNG) and the graph layer ([`onnx`], [`ir`], [`tensor`], [`error`]) at the
+//! bottom; the compiler ([`passes`], driven by [`emit`]) on the graph; the exchange operators
+//! ([`plugins`]) on the contract; the runtime ([`runtime`], with [`trt`] for TensorRT) on
+//! plugins and TensorRT, never on the passes. The command-line front end ([`cli`]) sits on top.
 
 pub mod cli;
-pub mod contract;
 pub mod emit;
-pub mod error;
-pub mod ir;
-pub mod onnx;
-#[path = "../passes/mod.rs"]
-pub mod passes;
-pub use contract::plan;
-#[path = "../plugins/mod.rs"]
-pub mod plugins;
-pub mod runtime;
-pub mod tensor;
-pub mod trt;
+
+pub use dfc_contract as contract;
+pub use dfc_contract::plan;
+pub use dfc_graph::{error, internal, ir, onnx, tensor};
+pub use dfc_passes as passes;
+pub use dfc_plugins as plugins;
+pub use dfc_runtime as runtime;
+pub use dfc_trt as trt;

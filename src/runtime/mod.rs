@@ -7,6 +7,13 @@
 //! into images and compares them; [`launch`] starts and supervises one process per rank (and
 //! their rendezvous across nodes); `gpu` (feature `gpu`) is the TensorRT + NCCL executor.
 
+// The layers below, under the names the runtime uses.
+pub use dfc_contract as contract;
+pub use dfc_contract::plan;
+pub use dfc_graph::onnx;
+pub use dfc_plugins as plugins;
+pub use dfc_trt as trt;
+
 pub mod executor;
 #[cfg(feature = "gpu")]
 pub mod gpu;

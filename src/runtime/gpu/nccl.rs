@@ -13,7 +13,7 @@ use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut};
 use cudarc::nccl::{result, sys};
 
 use super::GpuError;
-use crate::runtime::launch::{ID_BYTES, IdSource, LaunchError};
+use crate::launch::{ID_BYTES, IdSource, LaunchError};
 
 fn nccl_err(what: &str, e: result::NcclError) -> GpuError {
     GpuError::Nccl(format!("{what}: {e:?}"))
