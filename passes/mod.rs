@@ -16,6 +16,7 @@ pub use dfc_contract::plan;
 pub use dfc_graph::{error, internal, ir, onnx, tensor};
 pub(crate) use crate as passes;
 
+pub mod batch;
 pub mod canonicalize;
 pub mod dce;
 pub mod fold_constants;

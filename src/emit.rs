@@ -151,26 +151,54 @@ pub fn compile_graph(opts: &CompileOptions) -> Result<(CompileReport, Option<Com
                 opts.gpus
             );
         }
-        // Each group runs a graph specialized to half the batch, so the batch axis must be
-        // free to bind.
+        // Each group runs a graph of half the batch: a dynamic batch axis is bound to it; a
+        // batch fixed to the full pair is halved (`passes::batch`), after which the graph's
+        // inputs and outputs carry a symbolic batch that `bind-inputs` binds to the half.
         let spatial = graph.inputs.iter().copied().find(|&v| {
             graph
                 .value(v)
                 .tensor_type()
                 .is_some_and(|t| t.elem.is_float() && t.rank() == Some(4))
         });
-        if let Some(v) = spatial {
-            let t = graph.value(v).tensor_type().cloned();
-            if let Some(b) = t.as_ref().and_then(|t| t.shape.as_ref()?.first()?.fixed()) {
-                bail!(
-                    "--split-batch needs a model with a dynamic batch axis: input `{}` has its batch fixed to {b}; \
-                     export the UNet with a dynamic batch axis (each CFG group runs half the batch)",
-                    graph.value(v).name
-                );
+        let fixed = spatial.and_then(|v| {
+            let t = graph.value(v).tensor_type()?;
+            Some((
+                graph.value(v).name.clone(),
+                t.shape.as_ref()?.first()?.fixed()?,
+            ))
+        });
+        let b = match (fixed, sizes.batch) {
+            (Some((name, b)), Some(given)) if given != b => bail!(
+                "--batch {given} contradicts input `{name}`, whose batch is fixed to {b} (with --split-batch, --batch is the full batch)"
+            ),
+            (Some((name, b)), _) => {
+                if b % 2 != 0 {
+                    bail!(
+                        "--split-batch needs an even batch: input `{name}` has its batch fixed to {b}"
+                    );
+                }
+                let mut pre = PassContext::new(store.clone());
+                pre.specialize = SpecializeOptions {
+                    batch: None,
+                    ..sizes.clone()
+                };
+                PassManager::from_names(&[
+                    "reject-fused",
+                    "bind-inputs",
+                    "fold-constants",
+                    "dce",
+                    "require-static",
+                    "canonicalize",
+                ])?
+                .run(&mut graph, &mut pre)
+                .map_err(user_error)?;
+                crate::passes::batch::halve_batch(&mut graph, &store, b)?;
+                b
             }
-        }
-        let Some(b) = sizes.batch else {
-            bail!("--split-batch needs --batch (the full batch, both CFG halves)");
+            (None, Some(b)) => b,
+            (None, None) => {
+                bail!("--split-batch needs --batch (the full batch, both CFG halves)")
+            }
         };
         if b % 2 != 0 {
             bail!("--split-batch needs an even batch, not {b}");

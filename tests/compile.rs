@@ -566,7 +566,7 @@ fn split_batch_puts_the_cfg_halves_on_two_groups() -> Result<()> {
     o.gpus = 3;
     let e = compile(&o).err().map(|e| e.to_string()).unwrap_or_default();
     ensure!(e.contains("must be even"), "{e}");
-    // A batch baked into the export cannot be halved.
+    // A batch baked into the export is halved: the same plan layout as the dynamic export.
     let mut fixed = options(
         &root().join("models/sd15_tiny.onnx"),
         &tmp.path().join("fixed"),
@@ -574,15 +574,34 @@ fn split_batch_puts_the_cfg_halves_on_two_groups() -> Result<()> {
         &SpecializeOptions::default(),
     );
     fixed.split_batch = true;
-    let e = compile(&fixed)
+    let plan = compile(&fixed)?.plan.context("no plan")?;
+    let sample = plan
+        .inputs
+        .iter()
+        .find(|i| i.name == "sample")
+        .context("sample")?;
+    ensure!(sample.shape == vec![2, 4, 32, 32] && sample.local_shape(0) == [1, 4, 16, 32]);
+    ensure!(sample.layout.group_axis == Some(0) && plan.ranks[2].batch == [1, 2]);
+    // A --batch that contradicts the fixed batch is refused, and nothing is written.
+    let mut wrong = options(
+        &root().join("models/sd15_tiny.onnx"),
+        &tmp.path().join("wrong"),
+        4,
+        &SpecializeOptions {
+            batch: Some(4),
+            ..Default::default()
+        },
+    );
+    wrong.split_batch = true;
+    let e = compile(&wrong)
         .err()
         .map(|e| e.to_string())
         .unwrap_or_default();
     ensure!(
-        e.contains("dynamic batch axis") && e.contains("`sample` has its batch fixed to 2"),
+        e.contains("--batch 4 contradicts input `sample`, whose batch is fixed to 2"),
         "{e}"
     );
-    ensure!(!tmp.path().join("fixed").exists());
+    ensure!(!tmp.path().join("wrong").exists());
     Ok(())
 }
 

@@ -68,6 +68,38 @@ pub fn fixtures() -> Result<Vec<Fixture>> {
     Ok(out)
 }
 
+/// The corpus of other export forms (`models/corpus/*.onnx` with `<name>.io.npz`, written by
+/// `tools/export_corpus.py`); empty when the folder is absent.
+pub fn corpus() -> Result<Vec<Fixture>> {
+    let dir = root().join("models/corpus");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(Vec::new());
+    };
+    let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    paths.sort();
+    let mut out = Vec::new();
+    for p in paths {
+        if p.extension().is_none_or(|e| e != "onnx") {
+            continue;
+        }
+        let stem = p
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
+        let io = dir.join(format!("{stem}.io.npz"));
+        if !io.is_file() {
+            bail!("corpus model {} has no {}", p.display(), io.display());
+        }
+        out.push(Fixture {
+            name: stem,
+            model: p,
+            io,
+        });
+    }
+    Ok(out)
+}
+
 /// Makes sure ONNX Runtime loads; the error carries the install command.
 pub fn require_ort() -> Result<()> {
     dfc::runtime::environment()
