@@ -11,10 +11,10 @@
 //! operator family; [`propagate`] is the engine that applies it over a graph.
 
 // The layers below, under the names the passes use.
+pub(crate) use crate as passes;
 pub use dfc_contract as contract;
 pub use dfc_contract::plan;
 pub use dfc_graph::{error, internal, ir, onnx, tensor};
-pub(crate) use crate as passes;
 
 pub mod batch;
 pub mod canonicalize;
@@ -158,13 +158,13 @@ pub struct PassContext {
     /// Symbol bindings made by `bind-inputs`, by symbol name.
     pub bindings: BTreeMap<String, i64>,
     pub diagnostics: Diagnostics,
-    /// Band count and mode for `partition` and `localize`.
+    /// Band count and mode for `partition` and the localizing passes.
     pub partition_options: PartitionOptions,
-    /// The layouts `partition` found (read by `localize`).
+    /// What `partition` found: bands, needs and gathers (read by the localizing passes).
     pub partition: Option<partition::Partition>,
-    /// The band whose local graph `localize` builds (position within the group).
+    /// The band whose local graph the localizing passes build (position within the group).
     pub band: usize,
-    /// What `localize` did: exchanges, per-band constants, expected local types.
+    /// What the localizing passes found: exchanges, per-band constants, I/O layouts.
     pub local: Option<localize::LocalGraph>,
 }
 
@@ -194,7 +194,9 @@ pub static REGISTRY: &[&dyn Pass] = &[
     &specialize::RequireStatic,
     &canonicalize::Canonicalize,
     &partition::PartitionPass,
-    &localize::Localize,
+    &localize::LocalTypes,
+    &localize::LowerGroupNorm,
+    &localize::InsertExchanges,
 ];
 
 /// Every pipeline: name → pass names, in order.
@@ -215,7 +217,9 @@ pub static PIPELINES: &[(&str, &[&str])] = &[
             "require-static",
             "canonicalize",
             "partition",
-            "localize",
+            "local-types",
+            "lower-group-norm",
+            "insert-exchanges",
         ],
     ),
 ];

@@ -7,6 +7,8 @@
 //!   `InstanceNormalization` remains (group norms are one internal node, then lowered).
 //! - [`Phase::Partitioned`]: every live value has exactly one layout, and a node whose inputs
 //!   are all replicated has replicated outputs.
+//! - [`Phase::Localizing`] (between `local-types` and `insert-exchanges`): only the invariants
+//!   above that still hold (static types, canonical group norms).
 //! - [`Phase::Local`]: shape inference from the graph inputs alone derives exactly the local
 //!   types `localize` wrote (a size-carrying constant that was not localized, or a rule that
 //!   placed a value wrongly, shows up as a mismatch at the node producing it); no internal
@@ -247,7 +249,8 @@ mod tests {
             "{e}"
         );
         g.value_mut(x).layout = Some(Layout::Split { axis: 2 });
-        PassManager::from_names(&["localize"])?.run(&mut g, &mut cx)?;
+        PassManager::from_names(&["local-types", "lower-group-norm", "insert-exchanges"])?
+            .run(&mut g, &mut cx)?;
         assert_eq!(g.phase, Phase::Local);
         verify_phase(&g, &cx)?;
         // A local type that inference does not derive breaks the local phase.

@@ -243,7 +243,7 @@ pub fn compile_graph(opts: &CompileOptions) -> Result<(CompileReport, Option<Com
         ..Default::default()
     };
     if opts.dump_after.is_some() {
-        let pass = run.stopped_after.unwrap_or("localize");
+        let pass = run.stopped_after.unwrap_or("insert-exchanges");
         let mut dump = run
             .dumps
             .into_iter()

@@ -45,6 +45,6 @@ fn partition() -> Result<()> {
 
 #[test]
 fn localize() -> Result<()> {
-    insta::assert_snapshot!("sd15_tiny_n2_localize", dump_after("localize")?);
+    insta::assert_snapshot!("sd15_tiny_n2_localize", dump_after("insert-exchanges")?);
     Ok(())
 }

@@ -18,7 +18,10 @@ pub enum Phase {
     Canonical,
     /// Every value has exactly one [`Layout`] (`partition`).
     Partitioned,
-    /// The band-local graph of one rank: local types, exchanges inserted (`localize`).
+    /// Being rewritten into one band's graph: band types given (`local-types`), group norms
+    /// lowered, exchanges not yet inserted. Only the earlier phases' invariants hold.
+    Localizing,
+    /// The band-local graph of one rank: local types, exchanges inserted (`insert-exchanges`).
     Local,
 }
 
@@ -30,6 +33,7 @@ impl Phase {
             Phase::Specialized => "specialized",
             Phase::Canonical => "canonical",
             Phase::Partitioned => "partitioned",
+            Phase::Localizing => "localizing",
             Phase::Local => "local",
         }
     }
