@@ -1,0 +1,98 @@
+//! Small checks that keep the structure honest: every Rust module says what it is (a `//!`
+//! doc), no module is mounted from another folder with `#[path]`, and the crates' manifests
+//! keep the layering (the compiler and the operators never depend on the runtime or the CLI's
+//! crates; the runtime never on the compiler).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, ensure};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Every `.rs` file under `dir`, skipping build outputs.
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let p = entry?.path();
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if p.is_dir() {
+            if !matches!(name, "target" | "build" | "fuzz" | "snapshots") {
+                rust_files(&p, out)?;
+            }
+        } else if name.ends_with(".rs") {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn every_module_has_a_doc_and_none_is_mounted_by_path() -> Result<()> {
+    let mut files = Vec::new();
+    for dir in ["src", "passes", "plugins"] {
+        rust_files(&root().join(dir), &mut files)?;
+    }
+    ensure!(files.len() > 50, "only {} files found", files.len());
+    let mut missing = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f)?;
+        let first = text
+            .lines()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or_default();
+        if !first.starts_with("//!") && !f.ends_with("main.rs") {
+            missing.push(f.strip_prefix(root())?.display().to_string());
+        }
+        ensure!(
+            !text.contains("#[path"),
+            "{} mounts a module from elsewhere with #[path]",
+            f.display()
+        );
+    }
+    ensure!(
+        missing.is_empty(),
+        "modules without a `//!` doc: {missing:?}"
+    );
+    Ok(())
+}
+
+/// The `dfc-*` crates `manifest` depends on (normal dependencies).
+fn dfc_deps(manifest: &str) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(root().join(manifest))?;
+    let deps = text
+        .split("\n[")
+        .find(|s| s.starts_with("dependencies]"))
+        .unwrap_or_default();
+    Ok(deps
+        .lines()
+        .filter_map(|l| l.split(['.', ' ', '=']).next())
+        .filter(|name| name.starts_with("dfc-"))
+        .map(str::to_string)
+        .collect())
+}
+
+#[test]
+fn crate_dependencies_follow_the_layering() -> Result<()> {
+    let allowed: [(&str, &[&str]); 6] = [
+        ("src/contract/Cargo.toml", &[]),
+        ("src/graph/Cargo.toml", &[]),
+        ("passes/Cargo.toml", &["dfc-contract", "dfc-graph"]),
+        ("plugins/Cargo.toml", &["dfc-contract"]),
+        ("src/trt/Cargo.toml", &[]),
+        (
+            "src/runtime/Cargo.toml",
+            &["dfc-contract", "dfc-graph", "dfc-plugins", "dfc-trt"],
+        ),
+    ];
+    for (manifest, ok) in allowed {
+        for dep in dfc_deps(manifest)? {
+            ensure!(
+                ok.contains(&dep.as_str()),
+                "{manifest} depends on {dep}, against the layering in ARCHITECTURE.md"
+            );
+        }
+    }
+    ensure!(dfc_deps("passes/Cargo.toml")?.len() == 2);
+    Ok(())
+}
