@@ -18,6 +18,7 @@ pub use dfc_graph::{error, internal, ir, onnx, tensor};
 
 pub mod batch;
 pub mod canonicalize;
+pub mod cost;
 pub mod dce;
 pub mod fold_constants;
 pub mod fused;

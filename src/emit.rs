@@ -32,7 +32,7 @@ use crate::passes::{
 };
 use crate::plan::{
     ExchangeKind, ExchangeSpec, GnMode, Layout as IoLayout, Mode, PLAN_FILE, PLAN_FORMAT, Plan,
-    RankSpec, TensorSpec,
+    RankMemory, RankSpec, TensorSpec,
 };
 use crate::tensor::Tensor;
 
@@ -747,6 +747,33 @@ fn emit(opts: &CompileOptions, c: &Compiled, parent: &Path) -> Result<Plan> {
     let bytes_per_step = (0..world)
         .map(|r| exchanges.iter().map(|e| e.bytes_received[r]).sum())
         .collect();
+    let part_memory: Vec<crate::passes::cost::GraphMemory> = c
+        .parts
+        .iter()
+        .map(|p| crate::passes::cost::graph_memory(&p.graph))
+        .collect::<Result<_>>()
+        .map_err(|e| Internal(format!("memory of a rank graph: {e}")))?;
+    let memory = (0..world)
+        .map(|r| {
+            let m = part_memory[c.part_of_band[r % n]];
+            let stale: u64 = if opts.mode == Mode::Displaced {
+                exchanges
+                    .iter()
+                    .filter(|e| !e.always_fresh)
+                    .map(|e| 2 * e.bytes_received[r])
+                    .sum()
+            } else {
+                0
+            };
+            RankMemory {
+                rank: r,
+                weights_bytes: m.weights_bytes,
+                activation_peak_bytes: m.activation_peak_bytes,
+                activation_sum_bytes: m.activation_sum_bytes,
+                stale_buffer_bytes: stale,
+            }
+        })
+        .collect();
     let level_rows = |band: usize| -> Vec<[i64; 2]> {
         c.levels
             .iter()
@@ -802,6 +829,7 @@ fn emit(opts: &CompileOptions, c: &Compiled, parent: &Path) -> Result<Plan> {
         outputs,
         exchanges,
         bytes_per_step,
+        memory,
         engines: Vec::new(),
     };
     plan.check()

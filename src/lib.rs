@@ -9,6 +9,7 @@
 
 pub mod cli;
 pub mod emit;
+pub mod estimate;
 
 pub use dfc_contract as contract;
 pub use dfc_contract::plan;

@@ -269,6 +269,7 @@ fn write_plan_with(
         outputs,
         exchanges,
         bytes_per_step: vec![0; world],
+        memory: Vec::new(),
         engines: Vec::new(),
     };
     std::fs::write(dir.join(PLAN_FILE), serde_json::to_string_pretty(&plan)?)?;

@@ -6,7 +6,7 @@
 
 use anyhow::{Result, anyhow, bail};
 
-use super::def::OpDef;
+use super::def::{Cost, OpDef, default_cost, numel};
 use super::layout::{Need, PartCx, Verdict};
 use super::{OpCx, tt};
 use crate::contract::Bands;
@@ -173,6 +173,60 @@ fn conv(cx: &OpCx<'_>) -> Result<Vec<TensorType>> {
     Ok(vec![tt(x.elem, Some(out))])
 }
 
+/// Conv: every output element is a dot product over `C_in / group × kernel` inputs (the
+/// weight's elements per output channel), plus the bias: `2 · |Y| · |W| / C_out (+ |Y|)`.
+fn cost_conv(cx: &OpCx<'_>, outputs: &[TensorType]) -> Result<Cost> {
+    let mut c = default_cost(cx, outputs)?;
+    let y = numel(
+        outputs
+            .first()
+            .ok_or_else(|| anyhow!("Conv has no output type"))?,
+    )?;
+    let w = cx
+        .static_dims(1)
+        .ok_or_else(|| anyhow!("Conv weight shape is not static"))?;
+    let c_out = *w.first().unwrap_or(&1);
+    let per_output = w.iter().product::<i64>() as f64 / c_out.max(1) as f64;
+    c.flops = 2.0 * y * per_output + if cx.has_input(2) { y } else { 0.0 };
+    Ok(c)
+}
+
+/// ConvTranspose: every input element is scattered to `C_out / group × kernel` outputs
+/// (the weight's elements per input channel): `2 · |X| · |W| / C_in`.
+fn cost_conv_transpose(cx: &OpCx<'_>, outputs: &[TensorType]) -> Result<Cost> {
+    let mut c = default_cost(cx, outputs)?;
+    let x = numel(cx.input(0)?)?;
+    let w = cx
+        .static_dims(1)
+        .ok_or_else(|| anyhow!("ConvTranspose weight shape is not static"))?;
+    let c_in = *w.first().unwrap_or(&1);
+    c.flops = 2.0 * x * w.iter().product::<i64>() as f64 / c_in.max(1) as f64;
+    Ok(c)
+}
+
+/// Pools: one operation per kernel element for every output element.
+fn cost_pool(cx: &OpCx<'_>, outputs: &[TensorType]) -> Result<Cost> {
+    let mut c = default_cost(cx, outputs)?;
+    let window: i64 = cx
+        .attr_ints("kernel_shape")
+        .map(|k| k.iter().product())
+        .unwrap_or(1);
+    let y = numel(
+        outputs
+            .first()
+            .ok_or_else(|| anyhow!("pool has no output type"))?,
+    )?;
+    c.flops = y * window as f64;
+    Ok(c)
+}
+
+/// Global pools: one operation per input element.
+fn cost_global_pool(cx: &OpCx<'_>, outputs: &[TensorType]) -> Result<Cost> {
+    let mut c = default_cost(cx, outputs)?;
+    c.flops = numel(cx.input(0)?)?;
+    Ok(c)
+}
+
 fn conv_transpose(cx: &OpCx<'_>) -> Result<Vec<TensorType>> {
     let x = cx.input(0)?;
     let (Some(d), Some(w)) = (&x.shape, cx.input(1)?.shape.as_ref()) else {
@@ -274,14 +328,30 @@ fn global_pool(cx: &OpCx<'_>) -> Result<Vec<TensorType>> {
 
 /// The conv family.
 pub const OPS: &[OpDef] = &[
-    OpDef::infer("Conv", conv).split(part_conv_like),
-    OpDef::infer("ConvTranspose", conv_transpose).split(part_conv_like),
-    OpDef::infer("MaxPool", pool).split(part_conv_like),
-    OpDef::infer("AveragePool", pool).split(part_conv_like),
-    OpDef::infer("LpPool", pool).split(part_conv_like),
-    OpDef::infer("GlobalAveragePool", global_pool).split(part_conv_like),
-    OpDef::infer("GlobalMaxPool", global_pool).split(part_conv_like),
-    OpDef::infer("GlobalLpPool", global_pool).split(part_conv_like),
+    OpDef::infer("Conv", conv)
+        .split(part_conv_like)
+        .cost(cost_conv),
+    OpDef::infer("ConvTranspose", conv_transpose)
+        .split(part_conv_like)
+        .cost(cost_conv_transpose),
+    OpDef::infer("MaxPool", pool)
+        .split(part_conv_like)
+        .cost(cost_pool),
+    OpDef::infer("AveragePool", pool)
+        .split(part_conv_like)
+        .cost(cost_pool),
+    OpDef::infer("LpPool", pool)
+        .split(part_conv_like)
+        .cost(cost_pool),
+    OpDef::infer("GlobalAveragePool", global_pool)
+        .split(part_conv_like)
+        .cost(cost_global_pool),
+    OpDef::infer("GlobalMaxPool", global_pool)
+        .split(part_conv_like)
+        .cost(cost_global_pool),
+    OpDef::infer("GlobalLpPool", global_pool)
+        .split(part_conv_like)
+        .cost(cost_global_pool),
 ];
 
 /// The halo a conv-like kernel needs on one spatial axis when its input is cut into bands.
@@ -645,5 +715,73 @@ mod tests {
             ),
             "f32[1,3,1,1]"
         );
+    }
+}
+
+#[cfg(test)]
+mod cost_tests {
+    use super::super::def::cost_testing::{cost, f16t, f32t};
+    use super::super::testing::{ai, aints};
+
+    #[test]
+    fn conv_counts_a_dot_product_per_output_and_its_bias() {
+        // 8 → 4 channels, 3×3, pad 1, 16×16: Y has 1,024 elements, each 8·9 multiply-adds
+        // plus a bias addition.
+        let c = cost(
+            "Conv",
+            vec![aints("pads", &[1, 1, 1, 1])],
+            17,
+            vec![f32t(&[1, 8, 16, 16]), f32t(&[4, 8, 3, 3]), f32t(&[4])],
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(c.flops, 2.0 * 1024.0 * 72.0 + 1024.0);
+        assert_eq!(c.bytes_read, (2048.0 + 288.0 + 4.0) * 4.0);
+        assert_eq!(c.bytes_written, 1024.0 * 4.0);
+        // Grouped (depthwise) and fp16: 2 bytes per element, 9 multiply-adds per output.
+        let c = cost(
+            "Conv",
+            vec![ai("group", 8), aints("pads", &[1, 1, 1, 1])],
+            17,
+            vec![f16t(&[1, 8, 16, 16]), f16t(&[8, 1, 3, 3])],
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(c.flops, 2.0 * 2048.0 * 9.0);
+        assert_eq!(c.bytes_written, 2048.0 * 2.0);
+    }
+
+    #[test]
+    fn transposed_conv_and_pools() {
+        // ConvTranspose 4 → 2 channels, 2×2 stride 2 on 3×3: each of the 36 inputs feeds 2·4
+        // outputs.
+        let c = cost(
+            "ConvTranspose",
+            vec![aints("strides", &[2, 2])],
+            17,
+            vec![f32t(&[1, 4, 3, 3]), f32t(&[4, 2, 2, 2])],
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(c.flops, 2.0 * 36.0 * 8.0);
+        // MaxPool 2×2 stride 2 on [1,2,4,4]: 8 outputs, 4 reads each.
+        let c = cost(
+            "MaxPool",
+            vec![aints("kernel_shape", &[2, 2]), aints("strides", &[2, 2])],
+            17,
+            vec![f32t(&[1, 2, 4, 4])],
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(c.flops, 32.0);
+        let c = cost(
+            "GlobalAveragePool",
+            vec![],
+            17,
+            vec![f32t(&[1, 2, 4, 4])],
+            vec![],
+        )
+        .unwrap();
+        assert_eq!((c.flops, c.bytes_written), (32.0, 8.0));
     }
 }

@@ -1,6 +1,11 @@
 //! One row of operator knowledge: [`OpDef`] holds an operator's shape-and-type rule, its
-//! constant evaluation and its partition rule (or the reason it refuses a split input), so the
-//! three cannot drift apart.
+//! constant evaluation, its partition rule (or the reason it refuses a split input) and, where
+//! it matters for time, its cost rule, so they cannot drift apart.
+//!
+//! A cost rule ([`CostFn`]) counts the floating-point operations of one node (a multiply-add is
+//! two) and the bytes it reads and writes, from its input and output types and attributes. Rows
+//! without one cost what they move: every input and output once, no arithmetic
+//! ([`default_cost`]).
 
 use anyhow::Result;
 
@@ -14,6 +19,97 @@ pub type InferFn = fn(&OpCx<'_>) -> Result<Vec<TensorType>>;
 /// Evaluation on constant inputs; `Ok(None)` when this instance cannot be evaluated.
 pub type EvalFn = fn(&OpCx<'_>) -> Result<Option<Vec<Tensor>>>;
 
+/// FLOPs and memory traffic of one node.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Cost {
+    /// Floating-point operations (a multiply-add counts two).
+    pub flops: f64,
+    /// Bytes read from memory (inputs, weights included).
+    pub bytes_read: f64,
+    /// Bytes written (outputs).
+    pub bytes_written: f64,
+}
+
+impl Cost {
+    /// Total memory traffic.
+    pub fn bytes(&self) -> f64 {
+        self.bytes_read + self.bytes_written
+    }
+}
+
+impl std::ops::Add for Cost {
+    type Output = Cost;
+
+    /// Field by field.
+    fn add(self, other: Cost) -> Cost {
+        Cost {
+            flops: self.flops + other.flops,
+            bytes_read: self.bytes_read + other.bytes_read,
+            bytes_written: self.bytes_written + other.bytes_written,
+        }
+    }
+}
+
+/// Cost rule: the node's [`Cost`] from its context (input types, attributes) and its output
+/// types. Fails when a shape it needs is not static.
+pub type CostFn = fn(&OpCx<'_>, &[TensorType]) -> Result<Cost>;
+
+/// Bytes of a tensor of static type `t` (`None` when its shape or element size is unknown).
+pub fn tensor_bytes(t: &TensorType) -> Option<f64> {
+    let bits = t.elem.bits()? as f64;
+    Some(t.numel()? as f64 * bits / 8.0)
+}
+
+/// Elements of static type `t`, or an error naming the missing shape.
+pub fn numel(t: &TensorType) -> Result<f64> {
+    t.numel()
+        .map(|n| n as f64)
+        .ok_or_else(|| anyhow::anyhow!("shape {t} is not static"))
+}
+
+/// Bytes of every connected input, and of every output, of a node.
+pub fn io_bytes(cx: &OpCx<'_>, outputs: &[TensorType]) -> Result<(f64, f64)> {
+    let mut read = 0.0;
+    for port in 0..cx.n_inputs() {
+        if !cx.has_input(port) {
+            continue;
+        }
+        let t = cx.input(port)?;
+        read +=
+            tensor_bytes(t).ok_or_else(|| anyhow::anyhow!("input {port} ({t}) is not static"))?;
+    }
+    let mut written = 0.0;
+    for t in outputs {
+        written += tensor_bytes(t).ok_or_else(|| anyhow::anyhow!("output {t} is not static"))?;
+    }
+    Ok((read, written))
+}
+
+/// The cost of a row without a cost rule: what it moves, no arithmetic.
+pub fn default_cost(cx: &OpCx<'_>, outputs: &[TensorType]) -> Result<Cost> {
+    let (bytes_read, bytes_written) = io_bytes(cx, outputs)?;
+    Ok(Cost {
+        flops: 0.0,
+        bytes_read,
+        bytes_written,
+    })
+}
+
+/// A node that moves its inputs and outputs once and does `per_output` operations for every
+/// element of its first output.
+pub fn per_output_element(cx: &OpCx<'_>, outputs: &[TensorType], per_output: f64) -> Result<Cost> {
+    let mut c = default_cost(cx, outputs)?;
+    if let Some(t) = outputs.first() {
+        c.flops = per_output * numel(t)?;
+    }
+    Ok(c)
+}
+
+/// Cost of a view (a reshape of a contiguous tensor, a shape query): nothing is moved.
+pub fn view_cost(_cx: &OpCx<'_>, _outputs: &[TensorType]) -> Result<Cost> {
+    Ok(Cost::default())
+}
+
 /// What dfc knows about one operator.
 pub struct OpDef {
     pub op_type: &'static str,
@@ -25,6 +121,8 @@ pub struct OpDef {
     /// How a split input is partitioned; every row declares it ([`OpDef::split`] or
     /// [`OpDef::refuse`]), which `registry`'s tests check.
     pub partition: Part,
+    /// FLOPs and bytes of one node (`None`: [`default_cost`], bytes only).
+    pub cost: Option<CostFn>,
 }
 
 impl OpDef {
@@ -36,6 +134,7 @@ impl OpDef {
             eval: None,
             eval_needs_values: true,
             partition: Part::Undeclared,
+            cost: None,
         }
     }
 
@@ -47,6 +146,7 @@ impl OpDef {
             eval: Some(eval),
             eval_needs_values: true,
             partition: Part::Undeclared,
+            cost: None,
         }
     }
 
@@ -56,9 +156,89 @@ impl OpDef {
         self
     }
 
+    /// This operator's cost rule.
+    pub const fn cost(mut self, rule: CostFn) -> Self {
+        self.cost = Some(rule);
+        self
+    }
+
+    /// The cost of one node of this operator: its cost rule, or [`default_cost`].
+    pub fn cost_of(&self, cx: &OpCx<'_>, outputs: &[TensorType]) -> Result<Cost> {
+        match self.cost {
+            Some(rule) => rule(cx, outputs),
+            None => default_cost(cx, outputs),
+        }
+    }
+
     /// This operator refuses a split input, for `reason`.
     pub const fn refuse(mut self, reason: &'static str) -> Self {
         self.partition = Part::Refuse(reason);
         self
+    }
+}
+
+/// Runs a row's cost rule on hand-made types, for the families' tests.
+#[cfg(test)]
+pub(crate) mod cost_testing {
+    use anyhow::{Result, anyhow};
+
+    use super::Cost;
+    use crate::ir::{Graph, TensorType, ValueId};
+    use crate::onnx::proto::{AttributeProto, ModelProto};
+    use crate::ops::OpCx;
+    use crate::ops::registry::lookup;
+    use crate::tensor::Tensor;
+
+    /// The cost of one node of `op` (default or internal domain) with the given input types and
+    /// constant values; its output types come from the row's shape rule.
+    pub fn cost(
+        op: &str,
+        attrs: Vec<AttributeProto>,
+        opset: i64,
+        types: Vec<Option<TensorType>>,
+        values: Vec<Option<Tensor>>,
+    ) -> Result<Cost> {
+        let def = lookup("", op)
+            .or_else(|| lookup(crate::ops::norm::INTERNAL_DOMAIN, op))
+            .ok_or_else(|| anyhow!("no row for {op}"))?;
+        let mut g = Graph::from_model(ModelProto {
+            graph: Some(Default::default()),
+            ..Default::default()
+        })?;
+        let n_in = types.len().max(values.len());
+        let ins: Vec<Option<ValueId>> = (0..n_in)
+            .map(|i| {
+                let present = types.get(i).is_some_and(Option::is_some)
+                    || values.get(i).is_some_and(Option::is_some);
+                present.then(|| g.add_value(&format!("in{i}"), None))
+            })
+            .collect();
+        let out = g.add_value("out0", None);
+        let mut n = crate::ir::Node::new(format!("test_{op}"), op, def_domain(op));
+        n.attrs = attrs;
+        let id = g.add_node(n, ins, vec![Some(out)], None)?;
+        let node = g.node(id).clone();
+        let cx = OpCx::detached(&node, opset, types, values);
+        let outs = (def.infer)(&cx)?;
+        let outs: Vec<TensorType> = outs.into_iter().take(1).collect();
+        def.cost_of(&cx, &outs)
+    }
+
+    fn def_domain(op: &str) -> &'static str {
+        if lookup("", op).is_some() {
+            ""
+        } else {
+            crate::ops::norm::INTERNAL_DOMAIN
+        }
+    }
+
+    /// An f32 tensor type.
+    pub fn f32t(dims: &[i64]) -> Option<TensorType> {
+        Some(TensorType::fixed(crate::ir::DataType::FLOAT, dims))
+    }
+
+    /// An f16 tensor type.
+    pub fn f16t(dims: &[i64]) -> Option<TensorType> {
+        Some(TensorType::fixed(crate::ir::DataType::FLOAT16, dims))
     }
 }

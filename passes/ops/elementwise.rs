@@ -14,7 +14,7 @@
 
 use anyhow::{Result, bail};
 
-use super::def::OpDef;
+use super::def::{Cost, OpDef, per_output_element};
 use super::layout::broadcast;
 use super::{OpCx, broadcast_all, same_as, tt};
 use crate::ir::{DataType, TensorType};
@@ -185,64 +185,189 @@ fn eval_mean(cx: &OpCx<'_>) -> Result<Option<Vec<Tensor>>> {
 
 /// The elementwise family.
 pub const OPS: &[OpDef] = &[
-    OpDef::fold("Add", binary, eval_binary).split(broadcast),
-    OpDef::fold("Sub", binary, eval_binary).split(broadcast),
-    OpDef::fold("Mul", binary, eval_binary).split(broadcast),
-    OpDef::fold("Div", binary, eval_binary).split(broadcast),
-    OpDef::fold("Mod", binary, eval_binary).split(broadcast),
-    OpDef::fold("Pow", pow, eval_binary).split(broadcast),
-    OpDef::infer("BitShift", binary).split(broadcast),
-    OpDef::infer("PRelu", prelu).split(broadcast),
-    OpDef::fold("Equal", compare, eval_compare).split(broadcast),
-    OpDef::fold("Less", compare, eval_compare).split(broadcast),
-    OpDef::fold("Greater", compare, eval_compare).split(broadcast),
-    OpDef::fold("LessOrEqual", compare, eval_compare).split(broadcast),
-    OpDef::fold("GreaterOrEqual", compare, eval_compare).split(broadcast),
-    OpDef::fold("And", compare, eval_logic).split(broadcast),
-    OpDef::fold("Or", compare, eval_logic).split(broadcast),
-    OpDef::fold("Xor", compare, eval_logic).split(broadcast),
-    OpDef::fold("Not", unary, eval_unary).split(broadcast),
-    OpDef::fold("Min", variadic, eval_variadic).split(broadcast),
-    OpDef::fold("Max", variadic, eval_variadic).split(broadcast),
-    OpDef::fold("Sum", variadic, eval_variadic).split(broadcast),
-    OpDef::fold("Mean", variadic, eval_mean).split(broadcast),
-    OpDef::fold("Neg", unary, eval_unary).split(broadcast),
-    OpDef::fold("Abs", unary, eval_unary).split(broadcast),
-    OpDef::fold("Floor", unary, eval_unary).split(broadcast),
-    OpDef::fold("Ceil", unary, eval_unary).split(broadcast),
-    OpDef::fold("Round", unary, eval_unary).split(broadcast),
-    OpDef::fold("Sqrt", unary, eval_unary).split(broadcast),
-    OpDef::fold("Reciprocal", unary, eval_unary).split(broadcast),
-    OpDef::fold("Sign", unary, eval_unary).split(broadcast),
-    OpDef::infer("Exp", unary).split(broadcast),
-    OpDef::infer("Log", unary).split(broadcast),
-    OpDef::infer("Erf", unary).split(broadcast),
-    OpDef::infer("Gelu", unary).split(broadcast),
-    OpDef::infer("Sigmoid", unary).split(broadcast),
-    OpDef::infer("Tanh", unary).split(broadcast),
-    OpDef::infer("Relu", unary).split(broadcast),
-    OpDef::infer("LeakyRelu", unary).split(broadcast),
-    OpDef::infer("Elu", unary).split(broadcast),
-    OpDef::infer("Selu", unary).split(broadcast),
-    OpDef::infer("Celu", unary).split(broadcast),
-    OpDef::infer("ThresholdedRelu", unary).split(broadcast),
-    OpDef::infer("Mish", unary).split(broadcast),
-    OpDef::infer("Softplus", unary).split(broadcast),
-    OpDef::infer("Softsign", unary).split(broadcast),
-    OpDef::infer("HardSigmoid", unary).split(broadcast),
-    OpDef::infer("HardSwish", unary).split(broadcast),
-    OpDef::infer("Sin", unary).split(broadcast),
-    OpDef::infer("Cos", unary).split(broadcast),
-    OpDef::infer("Tan", unary).split(broadcast),
-    OpDef::infer("Asin", unary).split(broadcast),
-    OpDef::infer("Acos", unary).split(broadcast),
-    OpDef::infer("Atan", unary).split(broadcast),
-    OpDef::infer("Sinh", unary).split(broadcast),
-    OpDef::infer("Cosh", unary).split(broadcast),
-    OpDef::infer("IsNaN", unary_bool).split(broadcast),
-    OpDef::infer("IsInf", unary_bool).split(broadcast),
-    OpDef::infer("Clip", unary).split(broadcast),
+    OpDef::fold("Add", binary, eval_binary)
+        .split(broadcast)
+        .cost(cost_arith),
+    OpDef::fold("Sub", binary, eval_binary)
+        .split(broadcast)
+        .cost(cost_arith),
+    OpDef::fold("Mul", binary, eval_binary)
+        .split(broadcast)
+        .cost(cost_arith),
+    OpDef::fold("Div", binary, eval_binary)
+        .split(broadcast)
+        .cost(cost_arith),
+    OpDef::fold("Mod", binary, eval_binary)
+        .split(broadcast)
+        .cost(cost_arith),
+    OpDef::fold("Pow", pow, eval_binary)
+        .split(broadcast)
+        .cost(cost_transcendental),
+    OpDef::infer("BitShift", binary)
+        .split(broadcast)
+        .cost(cost_arith),
+    OpDef::infer("PRelu", prelu)
+        .split(broadcast)
+        .cost(cost_arith),
+    OpDef::fold("Equal", compare, eval_compare)
+        .split(broadcast)
+        .cost(cost_arith),
+    OpDef::fold("Less", compare, eval_compare)
+        .split(broadcast)
+        .cost(cost_arith),
+    OpDef::fold("Greater", compare, eval_compare)
+        .split(broadcast)
+        .cost(cost_arith),
+    OpDef::fold("LessOrEqual", compare, eval_compare)
+        .split(broadcast)
+        .cost(cost_arith),
+    OpDef::fold("GreaterOrEqual", compare, eval_compare)
+        .split(broadcast)
+        .cost(cost_arith),
+    OpDef::fold("And", compare, eval_logic)
+        .split(broadcast)
+        .cost(cost_arith),
+    OpDef::fold("Or", compare, eval_logic)
+        .split(broadcast)
+        .cost(cost_arith),
+    OpDef::fold("Xor", compare, eval_logic)
+        .split(broadcast)
+        .cost(cost_arith),
+    OpDef::fold("Not", unary, eval_unary)
+        .split(broadcast)
+        .cost(cost_arith),
+    OpDef::fold("Min", variadic, eval_variadic)
+        .split(broadcast)
+        .cost(cost_arith),
+    OpDef::fold("Max", variadic, eval_variadic)
+        .split(broadcast)
+        .cost(cost_arith),
+    OpDef::fold("Sum", variadic, eval_variadic)
+        .split(broadcast)
+        .cost(cost_arith),
+    OpDef::fold("Mean", variadic, eval_mean)
+        .split(broadcast)
+        .cost(cost_arith),
+    OpDef::fold("Neg", unary, eval_unary)
+        .split(broadcast)
+        .cost(cost_arith),
+    OpDef::fold("Abs", unary, eval_unary)
+        .split(broadcast)
+        .cost(cost_arith),
+    OpDef::fold("Floor", unary, eval_unary)
+        .split(broadcast)
+        .cost(cost_arith),
+    OpDef::fold("Ceil", unary, eval_unary)
+        .split(broadcast)
+        .cost(cost_arith),
+    OpDef::fold("Round", unary, eval_unary)
+        .split(broadcast)
+        .cost(cost_arith),
+    OpDef::fold("Sqrt", unary, eval_unary)
+        .split(broadcast)
+        .cost(cost_arith),
+    OpDef::fold("Reciprocal", unary, eval_unary)
+        .split(broadcast)
+        .cost(cost_arith),
+    OpDef::fold("Sign", unary, eval_unary)
+        .split(broadcast)
+        .cost(cost_arith),
+    OpDef::infer("Exp", unary)
+        .split(broadcast)
+        .cost(cost_transcendental),
+    OpDef::infer("Log", unary)
+        .split(broadcast)
+        .cost(cost_transcendental),
+    OpDef::infer("Erf", unary)
+        .split(broadcast)
+        .cost(cost_transcendental),
+    OpDef::infer("Gelu", unary)
+        .split(broadcast)
+        .cost(cost_transcendental),
+    OpDef::infer("Sigmoid", unary)
+        .split(broadcast)
+        .cost(cost_transcendental),
+    OpDef::infer("Tanh", unary)
+        .split(broadcast)
+        .cost(cost_transcendental),
+    OpDef::infer("Relu", unary)
+        .split(broadcast)
+        .cost(cost_arith),
+    OpDef::infer("LeakyRelu", unary)
+        .split(broadcast)
+        .cost(cost_arith),
+    OpDef::infer("Elu", unary)
+        .split(broadcast)
+        .cost(cost_transcendental),
+    OpDef::infer("Selu", unary)
+        .split(broadcast)
+        .cost(cost_transcendental),
+    OpDef::infer("Celu", unary)
+        .split(broadcast)
+        .cost(cost_transcendental),
+    OpDef::infer("ThresholdedRelu", unary)
+        .split(broadcast)
+        .cost(cost_arith),
+    OpDef::infer("Mish", unary)
+        .split(broadcast)
+        .cost(cost_transcendental),
+    OpDef::infer("Softplus", unary)
+        .split(broadcast)
+        .cost(cost_transcendental),
+    OpDef::infer("Softsign", unary)
+        .split(broadcast)
+        .cost(cost_transcendental),
+    OpDef::infer("HardSigmoid", unary)
+        .split(broadcast)
+        .cost(cost_transcendental),
+    OpDef::infer("HardSwish", unary)
+        .split(broadcast)
+        .cost(cost_transcendental),
+    OpDef::infer("Sin", unary)
+        .split(broadcast)
+        .cost(cost_transcendental),
+    OpDef::infer("Cos", unary)
+        .split(broadcast)
+        .cost(cost_transcendental),
+    OpDef::infer("Tan", unary)
+        .split(broadcast)
+        .cost(cost_transcendental),
+    OpDef::infer("Asin", unary)
+        .split(broadcast)
+        .cost(cost_transcendental),
+    OpDef::infer("Acos", unary)
+        .split(broadcast)
+        .cost(cost_transcendental),
+    OpDef::infer("Atan", unary)
+        .split(broadcast)
+        .cost(cost_transcendental),
+    OpDef::infer("Sinh", unary)
+        .split(broadcast)
+        .cost(cost_transcendental),
+    OpDef::infer("Cosh", unary)
+        .split(broadcast)
+        .cost(cost_transcendental),
+    OpDef::infer("IsNaN", unary_bool)
+        .split(broadcast)
+        .cost(cost_arith),
+    OpDef::infer("IsInf", unary_bool)
+        .split(broadcast)
+        .cost(cost_arith),
+    OpDef::infer("Clip", unary)
+        .split(broadcast)
+        .cost(cost_arith),
 ];
+
+/// Arithmetic, comparisons, logic, min/max: one operation per output element.
+fn cost_arith(cx: &OpCx<'_>, outputs: &[TensorType]) -> Result<Cost> {
+    per_output_element(cx, outputs, 1.0)
+}
+
+/// Transcendental functions (exp, erf, sigmoid, GELU, trigonometry, powers): counted as 8
+/// operations per output element (a polynomial or a few special-function instructions).
+fn cost_transcendental(cx: &OpCx<'_>, outputs: &[TensorType]) -> Result<Cost> {
+    per_output_element(cx, outputs, 8.0)
+}
 
 fn pow(cx: &OpCx<'_>) -> Result<Vec<TensorType>> {
     // Pow's output has the base's type; the exponent may differ (opset 12+).
@@ -346,5 +471,20 @@ mod tests {
             .is_err()
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod cost_tests {
+    use super::super::def::cost_testing::{cost, f32t};
+
+    #[test]
+    fn elementwise_ops_cost_per_output_element() {
+        // [2,3] + [3]: 6 additions; reads 9 floats, writes 6.
+        let c = cost("Add", vec![], 17, vec![f32t(&[2, 3]), f32t(&[3])], vec![]).unwrap();
+        assert_eq!((c.flops, c.bytes_read, c.bytes_written), (6.0, 36.0, 24.0));
+        // A transcendental: 8 operations per element.
+        let c = cost("Sigmoid", vec![], 17, vec![f32t(&[4])], vec![]).unwrap();
+        assert_eq!((c.flops, c.bytes_read, c.bytes_written), (32.0, 16.0, 16.0));
     }
 }

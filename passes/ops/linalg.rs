@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{Result, anyhow, bail};
 
-use super::def::OpDef;
+use super::def::{Cost, OpDef, default_cost, numel};
 use super::layout::{Layout, Need, PartCx, Verdict};
 use super::{OpCx, broadcast, join_dims, same_as, tt};
 use crate::ir::{Dim, TensorType};
@@ -78,6 +78,115 @@ fn matmul(cx: &OpCx<'_>) -> Result<Vec<TensorType>> {
         _ => None,
     };
     Ok(vec![tt(a.elem, shape)])
+}
+
+/// MatMul: `2 · |Y| · K`, K the inner dimension (A's last).
+fn cost_matmul(cx: &OpCx<'_>, outputs: &[TensorType]) -> Result<Cost> {
+    let mut c = default_cost(cx, outputs)?;
+    let a = cx
+        .static_dims(0)
+        .ok_or_else(|| anyhow!("MatMul input shape is not static"))?;
+    let k = *a.last().unwrap_or(&1);
+    let y = numel(
+        outputs
+            .first()
+            .ok_or_else(|| anyhow!("MatMul has no output type"))?,
+    )?;
+    c.flops = 2.0 * y * k as f64;
+    Ok(c)
+}
+
+/// Gemm: `2 · M · N · K`, plus `M · N` for `C` when present.
+fn cost_gemm(cx: &OpCx<'_>, outputs: &[TensorType]) -> Result<Cost> {
+    let mut c = default_cost(cx, outputs)?;
+    let a = cx
+        .static_dims(0)
+        .ok_or_else(|| anyhow!("Gemm input shape is not static"))?;
+    let k = if cx.attr_i("transA", 0) != 0 {
+        a.first()
+    } else {
+        a.get(1)
+    };
+    let y = numel(
+        outputs
+            .first()
+            .ok_or_else(|| anyhow!("Gemm has no output type"))?,
+    )?;
+    c.flops = 2.0 * y * *k.unwrap_or(&1) as f64 + if cx.has_input(2) { y } else { 0.0 };
+    Ok(c)
+}
+
+/// Einsum: every combination of the equation's distinct indices is one multiply-add (two
+/// operations with two or more operands, one addition with one); with an ellipsis, one
+/// operation per output element.
+fn cost_einsum(cx: &OpCx<'_>, outputs: &[TensorType]) -> Result<Cost> {
+    let mut c = default_cost(cx, outputs)?;
+    let eq: String = cx
+        .node
+        .attr_s("equation")
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    let lhs = eq.split("->").next().unwrap_or_default();
+    let y = numel(
+        outputs
+            .first()
+            .ok_or_else(|| anyhow!("Einsum has no output type"))?,
+    )?;
+    if lhs.contains('.') {
+        c.flops = y;
+        return Ok(c);
+    }
+    let mut sizes: BTreeMap<char, i64> = BTreeMap::new();
+    let terms: Vec<&str> = lhs.split(',').collect();
+    for (port, term) in terms.iter().enumerate() {
+        let dims = cx
+            .static_dims(port)
+            .ok_or_else(|| anyhow!("Einsum operand {port} shape is not static"))?;
+        for (letter, d) in term.chars().zip(dims) {
+            sizes.insert(letter, d);
+        }
+    }
+    let space: f64 = sizes.values().map(|&d| d as f64).product();
+    c.flops = if terms.len() >= 2 { 2.0 * space } else { space };
+    Ok(c)
+}
+
+/// Attention (fused, as a flash-attention kernel runs it): `Q·Kᵀ` and `P·V` as multiply-adds
+/// (`2 · B · Hq · Sq · Skv · (D + Dv)`) and the softmax (5 operations per score: max,
+/// subtract, exp, sum, divide); the scores never reach memory, so the bytes are Q, K, V, the
+/// mask and the outputs.
+fn cost_attention(cx: &OpCx<'_>, outputs: &[TensorType]) -> Result<Cost> {
+    let mut c = default_cost(cx, outputs)?;
+    let dims = |port: usize| {
+        cx.static_dims(port)
+            .ok_or_else(|| anyhow!("Attention input {port} shape is not static"))
+    };
+    let (q, k, v) = (dims(0)?, dims(1)?, dims(2)?);
+    let (b, hq, sq, skv, qk_width, pv_width) = match (q.as_slice(), k.as_slice(), v.as_slice()) {
+        ([b, hq, sq, d], [_, _, skv, _], [_, hkv, _, dv]) => {
+            // Grouped heads: every query head reads its group's K and V.
+            let _ = hkv;
+            (*b, *hq, *sq, *skv, hq * d, hq * dv)
+        }
+        ([b, sq, qw], [_, skv, _], [_, _, vw]) => {
+            let hq = cx.attr_i("q_num_heads", 1).max(1);
+            let hkv = cx.attr_i("kv_num_heads", 1).max(1);
+            (*b, hq, *sq, *skv, *qw, vw * hq / hkv)
+        }
+        _ => bail!("Attention needs Q, K, V all 3-D or all 4-D"),
+    };
+    let scores = (b * sq) as f64 * skv as f64;
+    c.flops = 2.0 * scores * (qk_width + pv_width) as f64 + 5.0 * scores * hq as f64;
+    Ok(c)
+}
+
+/// Softmax and its kin: 5 operations per element (max, subtract, exp, sum, divide).
+fn cost_softmax(cx: &OpCx<'_>, outputs: &[TensorType]) -> Result<Cost> {
+    let mut c = default_cost(cx, outputs)?;
+    c.flops = 5.0 * numel(cx.input(0)?)?;
+    Ok(c)
 }
 
 fn gemm(cx: &OpCx<'_>) -> Result<Vec<TensorType>> {
@@ -259,13 +368,25 @@ fn softmax(cx: &OpCx<'_>) -> Result<Vec<TensorType>> {
 
 /// The linear-algebra family.
 pub const OPS: &[OpDef] = &[
-    OpDef::infer("MatMul", matmul).split(part_matmul),
-    OpDef::infer("Gemm", gemm).split(part_gemm),
-    OpDef::fold("Einsum", einsum, eval_einsum).split(part_einsum),
-    OpDef::infer("Attention", attention).split(part_attention),
-    OpDef::infer("Softmax", softmax).split(part_softmax),
-    OpDef::infer("LogSoftmax", softmax).split(part_softmax),
-    OpDef::infer("Hardmax", softmax).split(part_softmax),
+    OpDef::infer("MatMul", matmul)
+        .split(part_matmul)
+        .cost(cost_matmul),
+    OpDef::infer("Gemm", gemm).split(part_gemm).cost(cost_gemm),
+    OpDef::fold("Einsum", einsum, eval_einsum)
+        .split(part_einsum)
+        .cost(cost_einsum),
+    OpDef::infer("Attention", attention)
+        .split(part_attention)
+        .cost(cost_attention),
+    OpDef::infer("Softmax", softmax)
+        .split(part_softmax)
+        .cost(cost_softmax),
+    OpDef::infer("LogSoftmax", softmax)
+        .split(part_softmax)
+        .cost(cost_softmax),
+    OpDef::infer("Hardmax", softmax)
+        .split(part_softmax)
+        .cost(cost_softmax),
 ];
 
 /// The band need of replicated operand `port` (dims `d`) of an op whose output (dims `o`) is
@@ -1298,5 +1419,94 @@ mod tests {
             matches!(&v, Verdict::Refuse(m) if m.contains("causal")),
             "{v:?}"
         );
+    }
+}
+
+#[cfg(test)]
+mod cost_tests {
+    use super::super::def::cost_testing::{cost, f32t};
+    use super::super::testing::{ai, astr};
+
+    #[test]
+    fn matmul_and_gemm_count_multiply_adds() {
+        // [2,3,4] × [4,5]: 30 outputs of 4 multiply-adds.
+        let c = cost(
+            "MatMul",
+            vec![],
+            17,
+            vec![f32t(&[2, 3, 4]), f32t(&[4, 5])],
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(c.flops, 240.0);
+        assert_eq!((c.bytes_read, c.bytes_written), (176.0, 120.0));
+        // Gemm [3,4]·[4,5] + C: 15 outputs, 4 multiply-adds and one addition each.
+        let c = cost(
+            "Gemm",
+            vec![],
+            17,
+            vec![f32t(&[3, 4]), f32t(&[4, 5]), f32t(&[5])],
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(c.flops, 135.0);
+        // transA: K is A's first dimension.
+        let c = cost(
+            "Gemm",
+            vec![ai("transA", 1)],
+            17,
+            vec![f32t(&[4, 3]), f32t(&[4, 5])],
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(c.flops, 120.0);
+    }
+
+    #[test]
+    fn einsum_counts_its_index_space() {
+        // b=1 h=2 q=3 d=4 k=5: 120 multiply-adds.
+        let c = cost(
+            "Einsum",
+            vec![astr("equation", "bhqd,bhkd->bhqk")],
+            17,
+            vec![f32t(&[1, 2, 3, 4]), f32t(&[1, 2, 5, 4])],
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(c.flops, 240.0);
+    }
+
+    #[test]
+    fn attention_counts_both_products_and_the_softmax() {
+        // B 1, 2 heads, 3 queries, 5 keys, d 4, dv 6: Q·Kᵀ 2·2·3·5·4 = 240, P·V 2·2·3·5·6 = 360,
+        // softmax 5·2·3·5 = 150.
+        let c = cost(
+            "Attention",
+            vec![],
+            23,
+            vec![
+                f32t(&[1, 2, 3, 4]),
+                f32t(&[1, 2, 5, 4]),
+                f32t(&[1, 2, 5, 6]),
+            ],
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(c.flops, 750.0);
+        // The scores never reach memory: Q, K, V in, Y out.
+        assert_eq!(c.bytes_read, (24.0 + 40.0 + 60.0) * 4.0);
+        assert_eq!(c.bytes_written, 36.0 * 4.0);
+        // The same attention in 3-D form.
+        let c = cost(
+            "Attention",
+            vec![ai("q_num_heads", 2), ai("kv_num_heads", 2)],
+            23,
+            vec![f32t(&[1, 3, 8]), f32t(&[1, 5, 8]), f32t(&[1, 5, 12])],
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(c.flops, 750.0);
+        let c = cost("Softmax", vec![], 13, vec![f32t(&[2, 10])], vec![]).unwrap();
+        assert_eq!(c.flops, 100.0);
     }
 }

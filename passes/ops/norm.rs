@@ -14,7 +14,7 @@
 
 use anyhow::{Result, bail};
 
-use super::def::OpDef;
+use super::def::{Cost, OpDef, per_output_element};
 use super::layout::{Layout, Need, PartCx, Verdict, follow};
 use super::{OpCx, norm_axes, norm_axis, same_as, tt};
 use crate::ir::{DataType, Dim, TensorType};
@@ -120,14 +120,45 @@ fn same(cx: &OpCx<'_>) -> Result<Vec<TensorType>> {
 
 /// The normalization family.
 pub const OPS: &[OpDef] = &[
-    OpDef::infer("InstanceNormalization", instance_norm).split(part_instance_norm),
-    OpDef::infer("LayerNormalization", layer_norm).split(part_layer_norm),
-    OpDef::infer("RMSNormalization", rms_norm).split(part_rms_norm),
-    OpDef::infer("GroupNormalization", group_norm).split(part_group_norm_op),
-    OpDef::infer("BatchNormalization", batch_norm).split(follow),
-    OpDef::infer("LpNormalization", same).split(part_lp_norm),
-    OpDef::infer("MeanVarianceNormalization", same).split(part_mvn),
+    OpDef::infer("InstanceNormalization", instance_norm)
+        .split(part_instance_norm)
+        .cost(cost_mean_var_norm),
+    OpDef::infer("LayerNormalization", layer_norm)
+        .split(part_layer_norm)
+        .cost(cost_mean_var_norm),
+    OpDef::infer("RMSNormalization", rms_norm)
+        .split(part_rms_norm)
+        .cost(cost_rms_norm),
+    OpDef::infer("GroupNormalization", group_norm)
+        .split(part_group_norm_op)
+        .cost(cost_mean_var_norm),
+    OpDef::infer("BatchNormalization", batch_norm)
+        .split(follow)
+        .cost(cost_batch_norm),
+    OpDef::infer("LpNormalization", same)
+        .split(part_lp_norm)
+        .cost(cost_rms_norm),
+    OpDef::infer("MeanVarianceNormalization", same)
+        .split(part_mvn)
+        .cost(cost_mean_var_norm),
 ];
+
+/// Normalizations by mean and variance: 3 operations per element for the statistics (sum,
+/// square, sum of squares), 4 to apply them (subtract, scale by 1/σ, scale, shift).
+fn cost_mean_var_norm(cx: &OpCx<'_>, outputs: &[TensorType]) -> Result<Cost> {
+    per_output_element(cx, outputs, 7.0)
+}
+
+/// Normalizations by a norm alone (RMS, Lp): 2 operations per element for the statistic, 3 to
+/// apply it.
+fn cost_rms_norm(cx: &OpCx<'_>, outputs: &[TensorType]) -> Result<Cost> {
+    per_output_element(cx, outputs, 5.0)
+}
+
+/// Inference BatchNorm: a per-channel scale and shift.
+fn cost_batch_norm(cx: &OpCx<'_>, outputs: &[TensorType]) -> Result<Cost> {
+    per_output_element(cx, outputs, 2.0)
+}
 
 /// Domain of dfc's internal operators (never written to a rank graph).
 pub const INTERNAL_DOMAIN: &str = "dfc.internal";
@@ -159,8 +190,9 @@ fn canonical_group_norm(cx: &OpCx<'_>) -> Result<Vec<TensorType>> {
 }
 
 /// The internal operators.
-pub const INTERNAL_OPS: &[OpDef] =
-    &[OpDef::infer("GroupNorm", canonical_group_norm).split(part_canonical_group_norm)];
+pub const INTERNAL_OPS: &[OpDef] = &[OpDef::infer("GroupNorm", canonical_group_norm)
+    .split(part_canonical_group_norm)
+    .cost(cost_mean_var_norm)];
 
 fn refuse_over(cx: &PartCx<'_>, axes: &[usize], what: &str) -> Result<Verdict> {
     let a = match cx.only_first_split() {
@@ -376,5 +408,46 @@ mod tests {
             ),
             "f32[2,32,8,8]"
         );
+    }
+}
+
+#[cfg(test)]
+mod cost_tests {
+    use super::super::def::cost_testing::{cost, f32t};
+    use super::super::testing::ai;
+
+    #[test]
+    fn normalizations_count_statistics_and_application() {
+        // LayerNorm of [2,4,8]: 64 elements, 7 operations each.
+        let c = cost(
+            "LayerNormalization",
+            vec![ai("axis", -1)],
+            17,
+            vec![f32t(&[2, 4, 8]), f32t(&[8]), f32t(&[8])],
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(c.flops, 448.0);
+        assert_eq!(c.bytes_read, (64.0 + 16.0) * 4.0);
+        // GroupNormalization of [1,8,4,4]: 128 elements.
+        let c = cost(
+            "GroupNormalization",
+            vec![ai("num_groups", 2)],
+            21,
+            vec![f32t(&[1, 8, 4, 4]), f32t(&[8]), f32t(&[8])],
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(c.flops, 896.0);
+        // RMSNormalization of [2,8]: 5 operations per element.
+        let c = cost(
+            "RMSNormalization",
+            vec![ai("axis", -1)],
+            23,
+            vec![f32t(&[2, 8]), f32t(&[8])],
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(c.flops, 80.0);
     }
 }

@@ -11,7 +11,7 @@
 
 use anyhow::Result;
 
-use super::def::OpDef;
+use super::def::{Cost, OpDef, default_cost, numel};
 use super::layout::{Layout, Need, PartCx, Verdict};
 use super::{OpCx, norm_axes, norm_axis, tt};
 use crate::ir::{DataType, Dim, TensorType};
@@ -115,19 +115,50 @@ fn arg(cx: &OpCx<'_>) -> Result<Vec<TensorType>> {
 
 /// The reduction family.
 pub const OPS: &[OpDef] = &[
-    OpDef::fold("ReduceSum", reduce, eval_reduce).split(part_reduce),
-    OpDef::fold("ReduceProd", reduce, eval_reduce).split(part_reduce),
-    OpDef::fold("ReduceMax", reduce, eval_reduce).split(part_reduce),
-    OpDef::fold("ReduceMin", reduce, eval_reduce).split(part_reduce),
-    OpDef::infer("ReduceMean", reduce).split(part_reduce),
-    OpDef::infer("ReduceL1", reduce).split(part_reduce),
-    OpDef::infer("ReduceL2", reduce).split(part_reduce),
-    OpDef::infer("ReduceSumSquare", reduce).split(part_reduce),
-    OpDef::infer("ReduceLogSum", reduce).split(part_reduce),
-    OpDef::infer("ReduceLogSumExp", reduce).split(part_reduce),
-    OpDef::infer("ArgMax", arg).split(part_reduce),
-    OpDef::infer("ArgMin", arg).split(part_reduce),
+    OpDef::fold("ReduceSum", reduce, eval_reduce)
+        .split(part_reduce)
+        .cost(cost_reduce),
+    OpDef::fold("ReduceProd", reduce, eval_reduce)
+        .split(part_reduce)
+        .cost(cost_reduce),
+    OpDef::fold("ReduceMax", reduce, eval_reduce)
+        .split(part_reduce)
+        .cost(cost_reduce),
+    OpDef::fold("ReduceMin", reduce, eval_reduce)
+        .split(part_reduce)
+        .cost(cost_reduce),
+    OpDef::infer("ReduceMean", reduce)
+        .split(part_reduce)
+        .cost(cost_reduce),
+    OpDef::infer("ReduceL1", reduce)
+        .split(part_reduce)
+        .cost(cost_reduce),
+    OpDef::infer("ReduceL2", reduce)
+        .split(part_reduce)
+        .cost(cost_reduce),
+    OpDef::infer("ReduceSumSquare", reduce)
+        .split(part_reduce)
+        .cost(cost_reduce),
+    OpDef::infer("ReduceLogSum", reduce)
+        .split(part_reduce)
+        .cost(cost_reduce),
+    OpDef::infer("ReduceLogSumExp", reduce)
+        .split(part_reduce)
+        .cost(cost_reduce),
+    OpDef::infer("ArgMax", arg)
+        .split(part_reduce)
+        .cost(cost_reduce),
+    OpDef::infer("ArgMin", arg)
+        .split(part_reduce)
+        .cost(cost_reduce),
 ];
+
+/// Reductions: one operation per input element.
+fn cost_reduce(cx: &OpCx<'_>, outputs: &[TensorType]) -> Result<Cost> {
+    let mut c = default_cost(cx, outputs)?;
+    c.flops = numel(cx.input(0)?)?;
+    Ok(c)
+}
 
 fn part_reduce(cx: &PartCx<'_>) -> Result<Verdict> {
     let a = match cx.only_first_split() {
@@ -246,5 +277,24 @@ mod tests {
         assert_eq!(r[0].to_i64s()?, vec![21]);
         assert_eq!(r[0].shape(), &[1, 1]);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod cost_tests {
+    use super::super::def::cost_testing::{cost, f32t};
+    use super::super::testing::aints;
+
+    #[test]
+    fn reductions_cost_one_operation_per_input_element() {
+        let c = cost(
+            "ReduceMean",
+            vec![aints("axes", &[2])],
+            17,
+            vec![f32t(&[2, 3, 4])],
+            vec![],
+        )
+        .unwrap();
+        assert_eq!((c.flops, c.bytes_read, c.bytes_written), (24.0, 96.0, 24.0));
     }
 }

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use super::def::OpDef;
+use super::def::{Cost, OpDef, default_cost, numel, view_cost};
 use super::layout::{Layout, Need, Part, PartCx, Verdict, broadcast as part_broadcast};
 use super::{
     OpCx, broadcast, broadcast_all, dims_product, fixed, join_dims, norm_axes, norm_axis, same_as,
@@ -1093,13 +1093,17 @@ fn identity(cx: &OpCx<'_>) -> Result<Vec<TensorType>> {
 /// The shape family.
 pub const OPS: &[OpDef] = &[
     OpDef::fold("Reshape", reshape, eval_reshape_like)
-        .split(part_reshape_like),
+        .split(part_reshape_like)
+        .cost(view_cost),
     OpDef::fold("Flatten", flatten, eval_reshape_like)
-        .split(part_reshape_like),
+        .split(part_reshape_like)
+        .cost(view_cost),
     OpDef::fold("Squeeze", squeeze, eval_reshape_like)
-        .split(part_reshape_like),
+        .split(part_reshape_like)
+        .cost(view_cost),
     OpDef::fold("Unsqueeze", unsqueeze, eval_reshape_like)
-        .split(part_reshape_like),
+        .split(part_reshape_like)
+        .cost(view_cost),
     OpDef::fold("Transpose", transpose, eval_transpose)
         .split(part_transpose),
     OpDef::fold("Concat", concat, eval_concat)
@@ -1118,6 +1122,7 @@ pub const OPS: &[OpDef] = &[
         eval: Some(eval_shape),
         eval_needs_values: false,
         partition: Part::Refuse("Shape of a split tensor: shape arithmetic must be constant after specialization"),
+        cost: Some(view_cost),
     },
     OpDef {
         op_type: "Size",
@@ -1125,6 +1130,7 @@ pub const OPS: &[OpDef] = &[
         eval: Some(eval_size),
         eval_needs_values: false,
         partition: Part::Refuse("Size of a split tensor: shape arithmetic must be constant after specialization"),
+        cost: Some(view_cost),
     },
     OpDef::fold("ConstantOfShape", constant_of_shape, eval_constant_of_shape)
         .refuse("ConstantOfShape of a split shape tensor: shape arithmetic must be constant after specialization"),
@@ -1137,13 +1143,16 @@ pub const OPS: &[OpDef] = &[
     OpDef::infer("Pad", pad)
         .split(part_pad),
     OpDef::infer("Resize", resize)
-        .split(part_resize),
+        .split(part_resize)
+        .cost(cost_resize),
     OpDef::infer("Upsample", resize)
-        .split(part_resize),
+        .split(part_resize)
+        .cost(cost_resize),
     OpDef::fold("Constant", constant, eval_constant)
         .refuse("Constant has no inputs: it is never split"),
     OpDef::fold("Identity", identity, eval_identity)
-        .split(part_follow_data),
+        .split(part_follow_data)
+        .cost(view_cost),
     OpDef::infer("Dropout", dropout)
         .split(part_follow_data),
     OpDef::fold("Cast", cast, eval_cast)
@@ -1359,6 +1368,27 @@ fn nearest_source(mode: &str, nearest: &str, o: i64, input: i64, output: i64, sc
         }
     };
     (r as i64).clamp(0, input - 1)
+}
+
+/// Resize reads its input and writes its output once; every output element interpolates
+/// `2^k` inputs along its `k` resized axes in `linear` mode (a multiply-add each), `4^k` in
+/// `cubic` mode, and copies one in `nearest` mode.
+fn cost_resize(cx: &OpCx<'_>, outputs: &[TensorType]) -> Result<Cost> {
+    let mut c = default_cost(cx, outputs)?;
+    let (Some(x), Some(y)) = (cx.static_dims(0), outputs.first()) else {
+        return Ok(c);
+    };
+    let resized = y
+        .static_dims()
+        .map(|yd| x.iter().zip(&yd).filter(|(a, b)| a != b).count())
+        .unwrap_or(0) as i32;
+    let taps = match cx.node.attr_s("mode").as_deref() {
+        Some("linear") => 2f64.powi(resized),
+        Some("cubic") => 4f64.powi(resized),
+        _ => 0.0,
+    };
+    c.flops = 2.0 * taps * numel(y)?;
+    Ok(c)
 }
 
 fn part_resize(cx: &PartCx<'_>) -> Result<Verdict> {
@@ -1929,5 +1959,51 @@ mod tests {
             super::nearest_source("half_pixel", "round_prefer_floor", 2, 8, 16, 2.0),
             1
         );
+    }
+}
+
+#[cfg(test)]
+mod cost_tests {
+    use super::super::def::cost_testing::{cost, f32t};
+    use super::super::testing::astr;
+    use crate::tensor::Tensor;
+
+    #[test]
+    fn views_cost_nothing_and_resize_interpolates() {
+        let shape = Tensor::from_vec(&[2], vec![4i64, 4]).ok();
+        let c = cost(
+            "Reshape",
+            vec![],
+            17,
+            vec![f32t(&[2, 8]), None],
+            vec![None, shape],
+        )
+        .unwrap();
+        assert_eq!(c, super::Cost::default());
+        // Data movement without a rule: bytes only.
+        let c = cost("Transpose", vec![], 17, vec![f32t(&[2, 8])], vec![]).unwrap();
+        assert_eq!((c.flops, c.bytes_read, c.bytes_written), (0.0, 64.0, 64.0));
+        // Bilinear ×2 of [1,1,2,2]: 16 outputs, 4 taps each (a multiply-add per tap).
+        let scales = Tensor::from_vec(&[4], vec![1.0f32, 1.0, 2.0, 2.0]).ok();
+        let c = cost(
+            "Resize",
+            vec![astr("mode", "linear")],
+            17,
+            vec![f32t(&[1, 1, 2, 2]), None, None],
+            vec![None, None, scales.clone()],
+        )
+        .unwrap();
+        assert_eq!(c.flops, 128.0);
+        assert_eq!(c.bytes_written, 64.0);
+        // Nearest copies.
+        let c = cost(
+            "Resize",
+            vec![astr("mode", "nearest")],
+            17,
+            vec![f32t(&[1, 1, 2, 2]), None, None],
+            vec![None, None, scales],
+        )
+        .unwrap();
+        assert_eq!(c.flops, 0.0);
     }
 }

@@ -644,6 +644,9 @@ pub struct RankReport {
     pub stats_bytes: u64,
     pub gather_bytes: u64,
     pub bytes_per_step: u64,
+    /// Device memory the rank needs (`plan.json`'s `memory`; absent in older plans).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<crate::plan::RankMemory>,
 }
 
 /// What `dfc inspect PLAN_DIR` reports.
@@ -688,6 +691,7 @@ pub fn plan_report(plan: &crate::plan::Plan) -> PlanReport {
             stats_bytes: by_kind(r.rank, ExchangeKind::Stats),
             gather_bytes: by_kind(r.rank, ExchangeKind::Gather),
             bytes_per_step: plan.bytes_per_step.get(r.rank).copied().unwrap_or(0),
+            memory: plan.memory.get(r.rank).cloned(),
         })
         .collect();
     let n = plan.bands.n() as f64;
@@ -751,6 +755,26 @@ pub fn render_plan(dir: &Path, plan: &crate::plan::Plan, r: &PlanReport) -> Stri
             k.bytes_per_step,
             levels.join(" ")
         );
+    }
+    if r.ranks.iter().any(|k| k.memory.is_some()) {
+        let _ = writeln!(
+            s,
+            "{:>4} {:>14} {:>16} {:>14} {:>14}  (device memory, bytes)",
+            "rank", "weights", "activations peak", "stale buffers", "total"
+        );
+        for k in &r.ranks {
+            if let Some(m) = &k.memory {
+                let _ = writeln!(
+                    s,
+                    "{:>4} {:>14} {:>16} {:>14} {:>14}",
+                    k.rank,
+                    m.weights_bytes,
+                    m.activation_peak_bytes,
+                    m.stale_buffer_bytes,
+                    m.total()
+                );
+            }
+        }
     }
     s
 }

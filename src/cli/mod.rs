@@ -7,6 +7,7 @@
 pub mod build;
 pub mod compare;
 pub mod compile;
+pub mod estimate;
 pub mod eval;
 pub mod inspect;
 pub mod launch;
@@ -49,6 +50,8 @@ pub enum Command {
     Unet(unet::Args),
     /// Sample a latent through a plan (bands in lockstep, pointwise samplers per band).
     Run(run::Args),
+    /// Predict latency, speedup and memory of plans on a GPU type and link.
+    Estimate(estimate::Args),
     /// Build one TensorRT engine per rank of a plan (rank{i}.engine, recorded in plan.json).
     Build(build::Args),
     /// Sample with the original model and with patch-parallel plans from one seed; report
@@ -116,6 +119,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Run(args) => run::run(args),
         Command::Compare(args) => compare::run(args),
         Command::Build(args) => build::run(args),
+        Command::Estimate(args) => estimate::run(args),
         Command::Launch(args) => launch::run(args),
         Command::RankProbe(args) => launch::probe(args),
     }

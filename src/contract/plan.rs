@@ -189,9 +189,37 @@ pub struct Plan {
     pub exchanges: Vec<ExchangeSpec>,
     /// Total bytes each rank receives per step (sum over slots), indexed by rank.
     pub bytes_per_step: Vec<u64>,
+    /// Device memory each rank needs, indexed by rank (empty in plans written before it was
+    /// recorded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub memory: Vec<RankMemory>,
     /// TensorRT engines built from the rank graphs (`dfc build`), at most one per rank.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub engines: Vec<EngineSpec>,
+}
+
+/// The device memory one rank needs, in bytes, from its graph's types (nothing is measured).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RankMemory {
+    pub rank: usize,
+    /// Initializers its graph references (the shared weights file's tensors it uses, and its
+    /// own per-band constants).
+    pub weights_bytes: u64,
+    /// Largest sum of live activations over its graph's topological order (a value lives from
+    /// its producer to its last consumer): an upper bound for an executor that frees values.
+    pub activation_peak_bytes: u64,
+    /// Every activation of its graph summed (no reuse at all).
+    pub activation_sum_bytes: u64,
+    /// Stale-context buffers: two step parities of every slot that may be stale (displaced
+    /// mode), each the size this rank receives through the slot; 0 in `sync` and `naive` mode.
+    pub stale_buffer_bytes: u64,
+}
+
+impl RankMemory {
+    /// Weights, peak activations and stale buffers together.
+    pub fn total(&self) -> u64 {
+        self.weights_bytes + self.activation_peak_bytes + self.stale_buffer_bytes
+    }
 }
 
 /// One rank's TensorRT engine, as `dfc build` wrote it. The engine embeds its rank's weights.
@@ -338,6 +366,12 @@ impl Plan {
         }
         if self.bytes_per_step.len() != self.world_size {
             return Err("bytes_per_step must have one entry per rank".into());
+        }
+        if !self.memory.is_empty()
+            && (self.memory.len() != self.world_size
+                || self.memory.iter().enumerate().any(|(i, m)| m.rank != i))
+        {
+            return Err("memory must have one entry per rank, in rank order".into());
         }
         for (i, e) in self.engines.iter().enumerate() {
             if e.rank >= self.world_size || self.engines[..i].iter().any(|o| o.rank == e.rank) {
