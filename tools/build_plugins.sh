@@ -2,9 +2,10 @@
 # Builds the TensorRT plugin library (plugins/tensorrt), the TensorRT shims that `dfc build`
 # loads (libdfc_trt_shim.so for TensorRT 11, libdfc_trt_shim_rtx.so for TensorRT-RTX 1.7) and
 # the tools, with warnings as errors,
-# for sm_80, sm_90 and sm_100, then runs the host tests (and the GPU harness, which skips
-# without a CUDA device). Outputs go to plugins/tensorrt/build/. Exit status != 0 when anything
-# fails to compile or a test fails.
+# for sm_80, sm_90 and sm_100, then runs the host tests, the host reference against the CPU
+# operators' vectors (vectors_check; skips until `cargo test --test exchange_vectors` wrote them)
+# and the GPU harness (which skips without a CUDA device). Outputs go to plugins/tensorrt/build/.
+# Exit status != 0 when anything fails to compile or a test fails.
 #
 #   tools/build_plugins.sh            set up the toolchain if needed (tools/setup_cuda.sh), build, test
 #   DFC_BUILD_JOBS=N                  parallel compile jobs (default 1)
@@ -77,6 +78,9 @@ run "$out/host_tests" "$src/tests/host_tests.cpp" "$src/src/host.cpp" -- \
   "${cxx[@]}" "$src/tests/host_tests.cpp" "$src/src/host.cpp" -o "$out/host_tests"
 run "$out/dfc_trt_shapes" "$src/tools/dfc_trt_shapes.cpp" "$src/src/host.cpp" -- \
   "${cxx[@]}" "$src/tools/dfc_trt_shapes.cpp" "$src/src/host.cpp" -o "$out/dfc_trt_shapes"
+# Host reference vs the vectors tests/exchange_vectors.rs writes from the CPU operators.
+run "$out/vectors_check" "$src/tests/vectors_check.cpp" "$src/tests/vectors.h" "$src/src/host.cpp" -- \
+  "${cxx[@]}" "$src/tests/vectors_check.cpp" "$src/src/host.cpp" -o "$out/vectors_check"
 wait_all
 
 lib="$out/libdfc_trt_plugins.so"
@@ -85,7 +89,7 @@ if stale "$lib" "${objs[@]}"; then
   echo "  link $(basename "$lib")"
   g++ -shared -o "$lib" "${objs[@]}" "${links[@]}" -Wl,--no-undefined -Wl,-rpath,'$ORIGIN'
 fi
-run "$out/dfc_gpu_harness" "$src/tests/gpu_harness.cu" "$lib" -- "${nvcc[@]}" "$src/tests/gpu_harness.cu" \
+run "$out/dfc_gpu_harness" "$src/tests/gpu_harness.cu" "$src/tests/vectors.h" "$lib" -- "${nvcc[@]}" "$src/tests/gpu_harness.cu" \
   -o "$out/dfc_gpu_harness" -L"$out" -ldfc_trt_plugins -L"$DFC_CUDA_LIB" \
   -Xlinker -rpath-link,"$DFC_NCCL_LIB" -Xlinker -rpath,'$ORIGIN'
 wait_all
@@ -118,7 +122,13 @@ done
 
 status=0
 "$out/host_tests" || status=1
+# Prints "skipped: ..." without the vectors file (cargo test --test exchange_vectors writes it).
+"$out/vectors_check" "$out/exchange_vectors.txt" || status=1
 printf 'halo 0 1 1 1 | 2 8 3\n' | "$out/dfc_trt_shapes" | grep -qx '2 10 3' || { echo "dfc_trt_shapes: wrong answer" >&2; status=1; }
 LD_LIBRARY_PATH="$DFC_CUDA_LIB:$DFC_NCCL_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$out/dfc_gpu_harness" || status=1
+if [ -f "$out/exchange_vectors.txt" ]; then
+  LD_LIBRARY_PATH="$DFC_CUDA_LIB:$DFC_NCCL_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$out/dfc_gpu_harness" \
+    --vectors "$out/exchange_vectors.txt" || status=1
+fi
 echo "build_plugins: done in $(( $(date +%s) - start )) s (status $status)"
 exit $status

@@ -6,11 +6,18 @@
 //   dfc_gpu_harness            correctness (exit 1 on any mismatch)
 //   dfc_gpu_harness --time     timings: each kernel, and a stale step's exchange against a
 //                              stand-in compute kernel
+//   dfc_gpu_harness --vectors FILE
+//                              the kernels against the expectations the CPU exchange operators
+//                              wrote (tests/exchange_vectors.rs; format in tests/vectors.h): every
+//                              scenario's ranks replay their calls step by step through
+//                              dfc_op_enqueue; same tolerances
 // Without a CUDA device it prints "skipped: no CUDA device" and exits 0 (a skip, not a pass).
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <algorithm>
 #include <functional>
+#include <map>
 #include <string>
 #include <thread>
 #include <vector>
@@ -20,6 +27,7 @@
 #include "dfc_plugin.h"
 #include "host.h"
 #include "kernels.h"
+#include "vectors.h"
 
 using namespace dfc;
 
@@ -222,6 +230,130 @@ int runCase(Case const& c) {
     return failures;
 }
 
+// --vectors: one scenario of the file, its ranks on threads of one local group.
+int runVectorScenario(std::vector<vectors::Record const*> const& recs, size_t& checked) {
+    vectors::Record const& head = *recs.front();
+    int n = head.n;
+    std::vector<uint32_t> fresh;
+    std::vector<std::vector<vectors::Record const*>> mine(static_cast<size_t>(n));
+    for (vectors::Record const* r : recs) {
+        uint32_t slot = static_cast<uint32_t>(r->attrs.slot);
+        if (r->freshSlot && std::find(fresh.begin(), fresh.end(), slot) == fresh.end()) fresh.push_back(slot);
+        mine[static_cast<size_t>(r->rank)].push_back(r);  // already in step, call order
+    }
+    dfc_local_group* group = nullptr;
+    if (dfc_local_group_create(n, 60000, &group) != DFC_OK) {
+        std::fprintf(stderr, "local group: %s\n", dfc_last_error());
+        return 1;
+    }
+    std::vector<std::string> errors(static_cast<size_t>(n)), firstMismatch(static_cast<size_t>(n));
+    std::vector<size_t> mismatches(static_cast<size_t>(n), 0), done(static_cast<size_t>(n), 0);
+    std::vector<std::thread> threads;
+    for (int r = 0; r < n; ++r) {
+        threads.emplace_back([&, r] {
+            size_t ri = static_cast<size_t>(r);
+            CK(cudaSetDevice(0));
+            dfc_context* ctx = nullptr;
+            if (dfc_context_create(r, n, head.rows.data(), head.gn, fresh.data(), static_cast<int32_t>(fresh.size()),
+                    DFC_TRANSPORT_LOCAL, group, &ctx) != DFC_OK) {
+                errors[ri] = dfc_last_error();
+                return;
+            }
+            cudaStream_t s;
+            CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+            int64_t step = -1;
+            for (vectors::Record const* rec : mine[ri]) {
+                if (static_cast<int64_t>(rec->step) != step) {
+                    step = static_cast<int64_t>(rec->step);
+                    if (dfc_context_set_step(ctx, rec->step, rec->stale ? 1 : 0) != DFC_OK) {
+                        errors[ri] = rec->where() + ": " + dfc_last_error();
+                        dfc_context_abort(ctx, errors[ri].c_str());
+                        break;
+                    }
+                }
+                std::vector<uint8_t> x = rec->bytes(rec->x), want = rec->bytes(rec->y), got(want.size());
+                void *dx, *dy;
+                CK(cudaMalloc(&dx, x.size()));
+                CK(cudaMalloc(&dy, want.size()));
+                CK(cudaMemsetAsync(dy, 0xff, want.size(), s));
+                CK(cudaMemcpyAsync(dx, x.data(), x.size(), cudaMemcpyHostToDevice, s));
+                OpAttrs const& a = rec->attrs;
+                int32_t dtype = rec->dtype == vectors::Dtype::F32 ? DFC_DTYPE_F32 : DFC_DTYPE_F16;
+                int rc = dfc_op_enqueue(ctx, opName(a.kind), a.slot, a.axis, a.top, a.bottom, a.parts.data(),
+                    static_cast<int32_t>(a.parts.size()), rec->dims.data(), static_cast<int32_t>(rec->dims.size()),
+                    dtype, dx, dy, s);
+                if (rc != DFC_OK) {
+                    errors[ri] = rec->where() + ": " + dfc_last_error();
+                    dfc_context_abort(ctx, errors[ri].c_str());
+                    CK(cudaFree(dx));
+                    CK(cudaFree(dy));
+                    break;
+                }
+                CK(cudaMemcpyAsync(got.data(), dy, got.size(), cudaMemcpyDeviceToHost, s));
+                CK(cudaStreamSynchronize(s));
+                CK(cudaFree(dx));
+                CK(cudaFree(dy));
+                bool ok = true;
+                if (a.kind == OpKind::Stats) {
+                    std::vector<float> g = as<float>(got), w = as<float>(want);
+                    for (size_t k = 0; k < w.size(); ++k) ok = ok && vectors::statsClose(g[k], w[k]);
+                } else {
+                    ok = std::memcmp(got.data(), want.data(), want.size()) == 0;
+                }
+                ++done[ri];
+                if (!ok && mismatches[ri]++ == 0) firstMismatch[ri] = rec->where();
+            }
+            dfc_context_synchronize(ctx);
+            CK(cudaStreamDestroy(s));
+            dfc_context_destroy(ctx);
+        });
+    }
+    for (auto& th : threads) th.join();
+    dfc_local_group_destroy(group);
+    int failures = 0;
+    for (size_t r = 0; r < errors.size(); ++r) {
+        checked += done[r];
+        if (!errors[r].empty()) {
+            std::fprintf(stderr, "rank %zu: %s\n", r, errors[r].c_str());
+            ++failures;
+        }
+        if (mismatches[r] != 0) {
+            std::fprintf(stderr, "mismatch: %zu calls, first %s\n", mismatches[r], firstMismatch[r].c_str());
+            failures += static_cast<int>(mismatches[r]);
+        }
+    }
+    return failures;
+}
+
+int runVectors(std::string const& path) {
+    std::vector<vectors::Record> recs;
+    bool absent = false;
+    std::string err = vectors::read(path, recs, absent);
+    if (absent) {
+        std::printf("skipped: %s not found (cargo test --test exchange_vectors writes it)\n", path.c_str());
+        return 0;
+    }
+    std::map<vectors::GroupKey, vectors::Group> groups;
+    if (err.empty()) err = vectors::group(recs, groups);
+    if (!err.empty()) {
+        std::fprintf(stderr, "gpu_harness: %s\n", err.c_str());
+        return 1;
+    }
+    std::map<std::string, std::vector<vectors::Record const*>> scenarios;
+    for (auto const& kv : groups)
+        for (vectors::Record const* r : kv.second.ranks) scenarios[r->scenario].push_back(r);
+    int failed = 0;
+    size_t checked = 0;
+    for (auto const& sc : scenarios) {
+        int f = runVectorScenario(sc.second, checked);
+        failed += f != 0;
+        std::printf("vectors %s: %s\n", sc.first.c_str(), f == 0 ? "ok" : "FAILED");
+    }
+    std::printf("gpu_harness --vectors: %zu of %zu records checked, %zu scenarios passed, %d failed\n", checked,
+        recs.size(), scenarios.size() - static_cast<size_t>(failed), failed);
+    return failed == 0 && checked == recs.size() ? 0 : 1;
+}
+
 __global__ void standInCompute(float* p, int64_t n, int iters) {
     for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
         float v = p[i];
@@ -337,6 +469,13 @@ int main(int argc, char** argv) {
     }
     CK(cudaSetDevice(0));
     if (argc > 1 && std::string(argv[1]) == "--time") return timing();
+    if (argc > 1 && std::string(argv[1]) == "--vectors") {
+        if (argc != 3) {
+            std::fprintf(stderr, "usage: dfc_gpu_harness --vectors FILE\n");
+            return 2;
+        }
+        return runVectors(argv[2]);
+    }
     int failures = 0, cases = 0, failedCases = 0;
     std::vector<std::vector<int64_t>> rowSets = {{0, 4, 8}, {0, 3, 5, 8}, {0, 2, 4, 6, 8}, {0, 3, 6, 8, 11}};
     for (auto const& rows : rowSets)
