@@ -264,16 +264,29 @@ impl Canvas {
     }
 }
 
-/// Speedup against GPU count (log₂ axis), one line per latent size (labelled with the image
-/// size, 8 × the latent), the ideal (linear) speedup dashed in grey.
+/// Speedup against GPU count (both axes log₂), one line per latent size (labelled with the
+/// image size, 8 × the latent; plans splitting the CFG batch dashed in the same colour), the
+/// ideal (linear) speedup dashed in grey.
 pub fn plot(rows: &[Row]) -> image::RgbImage {
-    let mut lines: BTreeMap<i64, Vec<(usize, f64)>> = BTreeMap::new();
+    let mut lines: BTreeMap<(i64, bool), Vec<(usize, f64)>> = BTreeMap::new();
     for r in rows {
         if let Some(s) = r.speedup {
+            let key = (r.estimate.latent[0], r.estimate.split_batch);
             lines
-                .entry(r.estimate.latent[0])
+                .entry(key)
                 .or_default()
                 .push((r.estimate.world_size, s));
+        }
+    }
+    // A split-batch line starts from the one-GPU plan of its size.
+    let starts: Vec<(i64, (usize, f64))> = lines
+        .iter()
+        .filter(|((_, split), _)| !split)
+        .filter_map(|((l, _), pts)| pts.iter().find(|p| p.0 == 1).map(|&p| (*l, p)))
+        .collect();
+    for (latent, p) in starts {
+        if let Some(v) = lines.get_mut(&(latent, true)) {
+            v.push(p);
         }
     }
     let max_n = rows
@@ -282,7 +295,7 @@ pub fn plot(rows: &[Row]) -> image::RgbImage {
         .max()
         .unwrap_or(1)
         .max(2);
-    let max_s = (max_n as f64).max(1.0);
+    let max_s = max_n as f64;
     let mut cv = Canvas(image::RgbImage::from_pixel(
         W,
         H,
@@ -290,38 +303,38 @@ pub fn plot(rows: &[Row]) -> image::RgbImage {
     ));
     let (x0, x1) = (LEFT as f64, (W as i64 - RIGHT) as f64);
     let (y0, y1) = ((H as i64 - BOTTOM) as f64, TOP as f64);
-    let lx = (max_n as f64).log2();
+    let lx = max_s.log2();
     let px = |n: usize| x0 + (n as f64).log2() / lx * (x1 - x0);
-    let py = |s: f64| y0 - s / max_s * (y0 - y1);
+    let py = |s: f64| y0 - s.max(1.0).log2() / lx * (y0 - y1);
     let grey = [200, 200, 200];
     let black = [0, 0, 0];
-    // Grid and ticks.
-    for s in 0..=max_s as usize {
-        cv.line(
-            (x0, py(s as f64)),
-            (x1, py(s as f64)),
-            [235, 235, 235],
-            1,
-            false,
-        );
-        cv.text(
-            LEFT - 14 - 8 * s.to_string().len() as i64,
-            py(s as f64) as i64 - 5,
-            &s.to_string(),
-            black,
-        );
-    }
+    // Grid and ticks on powers of two.
     let mut n = 1;
     while n <= max_n {
-        cv.line((px(n), y0), (px(n), y1), [235, 235, 235], 1, false);
-        cv.text(px(n) as i64 - 4, y0 as i64 + 10, &n.to_string(), black);
+        let (x, y) = (px(n), py(n as f64));
+        cv.line((x, y0), (x, y1), [235, 235, 235], 1, false);
+        cv.line((x0, y), (x1, y), [235, 235, 235], 1, false);
+        cv.text(x as i64 - 4, y0 as i64 + 10, &n.to_string(), black);
+        let label = format!("{n}x");
+        cv.text(
+            LEFT - 14 - 8 * label.len() as i64,
+            y as i64 - 5,
+            &label,
+            black,
+        );
         n *= 2;
     }
     cv.line((x0, y0), (x1, y0), black, 1, false);
     cv.line((x0, y0), (x0, y1), black, 1, false);
     cv.line((px(1), py(1.0)), (px(max_n), py(max_s)), grey, 2, true);
-    for (i, (latent, pts)) in lines.iter_mut().enumerate() {
+    let latents: Vec<i64> = {
+        let mut v: Vec<i64> = lines.keys().map(|k| k.0).collect();
+        v.dedup();
+        v
+    };
+    for ((latent, split), pts) in lines.iter_mut() {
         pts.sort_by_key(|p| p.0);
+        let i = latents.iter().position(|l| l == latent).unwrap_or(0);
         let c = COLORS[i % COLORS.len()];
         for w in pts.windows(2) {
             cv.line(
@@ -329,7 +342,7 @@ pub fn plot(rows: &[Row]) -> image::RgbImage {
                 (px(w[1].0), py(w[1].1)),
                 c,
                 3,
-                false,
+                *split,
             );
         }
         for &(n, s) in pts.iter() {
@@ -338,6 +351,9 @@ pub fn plot(rows: &[Row]) -> image::RgbImage {
                     cv.put(px(n) as i64 + dx, py(s) as i64 + dy, c);
                 }
             }
+        }
+        if *split {
+            continue;
         }
         // Legend: colour, then the image size (8 × latent).
         let ly = TOP + 10 + 22 * i as i64;
