@@ -19,6 +19,7 @@ use half::f16;
 
 use super::comm::{Call, CommError, Communicator, Payload};
 use crate::contract::Bands;
+use crate::contract::exchange::STATS_PAIR;
 use crate::plan::{ExchangeKind, GnMode};
 
 /// Errors of an exchange operator.
@@ -378,15 +379,18 @@ pub fn halo_exchange<T: Element>(
     Ok(())
 }
 
-/// `DfcStatsAllReduce`: `g` = mean over the group of every rank's `s`, weighted by each band's
-/// share of the rows (elementwise, summed in f64 in band order, so every rank gets the same
-/// bits). Stale: paper Eq. 2 (module docs).
+/// `DfcStatsAllReduce`: `g` = mean over the group of every rank's `s` (of `shape`), weighted by
+/// each band's share of the rows (elementwise, summed in f64 in band order, so every rank gets
+/// the same bits). Stale: paper Eq. 2 (module docs); the negative-variance fallback applies
+/// when the last axis holds (E\[x\], E\[x²\]) pairs ([`STATS_PAIR`] entries).
 pub fn stats_all_reduce(
     ctx: &RankContext,
     slot: u32,
+    shape: &[usize],
     s: &[f32],
     g: &mut [f32],
 ) -> Result<(), ExchangeError> {
+    check_len(STATS, slot, "the input", shape, s.len())?;
     if s.len() != g.len() {
         return Err(ExchangeError::Shape {
             op: STATS,
@@ -445,7 +449,7 @@ pub fn stats_all_reduce(
     }
     // A mean of (E[x], E[x²]) pairs keeps the variance non-negative; an extrapolated one may
     // not: fall back to the band's own pair there.
-    if ctx.gn == GnMode::Corrected && s.len().is_multiple_of(2) {
+    if ctx.gn == GnMode::Corrected && shape.last() == Some(&STATS_PAIR) {
         for (pair, local) in g.chunks_exact_mut(2).zip(s.chunks_exact(2)) {
             if pair[1] - pair[0] * pair[0] < 0.0 {
                 pair.copy_from_slice(local);
@@ -717,7 +721,7 @@ mod tests {
             let r = ctx.rank() as f32;
             let s = vec![r, 10.0 * r + step as f32, -r];
             let mut g = vec![0f32; 3];
-            stats_all_reduce(ctx, 9, &s, &mut g).expect("stats");
+            stats_all_reduce(ctx, 9, &[3], &s, &mut g).expect("stats");
             g
         });
         for per_step in &got {
@@ -777,7 +781,7 @@ mod tests {
         out.extend_from_slice(&y);
         pause();
         let mut g = vec![0f32; 2];
-        stats_all_reduce(ctx, 1, &x[..2], &mut g).expect("stats");
+        stats_all_reduce(ctx, 1, &[2], &x[..2], &mut g).expect("stats");
         out.extend_from_slice(&g);
         pause();
         let mut z = vec![0f32; 48];
@@ -892,7 +896,7 @@ mod tests {
         on_ranks_gn(n, 5, Some(1), gn, |ctx, step| {
             let x = s(ctx.rank(), step);
             let mut g = vec![0f32; x.len()];
-            stats_all_reduce(ctx, 0, &x, &mut g).expect("stats");
+            stats_all_reduce(ctx, 0, &[x.len() / 2, 2], &x, &mut g).expect("stats");
             g
         })
     }
@@ -1020,7 +1024,7 @@ mod tests {
                     .map(|&v| v as f32)
                     .collect();
                 let mut g = vec![0f32; 4];
-                stats_all_reduce(ctx, 0, &s, &mut g).expect("stats");
+                stats_all_reduce(ctx, 0, &[2, 2], &s, &mut g).expect("stats");
                 g
             },
         );

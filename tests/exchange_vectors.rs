@@ -288,7 +288,7 @@ fn call(ctx: &RankContext, op: &Op, dims: &[usize], parts: &[usize], x: &[f32]) 
         }
         ExchangeKind::Stats => {
             let mut g = vec![f32::NAN; x.len()];
-            stats_all_reduce(ctx, op.slot, x, &mut g).expect("stats");
+            stats_all_reduce(ctx, op.slot, dims, x, &mut g).expect("stats");
             g
         }
         ExchangeKind::Gather => {
