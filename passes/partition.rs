@@ -196,14 +196,9 @@ fn valid_text(v: &[usize]) -> String {
     }
 }
 
-/// The input cut into bands: the first rank-4 floating-point graph input.
+/// The input cut into bands ([`Graph::spatial_input`]).
 pub fn spatial_input(g: &Graph) -> Option<ValueId> {
-    g.inputs.iter().copied().find(|&v| {
-        g.value(v).init.is_none()
-            && g.value(v)
-                .tensor_type()
-                .is_some_and(|t| t.elem.is_float() && t.rank() == Some(4))
-    })
+    g.spatial_input()
 }
 
 /// Latent height of the spatial input (0 when unknown).

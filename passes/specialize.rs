@@ -325,11 +325,7 @@ fn bind(g: &Graph, opts: &SpecializeOptions) -> Result<Bindings, SpecializeError
         .filter(|&v| g.value(v).init.is_none())
         .collect();
     let dims_of = |v| g.value(v).tensor_type().and_then(|t| t.shape.clone());
-    let spatial = inputs.iter().copied().find(|&v| {
-        g.value(v)
-            .tensor_type()
-            .is_some_and(|t| t.elem.is_float() && t.rank() == Some(4))
-    });
+    let spatial = g.spatial_input();
     let mut symbols: BTreeMap<String, i64> = BTreeMap::new();
     let mut unnamed = BTreeMap::new();
     let wants_spatial = opts.height.is_some() || opts.width.is_some();

@@ -301,7 +301,7 @@ impl Operator for StatsOp {
                     .output(0, shape.to_vec())?
                     .ok_or_else(|| ort::Error::new("missing output"))?;
                 let (_, gs) = g.try_extract_tensor_mut::<f32>()?;
-                let shape = dims(&shape, &node)?;
+                let shape = dims(shape, &node)?;
                 stats_all_reduce(&ctx, slot, &shape, ss, gs)
                     .map_err(|e| ort::Error::new(format!("node `{node}`: {e}")))
             })

@@ -154,12 +154,7 @@ pub fn compile_graph(opts: &CompileOptions) -> Result<(CompileReport, Option<Com
         // Each group runs a graph of half the batch: a dynamic batch axis is bound to it; a
         // batch fixed to the full pair is halved (`passes::batch`), after which the graph's
         // inputs and outputs carry a symbolic batch that `bind-inputs` binds to the half.
-        let spatial = graph.inputs.iter().copied().find(|&v| {
-            graph
-                .value(v)
-                .tensor_type()
-                .is_some_and(|t| t.elem.is_float() && t.rank() == Some(4))
-        });
+        let spatial = graph.spatial_input();
         let fixed = spatial.and_then(|v| {
             let t = graph.value(v).tensor_type()?;
             Some((

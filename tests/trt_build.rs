@@ -325,6 +325,27 @@ fn two_rank_sync_plans_build_with_the_plugins() -> Result<()> {
 }
 
 #[test]
+fn four_rank_displaced_and_three_rank_unequal_plans_build_with_the_plugins() -> Result<()> {
+    require_rtx!();
+    let dir = tempfile::tempdir()?;
+    for model in ["sd15_tiny.onnx", "sdxl_tiny.onnx"] {
+        let plan = dir.path().join(format!("{model}.4"));
+        compile(model, 4, false, &plan)?;
+        let p = build_and_check(&plan, &[])?;
+        assert!(p.exchanges.iter().any(|e| e.parts.is_some()), "gathers");
+        assert_eq!(p.engines.len(), 4);
+    }
+    // Three GPUs cut 32 latent rows as 12 / 12 / 8: the last band's graph has other shapes,
+    // and every gather carries unequal parts through the plugins' shape rules.
+    let plan = dir.path().join("sd15_tiny.3");
+    compile("sd15_tiny.onnx", 3, false, &plan)?;
+    let p = build_and_check(&plan, &[])?;
+    assert_eq!(p.bands.heights(), [12, 12, 8]);
+    assert_eq!(p.engines.len(), 3);
+    Ok(())
+}
+
+#[test]
 fn exchanges_without_the_plugin_library_is_one_clear_error() -> Result<()> {
     let found = require_rtx!();
     let dir = tempfile::tempdir()?;

@@ -347,20 +347,9 @@ fn constant_values(graph: &Graph) -> HashSet<ValueId> {
     consts
 }
 
-/// The input the spatial split applies to: the first rank-4 input (the latent), else the first.
+/// The input the spatial split applies to, as the compiler chooses it.
 fn spatial_input(graph: &Graph) -> Option<ValueId> {
-    graph
-        .inputs
-        .iter()
-        .copied()
-        .find(|&v| {
-            graph
-                .value(v)
-                .tensor_type()
-                .and_then(TensorType::rank)
-                .is_some_and(|r| r == 4)
-        })
-        .or_else(|| graph.inputs.first().copied())
+    graph.spatial_input()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

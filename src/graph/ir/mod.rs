@@ -561,6 +561,19 @@ impl Graph {
     pub fn value_by_name(&self, name: &str) -> Option<ValueId> {
         self.by_name.get(name).copied()
     }
+    /// The input dfc cuts into bands (a UNet's latent `sample`): the first graph input that is
+    /// not an initializer and is a rank-4 floating-point tensor. Every part of dfc that needs
+    /// it (specialization, partition, CFG batch halving, inspection) asks here.
+    pub fn spatial_input(&self) -> Option<ValueId> {
+        self.inputs.iter().copied().find(|&v| {
+            self.value(v).init.is_none()
+                && self
+                    .value(v)
+                    .tensor_type()
+                    .is_some_and(|t| t.elem.is_float() && t.rank() == Some(4))
+        })
+    }
+
     /// Live values in creation order (inputs, initializers, then node outputs in source order).
     pub fn value_ids(&self) -> impl Iterator<Item = ValueId> + '_ {
         (0..self.values.len() as u32)
