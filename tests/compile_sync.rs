@@ -13,7 +13,7 @@ use dfc::emit::{CompileOptions, compile};
 use dfc::passes::BandRequest;
 use dfc::passes::specialize::SpecializeOptions;
 use dfc::plan::Mode;
-use dfc::runtime::host::{HostTensor, difference, read_npz};
+use dfc::runtime::host::{HostTensor, difference};
 use dfc::runtime::{ExecOptions, PlanExecutor};
 
 use common::*;
@@ -60,31 +60,8 @@ fn plan_error_with(
         dump_after: None,
     })
     .with_context(|| format!("compiling {} for {n}", f.name))?;
-    let io = read_npz(&f.io)?;
-    let mut exec = PlanExecutor::load(
-        &out,
-        ExecOptions {
-            threads: 2,
-            ..Default::default()
-        },
-    )?;
-    let input_names: Vec<String> = exec.plan().inputs.iter().map(|i| i.name.clone()).collect();
-    let (inputs, refs): (Vec<_>, Vec<_>) = io
-        .into_iter()
-        .partition(|(name, _)| input_names.contains(name));
-    let outputs = exec.run_unet(&inputs)?;
-    let mut worst = 0f64;
-    for (name, want) in &refs {
-        let got = outputs
-            .iter()
-            .find(|(o, _)| o == name)
-            .map(|(_, t)| t)
-            .with_context(|| format!("no output {name}"))?;
-        let d = difference(got, want).map_err(anyhow::Error::msg)?;
-        ensure!(!d.non_finite, "{}: non-finite output", f.name);
-        worst = worst.max(d.max_rel);
-    }
-    Ok((worst, exec.plan().bands.to_string()))
+    let worst = plan_error_against(&out, f)?;
+    Ok((worst, dfc::plan::Plan::load(&out)?.bands.to_string()))
 }
 
 #[test]

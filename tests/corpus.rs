@@ -13,8 +13,6 @@ use anyhow::{Context, Result, ensure};
 use dfc::emit::{CompileOptions, compile};
 use dfc::passes::specialize::SpecializeOptions;
 use dfc::plan::Mode;
-use dfc::runtime::host::{difference, read_npz};
-use dfc::runtime::{ExecOptions, PlanExecutor};
 
 use common::*;
 
@@ -36,32 +34,7 @@ fn plan_error(f: &Fixture, n: usize, split_batch: bool) -> Result<f64> {
         dump_after: None,
     })
     .with_context(|| format!("compiling {} for {n}", f.name))?;
-    let mut exec = PlanExecutor::load(
-        &out,
-        ExecOptions {
-            threads: 2,
-            ..Default::default()
-        },
-    )?;
-    let names: Vec<String> = exec.plan().inputs.iter().map(|i| i.name.clone()).collect();
-    let (inputs, refs): (Vec<_>, Vec<_>) = read_npz(&f.io)?
-        .into_iter()
-        .partition(|(name, _)| names.contains(name));
-    let outputs = exec
-        .run_unet(&inputs)
-        .with_context(|| format!("running the {n}-GPU plan of {}", f.name))?;
-    let mut worst = 0f64;
-    for (name, want) in &refs {
-        let got = outputs
-            .iter()
-            .find(|(o, _)| o == name)
-            .map(|(_, t)| t)
-            .with_context(|| format!("no output {name}"))?;
-        let d = difference(got, want).map_err(anyhow::Error::msg)?;
-        ensure!(!d.non_finite, "{}: non-finite output", f.name);
-        worst = worst.max(d.max_rel);
-    }
-    Ok(worst)
+    plan_error_against(&out, f)
 }
 
 fn corpus_or_skip() -> Result<Option<Vec<Fixture>>> {

@@ -210,3 +210,34 @@ pub fn dfc(args: &[&std::ffi::OsStr]) -> Result<Output> {
 
 #[allow(unused_imports)]
 pub use dfc::runtime::Rng;
+
+/// Runs the plan compiled into `plan` on `f`'s reference inputs (CPU runtime, 2 threads) and
+/// returns the worst relative error over the reference outputs; non-finite outputs fail.
+pub fn plan_error_against(plan: &Path, f: &Fixture) -> Result<f64> {
+    let mut exec = dfc::runtime::PlanExecutor::load(
+        plan,
+        dfc::runtime::ExecOptions {
+            threads: 2,
+            ..Default::default()
+        },
+    )?;
+    let names: Vec<String> = exec.plan().inputs.iter().map(|i| i.name.clone()).collect();
+    let (inputs, refs): (Vec<_>, Vec<_>) = dfc::runtime::read_npz(&f.io)?
+        .into_iter()
+        .partition(|(name, _)| names.contains(name));
+    let outputs = exec
+        .run_unet(&inputs)
+        .with_context(|| format!("running the plan of {}", f.name))?;
+    let mut worst = 0f64;
+    for (name, want) in &refs {
+        let got = outputs
+            .iter()
+            .find(|(o, _)| o == name)
+            .map(|(_, t)| t)
+            .with_context(|| format!("no output {name}"))?;
+        let d = difference(got, want).map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(!d.non_finite, "{}: non-finite output", f.name);
+        worst = worst.max(d.max_rel);
+    }
+    Ok(worst)
+}
