@@ -1,6 +1,6 @@
 //! DPM-Solver++ 2M, as diffusers' `DPMSolverMultistepScheduler` (midpoint, order 2).
 
-use super::schedule::{NoiseSchedule, numpy_interp_index};
+use super::schedule::NoiseSchedule;
 use super::{Prediction, Sampler, SamplerConfig, SamplerError, SamplerKind, check_len, check_step};
 
 /// `(alpha_t, sigma_t, lambda_t)` of a sigma (variance-preserving form), in `f32` as
@@ -23,12 +23,7 @@ pub(super) struct DpmPp2m {
 
 impl DpmPp2m {
     pub(super) fn new(c: &SamplerConfig, schedule: &NoiseSchedule, timesteps: Vec<f64>) -> Self {
-        let table = schedule.sigmas();
-        let mut sigmas: Vec<f32> = timesteps
-            .iter()
-            .map(|&t| numpy_interp_index(t, &table) as f32)
-            .collect();
-        sigmas.push(0.0);
+        let sigmas = schedule.sigmas_at(&timesteps);
         Self {
             prediction: c.prediction,
             timesteps,

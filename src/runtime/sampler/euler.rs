@@ -1,6 +1,6 @@
 //! Euler discrete, as diffusers' `EulerDiscreteScheduler` (deterministic).
 
-use super::schedule::{NoiseSchedule, numpy_interp_index};
+use super::schedule::NoiseSchedule;
 use super::{
     Prediction, Sampler, SamplerConfig, SamplerError, SamplerKind, TimestepSpacing, check_len,
     check_step,
@@ -16,12 +16,7 @@ pub(super) struct Euler {
 
 impl Euler {
     pub(super) fn new(c: &SamplerConfig, schedule: &NoiseSchedule, timesteps: Vec<f64>) -> Self {
-        let table = schedule.sigmas();
-        let mut sigmas: Vec<f32> = timesteps
-            .iter()
-            .map(|&t| numpy_interp_index(t, &table) as f32)
-            .collect();
-        sigmas.push(0.0);
+        let sigmas = schedule.sigmas_at(&timesteps);
         let max = sigmas.iter().copied().fold(0.0f32, f32::max);
         let init_noise_sigma = match c.spacing {
             TimestepSpacing::Leading => (max * max + 1.0).sqrt(),

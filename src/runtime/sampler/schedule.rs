@@ -75,6 +75,18 @@ impl NoiseSchedule {
             .map(|&a| ((1.0 - a) / a).sqrt())
             .collect()
     }
+
+    /// The sigmas at the (possibly fractional) `timesteps`, interpolated as numpy does, then a
+    /// final 0: the sigma tables of the Euler and DPM-Solver++ samplers.
+    pub fn sigmas_at(&self, timesteps: &[f64]) -> Vec<f32> {
+        let table = self.sigmas();
+        let mut sigmas: Vec<f32> = timesteps
+            .iter()
+            .map(|&t| numpy_interp_index(t, &table) as f32)
+            .collect();
+        sigmas.push(0.0);
+        sigmas
+    }
 }
 
 /// `torch.linspace(start, end, n, dtype=float32)` on CPU, bit for bit: the step is computed in
@@ -118,7 +130,7 @@ fn numpy_linspace(stop: f64, n: usize) -> Vec<f64> {
 }
 
 /// `numpy.interp(x, arange(len(fp)), fp)` for `x` in `[0, len - 1]`.
-pub(super) fn numpy_interp_index(x: f64, fp: &[f32]) -> f64 {
+fn numpy_interp_index(x: f64, fp: &[f32]) -> f64 {
     let last = fp.len() - 1;
     if x >= last as f64 {
         return f64::from(fp[last]);
