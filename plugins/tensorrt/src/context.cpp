@@ -229,6 +229,32 @@ Status Context::runHalo(OpAttrs const& a, std::vector<int64_t> const& dims, size
     return {};
 }
 
+// Publishes this rank's `bytes` of `x` into slot `a`'s send buffer of this step's parity and
+// all-gathers `slotBytes` per rank into its board (the collective on the comm stream). With
+// `stale`, first checks that the previous step's board may be read. Returns the slot and parity.
+Status Context::allGatherSlot(OpAttrs const& a, void const* x, size_t bytes, size_t slotBytes,
+    cudaStream_t stream, bool stale, SlotBuffers*& sb, int& p) {
+    Status st = slotFor(a, slotBytes, slotBytes * static_cast<size_t>(size_), sb);
+    if (!st.ok()) return st;
+    uint64_t step = step_;
+    p = parityOf(step);
+    if (stale) {
+        std::string why = sb->steps.canReadStale(step);
+        if (!why.empty()) return {DFC_ERR_STATE, why};
+    }
+    auto pack = [&](void* send) -> Status {
+        DFC_CUDA(cudaMemcpyAsync(send, x, bytes, cudaMemcpyDeviceToDevice, stream));
+        return {};
+    };
+    auto collective = [&](void* send, void* board) -> Status {
+        return transport_->allGather(send, board, slotBytes, comm_);
+    };
+    st = publish(*sb, p, stream, pack, collective);
+    if (!st.ok()) return st;
+    sb->steps.wrote(step);
+    return {};
+}
+
 Status Context::runGather(OpAttrs const& a, std::vector<int64_t> const& dims, size_t es, void const* x, void* y,
     cudaStream_t stream, bool stale) {
     AxisRule rule;
@@ -255,22 +281,9 @@ Status Context::runGather(OpAttrs const& a, std::vector<int64_t> const& dims, si
     }
     size_t slotB = static_cast<size_t>(L.slotCount()) * es;
     SlotBuffers* sb = nullptr;
-    Status st = slotFor(a, slotB, slotB * static_cast<size_t>(size_), sb);
+    int p = 0;
+    Status st = allGatherSlot(a, x, own, slotB, stream, stale, sb, p);
     if (!st.ok()) return st;
-    uint64_t step = step_;
-    int p = parityOf(step);
-    if (stale) {
-        std::string why = sb->steps.canReadStale(step);
-        if (!why.empty()) return {DFC_ERR_STATE, why};
-    }
-    auto pack = [&](void* send) -> Status {
-        DFC_CUDA(cudaMemcpyAsync(send, x, own, cudaMemcpyDeviceToDevice, stream));
-        return {};
-    };
-    auto collective = [&](void* send, void* board) -> Status { return transport_->allGather(send, board, slotB, comm_); };
-    st = publish(*sb, p, stream, pack, collective);
-    if (!st.ok()) return st;
-    sb->steps.wrote(step);
     GatherParts gp;
     gp.n = size_;
     gp.own = rank_;
@@ -299,22 +312,9 @@ Status Context::runStats(OpAttrs const& a, std::vector<int64_t> const& dims, voi
     }
     bool useStale = stale && gn_ != GnMode::Sync;
     SlotBuffers* sb = nullptr;
-    Status st = slotFor(a, bytes, bytes * static_cast<size_t>(size_), sb);
+    int p = 0;
+    Status st = allGatherSlot(a, x, bytes, bytes, stream, useStale, sb, p);
     if (!st.ok()) return st;
-    uint64_t step = step_;
-    int p = parityOf(step);
-    if (useStale) {
-        std::string why = sb->steps.canReadStale(step);
-        if (!why.empty()) return {DFC_ERR_STATE, why};
-    }
-    auto pack = [&](void* send) -> Status {
-        DFC_CUDA(cudaMemcpyAsync(send, x, bytes, cudaMemcpyDeviceToDevice, stream));
-        return {};
-    };
-    auto collective = [&](void* send, void* board) -> Status { return transport_->allGather(send, board, bytes, comm_); };
-    st = publish(*sb, p, stream, pack, collective);
-    if (!st.ok()) return st;
-    sb->steps.wrote(step);
     StatsArgs args;
     args.n = size_;
     args.own = rank_;

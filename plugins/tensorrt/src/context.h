@@ -53,6 +53,8 @@ private:
     // The exchange of one step: send[p] <- pack (on `stream`), comm: collective into board[p].
     template <typename Pack, typename Collective>
     Status publish(SlotBuffers& sb, int p, cudaStream_t stream, Pack pack, Collective collective);
+    Status allGatherSlot(OpAttrs const& a, void const* x, size_t bytes, size_t slotBytes, cudaStream_t stream,
+        bool stale, SlotBuffers*& sb, int& p);
     Status runHalo(OpAttrs const& a, std::vector<int64_t> const& dims, size_t es, void const* x, void* y,
         cudaStream_t stream, bool stale);
     Status runGather(OpAttrs const& a, std::vector<int64_t> const& dims, size_t es, void const* x, void* y,
