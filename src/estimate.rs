@@ -2,11 +2,14 @@
 //! node of its graph (the op rows' cost rules, [`crate::passes::cost`]) on a roofline of the
 //! GPU, the bytes it receives per step over the link, and the step schedule of the plan's mode.
 //!
-//! - **Compute.** Each node takes `max(FLOPs / peak, bytes / bandwidth) / efficiency`: the
-//!   roofline with fp16 tensor-core peak and memory bandwidth from the GPU's spec sheet
-//!   ([`Gpu`]), and one efficiency factor for everything a roofline leaves out (kernel
-//!   launches, tails, imperfect fusion). The factor is calibrated once, on one published
-//!   number ([`CALIBRATED_EFFICIENCY`]).
+//! - **Compute.** Each node takes `max(FLOPs / (peak · fill), bytes / bandwidth) / efficiency
+//!   + launch`: the roofline with fp16 tensor-core peak and memory bandwidth from the GPU's
+//!   spec sheet ([`Gpu`]); the *wave fill* of a matrix-unit kernel (its output tiles spread
+//!   over the GPU's multiprocessors in waves, the last one partly empty: a band's thin GEMMs
+//!   leave most of an A100 idle, [`Gpu::wave_fill`]); a fixed time per launched kernel
+//!   ([`KERNEL_LAUNCH_S`], not fitted); and one efficiency factor for everything else a
+//!   roofline leaves out (tails, imperfect fusion), calibrated once on one published number
+//!   ([`CALIBRATED_EFFICIENCY`]).
 //! - **Exchanges.** Each slot costs `latency + bytes received / link bandwidth` ([`Link`]).
 //! - **Schedule.** Synchronous steps (every step in `sync` mode; step 0 and the warmup steps
 //!   in `displaced` mode) wait for every exchange: `compute + exchanges`. Stale steps overlap
@@ -26,10 +29,13 @@ use crate::passes::cost::graph_cost;
 use crate::passes::ops::def::Cost;
 use crate::plan::{Mode, Plan};
 
-/// One GPU type: fp16 dense tensor-core peak, memory bandwidth and size, link bandwidths.
+/// One GPU type: fp16 dense tensor-core peak, multiprocessors, memory bandwidth and size, link
+/// bandwidths.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct Gpu {
     pub name: &'static str,
+    /// Streaming multiprocessors (each runs one output tile of a matrix kernel at a time).
+    pub sms: u32,
     /// Dense fp16 tensor-core FLOP/s (no sparsity).
     pub fp16_flops: f64,
     /// Memory bandwidth, bytes/s.
@@ -47,18 +53,20 @@ const T: f64 = 1e12;
 
 // Spec sheets (dense fp16 tensor core, memory bandwidth, interconnect per direction):
 // - A100 SXM4 80 GB (NVIDIA A100 datasheet, 2021): 312 TFLOPS fp16 tensor, 2,039 GB/s HBM2e,
-//   NVLink 3 600 GB/s total (300 GB/s each way), PCIe Gen4 x16 64 GB/s total (32 each way).
+//   NVLink 3 600 GB/s total (300 GB/s each way), PCIe Gen4 x16 64 GB/s total (32 each way);
+//   108 SMs (NVIDIA Ampere architecture whitepaper).
 // - H100 SXM5 80 GB (NVIDIA H100 datasheet): 989.4 TFLOPS fp16 tensor dense (1,979 with
 //   sparsity), 3.35 TB/s HBM3, NVLink 4 900 GB/s total (450 each way), PCIe Gen5 128 GB/s
-//   total (64 each way).
+//   total (64 each way); 132 SMs (Hopper architecture whitepaper).
 // - H200 SXM 141 GB (NVIDIA H200 datasheet): 989 TFLOPS fp16 dense, 4.8 TB/s HBM3e, NVLink
-//   900 GB/s, PCIe Gen5.
+//   900 GB/s, PCIe Gen5; the H100's 132 SMs.
 // - L40S 48 GB (NVIDIA L40S datasheet): 362.05 TFLOPS fp16 tensor dense (733 with sparsity),
-//   864 GB/s GDDR6, no NVLink, PCIe Gen4 x16 64 GB/s total (32 each way).
+//   864 GB/s GDDR6, no NVLink, PCIe Gen4 x16 64 GB/s total (32 each way); 142 SMs.
 /// The GPU types `dfc estimate` knows.
 pub const GPUS: &[Gpu] = &[
     Gpu {
         name: "a100",
+        sms: 108,
         fp16_flops: 312.0 * T,
         memory_bandwidth: 2039.0 * G,
         memory_bytes: 80.0 * G,
@@ -67,6 +75,7 @@ pub const GPUS: &[Gpu] = &[
     },
     Gpu {
         name: "h100",
+        sms: 132,
         fp16_flops: 989.4 * T,
         memory_bandwidth: 3350.0 * G,
         memory_bytes: 80.0 * G,
@@ -75,6 +84,7 @@ pub const GPUS: &[Gpu] = &[
     },
     Gpu {
         name: "h200",
+        sms: 132,
         fp16_flops: 989.4 * T,
         memory_bandwidth: 4800.0 * G,
         memory_bytes: 141.0 * G,
@@ -83,6 +93,7 @@ pub const GPUS: &[Gpu] = &[
     },
     Gpu {
         name: "l40s",
+        sms: 142,
         fp16_flops: 362.05 * T,
         memory_bandwidth: 864.0 * G,
         memory_bytes: 48.0 * G,
@@ -97,11 +108,17 @@ pub const NVLINK_LATENCY_S: f64 = 10e-6;
 /// Latency of one exchange over PCIe (through the host bridge or a switch).
 pub const PCIE_LATENCY_S: f64 = 25e-6;
 
-/// The roofline's efficiency for every GPU: the one number fitted to a measurement. It makes
-/// the synthetic SDXL graph (`tools/make_sdxl_shapes.py`, batch 2, 1024², one rank) take
-/// 5.02 s for 50 DDIM steps on an A100 (DistriFusion, Table 1, PyTorch with CUDA graphs). See
-/// [`calibrate`].
-pub const CALIBRATED_EFFICIENCY: f64 = 0.645;
+/// Fixed time of one kernel beyond its roofline time: the launch-to-launch gap of kernels
+/// replayed from a CUDA graph plus a kernel's ramp-up and drain, a few microseconds on current
+/// GPUs. Taken as 2 µs a priori, not fitted; `dfc estimate --kernel-us` changes it. Nodes
+/// that move no data (views, shape queries) launch nothing.
+pub const KERNEL_LAUNCH_S: f64 = 2e-6;
+
+/// The roofline's efficiency for every GPU: the one number fitted to a measurement. With
+/// [`KERNEL_LAUNCH_S`] and the wave fill, it makes the synthetic SDXL graph
+/// (`tools/make_sdxl_shapes.py`, batch 2, 1024², one rank) take 5.02 s for 50 DDIM steps on an
+/// A100 (DistriFusion, Table 1, PyTorch with CUDA graphs). See [`calibrate`].
+pub const CALIBRATED_EFFICIENCY: f64 = 0.759;
 
 /// The interconnect between the GPUs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -155,9 +172,21 @@ impl Gpu {
         })
     }
 
-    /// Roofline time of a node of cost `c` at full efficiency.
+    /// The fraction of the multiprocessor-waves a kernel of `tiles` output tiles keeps busy:
+    /// `tiles / (⌈tiles / SMs⌉ · SMs)` (1 for kernels that are not tiled matrix products).
+    pub fn wave_fill(&self, tiles: f64) -> f64 {
+        if tiles <= 0.0 {
+            return 1.0;
+        }
+        let sms = f64::from(self.sms.max(1));
+        tiles / ((tiles / sms).ceil() * sms)
+    }
+
+    /// Roofline time of a node of cost `c` at full efficiency, its arithmetic slowed by the
+    /// wave fill of its tiles.
     pub fn roofline(&self, c: &Cost) -> f64 {
-        (c.flops / self.fp16_flops).max(c.bytes() / self.memory_bandwidth)
+        (c.flops / (self.fp16_flops * self.wave_fill(c.tiles)))
+            .max(c.bytes() / self.memory_bandwidth)
     }
 }
 
@@ -172,6 +201,8 @@ pub struct RankCost {
     pub nodes: usize,
     /// Nodes no cost rule covered.
     pub unknown_nodes: usize,
+    /// Nodes that launch a kernel (they move data or compute).
+    pub kernels: usize,
     #[serde(skip)]
     per_node: Vec<Cost>,
 }
@@ -187,6 +218,11 @@ impl RankCost {
             bytes: total.bytes(),
             nodes: c.nodes.len(),
             unknown_nodes: c.unknown(),
+            kernels: c
+                .nodes
+                .iter()
+                .filter(|n| n.cost.bytes() > 0.0 || n.cost.flops > 0.0)
+                .count(),
             per_node: c.nodes.iter().map(|n| n.cost).collect(),
         })
     }
@@ -194,6 +230,12 @@ impl RankCost {
     /// Σ over nodes of the roofline time on `gpu` at full efficiency.
     pub fn roofline(&self, gpu: &Gpu) -> f64 {
         self.per_node.iter().map(|c| gpu.roofline(c)).sum()
+    }
+
+    /// Time of one evaluation of the graph: the roofline over `efficiency`, plus `kernel_s`
+    /// per launched kernel.
+    pub fn compute_s(&self, gpu: &Gpu, efficiency: f64, kernel_s: f64) -> f64 {
+        self.roofline(gpu) / efficiency + self.kernels as f64 * kernel_s
     }
 }
 
@@ -229,6 +271,8 @@ pub struct Setup {
     /// Sampling steps (UNet evaluations; the CFG pair is one batch-2 evaluation).
     pub steps: u32,
     pub efficiency: f64,
+    /// Fixed seconds per launched kernel ([`KERNEL_LAUNCH_S`]).
+    pub kernel_s: f64,
 }
 
 /// One rank's predicted times, seconds per step.
@@ -260,6 +304,7 @@ pub struct Estimate {
     pub steps: u32,
     pub sync_steps: u32,
     pub efficiency: f64,
+    pub kernel_s: f64,
     pub ranks: Vec<RankEstimate>,
     /// The slowest rank's step, synchronous and stale.
     pub sync_step_s: f64,
@@ -292,7 +337,7 @@ pub fn estimate(plan: &Plan, costs: &[RankCost], setup: &Setup) -> Estimate {
         .iter()
         .map(|c| {
             let r = c.rank;
-            let compute = c.roofline(&setup.gpu) / setup.efficiency;
+            let compute = c.compute_s(&setup.gpu, setup.efficiency, setup.kernel_s);
             let received = |fresh: bool| -> f64 {
                 plan.exchanges
                     .iter()
@@ -354,6 +399,7 @@ pub fn estimate(plan: &Plan, costs: &[RankCost], setup: &Setup) -> Estimate {
         steps: setup.steps,
         sync_steps,
         efficiency: setup.efficiency,
+        kernel_s: setup.kernel_s,
         ranks,
         sync_step_s: sync_step,
         stale_step_s: stale_step,
@@ -363,7 +409,16 @@ pub fn estimate(plan: &Plan, costs: &[RankCost], setup: &Setup) -> Estimate {
 }
 
 /// The efficiency that makes a one-rank plan costing `cost` take `seconds` for `steps` steps
-/// on `gpu`: the roofline time over the measured time.
-pub fn calibrate(cost: &RankCost, gpu: &Gpu, steps: u32, seconds: f64) -> f64 {
-    f64::from(steps) * cost.roofline(gpu) / seconds
+/// on `gpu` with `kernel_s` per kernel: the roofline time over the measured time less the
+/// launches. `None` when the launches alone take longer than `seconds`.
+pub fn calibrate(
+    cost: &RankCost,
+    gpu: &Gpu,
+    steps: u32,
+    seconds: f64,
+    kernel_s: f64,
+) -> Option<f64> {
+    let steps = f64::from(steps);
+    let roofline_s = seconds - steps * cost.kernels as f64 * kernel_s;
+    (roofline_s > 0.0).then(|| steps * cost.roofline(gpu) / roofline_s)
 }

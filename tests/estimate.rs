@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use dfc::emit::{CompileOptions, compile};
-use dfc::estimate::{Gpu, Link, LinkKind, Setup, cost_plan, estimate};
+use dfc::estimate::{Gpu, Link, LinkKind, Setup, calibrate, cost_plan, estimate};
 use dfc::ir::{DataType, Graph};
 use dfc::passes::specialize::SpecializeOptions;
 use dfc::plan::{Mode, Plan};
@@ -33,6 +33,7 @@ fn compile_tiny(out: &Path, gpus: usize, mode: Mode) -> Result<Plan> {
 /// A GPU with unlimited memory bandwidth: every node takes FLOPs / peak.
 const COMPUTE_ONLY: Gpu = Gpu {
     name: "test",
+    sms: 1,
     fp16_flops: 1e12,
     memory_bandwidth: 1e30,
     memory_bytes: 1e12,
@@ -89,6 +90,7 @@ fn latency_of_the_tiny_plan_matches_a_hand_calculation() -> Result<()> {
         link,
         steps: 10,
         efficiency: 0.5,
+        kernel_s: 0.0,
     };
     let e = estimate(&plan, &costs, &setup);
 
@@ -185,4 +187,60 @@ fn link_and_gpu_names_are_checked() {
     );
     assert!(Gpu::by_name("A100").is_ok());
     assert!(Gpu::by_name("v100").is_err());
+}
+
+#[test]
+fn waves_and_launches_by_hand() -> Result<()> {
+    // 108 SMs: a full wave, one tile too many (two waves, the second nearly empty), half a wave.
+    let a100 = Gpu::by_name("a100")?;
+    assert_eq!(a100.wave_fill(108.0), 1.0);
+    assert_eq!(a100.wave_fill(109.0), 109.0 / 216.0);
+    assert_eq!(a100.wave_fill(54.0), 0.5);
+    assert_eq!(a100.wave_fill(0.0), 1.0);
+
+    // A one-rank plan on a 4-SM GPU: every node by hand from its cost rule, 1 µs per kernel.
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("n1");
+    let plan = compile_tiny(&out, 1, Mode::Sync)?;
+    let costs = cost_plan(&out, &plan)?;
+    let gpu = Gpu {
+        sms: 4,
+        memory_bandwidth: 1e11,
+        ..COMPUTE_ONLY
+    };
+    let g = Graph::from_model(dfc::onnx::load(&out.join(&plan.ranks[0].file))?.proto)?;
+    let (mut roofline, mut kernels) = (0.0, 0usize);
+    for n in dfc::passes::cost::graph_cost(&g)?.nodes {
+        let c = n.cost;
+        let waves = (c.tiles / 4.0).ceil();
+        let fill = if c.tiles > 0.0 {
+            c.tiles / (4.0 * waves)
+        } else {
+            1.0
+        };
+        roofline += (c.flops / (1e12 * fill)).max(c.bytes() / 1e11);
+        kernels += usize::from(c.flops > 0.0 || c.bytes() > 0.0);
+    }
+    assert!(
+        kernels > 0 && kernels < g.node_ids().count(),
+        "views launch nothing"
+    );
+    let want = roofline / 0.5 + kernels as f64 * 1e-6;
+    let got = costs[0].compute_s(&gpu, 0.5, 1e-6);
+    assert!((got - want).abs() <= 1e-12 * want, "{got} vs {want}");
+
+    // Calibrating on the plan's own predicted time gives back the efficiency.
+    let setup = Setup {
+        gpu,
+        link: gpu.link(LinkKind::Nvlink)?,
+        steps: 20,
+        efficiency: 0.37,
+        kernel_s: 1e-6,
+    };
+    let e = estimate(&plan, &costs, &setup);
+    let fitted = calibrate(&costs[0], &gpu, 20, e.latency_s, 1e-6).unwrap_or_default();
+    assert!((fitted - 0.37).abs() < 1e-9, "{fitted}");
+    // A measurement shorter than the launches alone cannot be fitted.
+    assert!(calibrate(&costs[0], &gpu, 20, 20.0 * kernels as f64 * 1e-6, 1e-6).is_none());
+    Ok(())
 }

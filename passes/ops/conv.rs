@@ -6,7 +6,7 @@
 
 use anyhow::{Result, anyhow, bail};
 
-use super::def::{Cost, OpDef, default_cost, numel};
+use super::def::{Cost, OpDef, default_cost, gemm_tiles, numel};
 use super::layout::{Need, PartCx, Verdict};
 use super::{OpCx, tt};
 use crate::contract::Bands;
@@ -177,17 +177,20 @@ fn conv(cx: &OpCx<'_>) -> Result<Vec<TensorType>> {
 /// weight's elements per output channel), plus the bias: `2 · |Y| · |W| / C_out (+ |Y|)`.
 fn cost_conv(cx: &OpCx<'_>, outputs: &[TensorType]) -> Result<Cost> {
     let mut c = default_cost(cx, outputs)?;
-    let y = numel(
-        outputs
-            .first()
-            .ok_or_else(|| anyhow!("Conv has no output type"))?,
-    )?;
+    let out = outputs
+        .first()
+        .ok_or_else(|| anyhow!("Conv has no output type"))?;
+    let y = numel(out)?;
     let w = cx
         .static_dims(1)
         .ok_or_else(|| anyhow!("Conv weight shape is not static"))?;
     let c_out = *w.first().unwrap_or(&1);
     let per_output = w.iter().product::<i64>() as f64 / c_out.max(1) as f64;
     c.flops = 2.0 * y * per_output + if cx.has_input(2) { y } else { 0.0 };
+    c.tiles = implicit_gemm_tiles(
+        &out.static_dims().unwrap_or_default(),
+        cx.attr_i("group", 1),
+    );
     Ok(c)
 }
 
@@ -201,7 +204,21 @@ fn cost_conv_transpose(cx: &OpCx<'_>, outputs: &[TensorType]) -> Result<Cost> {
         .ok_or_else(|| anyhow!("ConvTranspose weight shape is not static"))?;
     let c_in = *w.first().unwrap_or(&1);
     c.flops = 2.0 * x * w.iter().product::<i64>() as f64 / c_in.max(1) as f64;
+    if let Some(y) = outputs.first().and_then(|t| t.static_dims()) {
+        c.tiles = implicit_gemm_tiles(&y, cx.attr_i("group", 1));
+    }
     Ok(c)
+}
+
+/// Tiles of a convolution run as an implicit GEMM per group: the output's pixels (batch
+/// included) are the rows, the group's output channels the columns.
+fn implicit_gemm_tiles(y: &[i64], group: i64) -> f64 {
+    let [b, c, spatial @ ..] = y else {
+        return 0.0;
+    };
+    let group = group.max(1);
+    let pixels = (*b * spatial.iter().product::<i64>()) as f64;
+    gemm_tiles(group as f64, pixels, (*c / group) as f64)
 }
 
 /// Pools: one operation per kernel element for every output element.
@@ -736,6 +753,8 @@ mod cost_tests {
         )
         .unwrap();
         assert_eq!(c.flops, 2.0 * 1024.0 * 72.0 + 1024.0);
+        // 256 pixels × 4 channels: 2 × 1 tiles.
+        assert_eq!(c.tiles, 2.0);
         assert_eq!(c.bytes_read, (2048.0 + 288.0 + 4.0) * 4.0);
         assert_eq!(c.bytes_written, 1024.0 * 4.0);
         // Grouped (depthwise) and fp16: 2 bytes per element, 9 multiply-adds per output.
@@ -749,6 +768,8 @@ mod cost_tests {
         .unwrap();
         assert_eq!(c.flops, 2.0 * 2048.0 * 9.0);
         assert_eq!(c.bytes_written, 2048.0 * 2.0);
+        // Implicit GEMM per group: 256 pixels are 2 row tiles; one channel is 1 column tile.
+        assert_eq!(c.tiles, 8.0 * 2.0);
     }
 
     #[test]

@@ -28,6 +28,11 @@ pub struct Cost {
     pub bytes_read: f64,
     /// Bytes written (outputs).
     pub bytes_written: f64,
+    /// Output tiles of a matrix-unit kernel: the [`TILE`]×[`TILE`] blocks of the output
+    /// matrix (times the batch) that a GEMM, an implicit-GEMM convolution or a flash-attention
+    /// kernel hands out to the GPU's multiprocessors, one per block ([`gemm_tiles`]). Zero for
+    /// every other kernel. Summed over nodes, the total count.
+    pub tiles: f64,
 }
 
 impl Cost {
@@ -46,6 +51,7 @@ impl std::ops::Add for Cost {
             flops: self.flops + other.flops,
             bytes_read: self.bytes_read + other.bytes_read,
             bytes_written: self.bytes_written + other.bytes_written,
+            tiles: self.tiles + other.tiles,
         }
     }
 }
@@ -53,6 +59,28 @@ impl std::ops::Add for Cost {
 /// Cost rule: the node's [`Cost`] from its context (input types, attributes) and its output
 /// types. Fails when a shape it needs is not static.
 pub type CostFn = fn(&OpCx<'_>, &[TensorType]) -> Result<Cost>;
+
+/// The side of the square output block one multiprocessor computes in a tensor-core GEMM
+/// (128×128 is the common tile of cuBLAS/CUTLASS fp16 kernels and of flash attention's query
+/// blocks).
+pub const TILE: f64 = 128.0;
+
+/// Output tiles of `batch` independent `m × n` matrix products: `batch · ⌈m/TILE⌉ · ⌈n/TILE⌉`.
+pub fn gemm_tiles(batch: f64, m: f64, n: f64) -> f64 {
+    batch * (m / TILE).ceil() * (n / TILE).ceil()
+}
+
+/// Tiles of a product whose output has static dims `y`: the last two are the matrix, the
+/// others the batch (a vector output is one row).
+pub fn matrix_output_tiles(y: &[i64]) -> f64 {
+    match y {
+        [] => 1.0,
+        [n] => gemm_tiles(1.0, 1.0, *n as f64),
+        [batch @ .., m, n] => {
+            gemm_tiles(batch.iter().product::<i64>() as f64, *m as f64, *n as f64)
+        }
+    }
+}
 
 /// Bytes of a tensor of static type `t` (`None` when its shape or element size is unknown).
 pub fn tensor_bytes(t: &TensorType) -> Option<f64> {
@@ -92,6 +120,7 @@ pub fn default_cost(cx: &OpCx<'_>, outputs: &[TensorType]) -> Result<Cost> {
         flops: 0.0,
         bytes_read,
         bytes_written,
+        tiles: 0.0,
     })
 }
 

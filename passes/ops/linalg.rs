@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{Result, anyhow, bail};
 
-use super::def::{Cost, OpDef, default_cost, numel};
+use super::def::{Cost, OpDef, default_cost, gemm_tiles, matrix_output_tiles, numel};
 use super::layout::{Layout, Need, PartCx, Verdict};
 use super::{OpCx, broadcast, join_dims, same_as, tt};
 use crate::ir::{Dim, TensorType};
@@ -87,12 +87,11 @@ fn cost_matmul(cx: &OpCx<'_>, outputs: &[TensorType]) -> Result<Cost> {
         .static_dims(0)
         .ok_or_else(|| anyhow!("MatMul input shape is not static"))?;
     let k = *a.last().unwrap_or(&1);
-    let y = numel(
-        outputs
-            .first()
-            .ok_or_else(|| anyhow!("MatMul has no output type"))?,
-    )?;
-    c.flops = 2.0 * y * k as f64;
+    let out = outputs
+        .first()
+        .ok_or_else(|| anyhow!("MatMul has no output type"))?;
+    c.flops = 2.0 * numel(out)? * k as f64;
+    c.tiles = matrix_output_tiles(&out.static_dims().unwrap_or_default());
     Ok(c)
 }
 
@@ -107,12 +106,12 @@ fn cost_gemm(cx: &OpCx<'_>, outputs: &[TensorType]) -> Result<Cost> {
     } else {
         a.get(1)
     };
-    let y = numel(
-        outputs
-            .first()
-            .ok_or_else(|| anyhow!("Gemm has no output type"))?,
-    )?;
+    let out = outputs
+        .first()
+        .ok_or_else(|| anyhow!("Gemm has no output type"))?;
+    let y = numel(out)?;
     c.flops = 2.0 * y * *k.unwrap_or(&1) as f64 + if cx.has_input(2) { y } else { 0.0 };
+    c.tiles = matrix_output_tiles(&out.static_dims().unwrap_or_default());
     Ok(c)
 }
 
@@ -129,11 +128,10 @@ fn cost_einsum(cx: &OpCx<'_>, outputs: &[TensorType]) -> Result<Cost> {
         .filter(|c| !c.is_whitespace())
         .collect();
     let lhs = eq.split("->").next().unwrap_or_default();
-    let y = numel(
-        outputs
-            .first()
-            .ok_or_else(|| anyhow!("Einsum has no output type"))?,
-    )?;
+    let out = outputs
+        .first()
+        .ok_or_else(|| anyhow!("Einsum has no output type"))?;
+    let y = numel(out)?;
     if lhs.contains('.') {
         c.flops = y;
         return Ok(c);
@@ -150,6 +148,10 @@ fn cost_einsum(cx: &OpCx<'_>, outputs: &[TensorType]) -> Result<Cost> {
     }
     let space: f64 = sizes.values().map(|&d| d as f64).product();
     c.flops = if terms.len() >= 2 { 2.0 * space } else { space };
+    if terms.len() >= 2 && space > y {
+        // A contraction runs as a batched matrix product over its output.
+        c.tiles = matrix_output_tiles(&out.static_dims().unwrap_or_default());
+    }
     Ok(c)
 }
 
@@ -177,6 +179,8 @@ fn cost_attention(cx: &OpCx<'_>, outputs: &[TensorType]) -> Result<Cost> {
         }
         _ => bail!("Attention needs Q, K, V all 3-D or all 4-D"),
     };
+    // Flash attention hands out one block of TILE queries of one head per multiprocessor.
+    c.tiles = gemm_tiles((b * hq) as f64, sq as f64, 1.0);
     let scores = (b * sq) as f64 * skv as f64;
     c.flops = 2.0 * scores * (qk_width + pv_width) as f64 + 5.0 * scores * hq as f64;
     Ok(c)
@@ -1463,6 +1467,40 @@ mod cost_tests {
     }
 
     #[test]
+    fn matrix_products_count_their_output_tiles() {
+        // [2,300,64] × [64,200]: two 300×200 outputs, each ⌈300/128⌉·⌈200/128⌉ = 3·2 tiles.
+        let c = cost(
+            "MatMul",
+            vec![],
+            17,
+            vec![f32t(&[2, 300, 64]), f32t(&[64, 200])],
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(c.tiles, 12.0);
+        // bhqd,bhkd->bhqk on [1,2,3,4]·[1,2,5,4]: one 3×5 tile per head.
+        let c = cost(
+            "Einsum",
+            vec![astr("equation", "bhqd,bhkd->bhqk")],
+            17,
+            vec![f32t(&[1, 2, 3, 4]), f32t(&[1, 2, 5, 4])],
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(c.tiles, 2.0);
+        // An elementwise Einsum is no matrix product.
+        let c = cost(
+            "Einsum",
+            vec![astr("equation", "ij,ij->ij")],
+            17,
+            vec![f32t(&[4, 4]), f32t(&[4, 4])],
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(c.tiles, 0.0);
+    }
+
+    #[test]
     fn einsum_counts_its_index_space() {
         // b=1 h=2 q=3 d=4 k=5: 120 multiply-adds.
         let c = cost(
@@ -1496,6 +1534,8 @@ mod cost_tests {
         // The scores never reach memory: Q, K, V in, Y out.
         assert_eq!(c.bytes_read, (24.0 + 40.0 + 60.0) * 4.0);
         assert_eq!(c.bytes_written, 36.0 * 4.0);
+        // One block of queries per head.
+        assert_eq!(c.tiles, 2.0);
         // The same attention in 3-D form.
         let c = cost(
             "Attention",

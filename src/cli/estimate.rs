@@ -9,7 +9,10 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use crate::estimate::{CALIBRATED_EFFICIENCY, Estimate, Gpu, LinkKind, Setup, cost_plan, estimate};
+use crate::estimate::{
+    CALIBRATED_EFFICIENCY, Estimate, Gpu, KERNEL_LAUNCH_S, LinkKind, Setup, calibrate, cost_plan,
+    estimate,
+};
 use crate::plan::Plan;
 
 /// Arguments of `dfc estimate`.
@@ -28,8 +31,15 @@ pub struct Args {
     #[arg(long, default_value_t = 50)]
     pub steps: u32,
     /// Roofline efficiency (default: the calibrated one).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "calibrate")]
     pub efficiency: Option<f64>,
+    /// Fit the efficiency to a measurement of your own: the seconds the one-GPU plan among
+    /// PLANS takes for `--steps` steps on this GPU.
+    #[arg(long, value_name = "SECONDS")]
+    pub calibrate: Option<f64>,
+    /// Fixed microseconds per launched kernel.
+    #[arg(long, default_value_t = KERNEL_LAUNCH_S * 1e6)]
+    pub kernel_us: f64,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -52,26 +62,53 @@ pub struct Row {
 pub fn rows(args: &Args) -> Result<Vec<Row>> {
     let gpu = Gpu::by_name(&args.gpu)?;
     let link = gpu.link(args.link)?;
-    let efficiency = args.efficiency.unwrap_or(CALIBRATED_EFFICIENCY);
-    if !(efficiency > 0.0 && efficiency <= 1.0) {
-        bail!("--efficiency must be in (0, 1], not {efficiency}");
-    }
     if args.steps == 0 {
         bail!("--steps must be at least 1");
+    }
+    if !(args.kernel_us >= 0.0 && args.kernel_us.is_finite()) {
+        bail!(
+            "--kernel-us must be a non-negative number, not {}",
+            args.kernel_us
+        );
+    }
+    let kernel_s = args.kernel_us * 1e-6;
+    let mut plans = Vec::new();
+    for dir in &args.plans {
+        let plan = Plan::load(dir)?;
+        let costs = cost_plan(dir, &plan).with_context(|| format!("costing {}", dir.display()))?;
+        plans.push((dir, plan, costs));
+    }
+    let efficiency = match args.calibrate {
+        None => args.efficiency.unwrap_or(CALIBRATED_EFFICIENCY),
+        Some(seconds) => {
+            let Some((_, _, costs)) = plans.iter().find(|(_, p, _)| p.world_size == 1) else {
+                bail!(
+                    "--calibrate needs a one-GPU plan among the plans (compile one with --gpus 1)"
+                );
+            };
+            calibrate(&costs[0], &gpu, args.steps, seconds, kernel_s).with_context(|| {
+                format!(
+                    "{seconds} s is less than the kernel launches alone take at --kernel-us {}",
+                    args.kernel_us
+                )
+            })?
+        }
+    };
+    if !(efficiency > 0.0 && efficiency <= 1.0) {
+        bail!("the efficiency must be in (0, 1], not {efficiency}");
     }
     let setup = Setup {
         gpu,
         link,
         steps: args.steps,
         efficiency,
+        kernel_s,
     };
     let mut out = Vec::new();
-    for dir in &args.plans {
-        let plan = Plan::load(dir)?;
-        let costs = cost_plan(dir, &plan).with_context(|| format!("costing {}", dir.display()))?;
+    for (dir, plan, costs) in &plans {
         out.push(Row {
             plan: dir.display().to_string(),
-            estimate: estimate(&plan, &costs, &setup),
+            estimate: estimate(plan, costs, &setup),
             speedup: None,
         });
     }
@@ -116,8 +153,12 @@ pub fn render(rows: &[Row]) -> String {
         let e = &r.estimate;
         let _ = writeln!(
             s,
-            "{} with {:?}, {} steps, roofline efficiency {:.3}",
-            e.gpu, e.link, e.steps, e.efficiency
+            "{} with {:?}, {} steps, roofline efficiency {:.3}, {:.1} µs per kernel",
+            e.gpu,
+            e.link,
+            e.steps,
+            e.efficiency,
+            e.kernel_s * 1e6
         );
     }
     let _ = writeln!(
