@@ -1,5 +1,12 @@
 //! The `dfc` executable; everything lives in [`dfc::cli`].
 
 fn main() -> std::process::ExitCode {
+    // Rust ignores SIGPIPE, so writing to a closed pipe (`dfc inspect … | head`) would fail
+    // every later print; end quietly instead, as other command-line tools do.
+    #[cfg(unix)]
+    // SAFETY: called before any other thread exists; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     dfc::cli::main_with_args(std::env::args_os())
 }
