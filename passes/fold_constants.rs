@@ -52,6 +52,7 @@ mod tests {
     use super::*;
     use crate::ir::DataType;
     use crate::onnx::ExternalStore;
+    use crate::onnx::proto::AttributeProto;
     use crate::passes::dce::DeadCode;
     use crate::passes::test_graphs::{dynamic_reshape, i64_init, model, node, vi};
     use crate::tensor::Tensor;
@@ -93,13 +94,8 @@ mod tests {
     #[test]
     fn constants_become_initializers_and_big_floats_stay() -> Result<()> {
         let f = DataType::FLOAT;
-        let mut k = node("Constant", "k", &[], &["k"]);
-        k.attribute.push(crate::onnx::proto::AttributeProto {
-            name: Some("value_ints".into()),
-            ints: vec![3, 4],
-            r#type: Some(crate::onnx::proto::AttributeType::Ints as i32),
-            ..Default::default()
-        });
+        let k = node("Constant", "k", &[], &["k"])
+            .with_attrs([AttributeProto::ints("value_ints", &[3, 4])]);
         let big = Tensor::zeros(f, &[1100, 4])?.to_proto("w");
         let mut g = model(
             vec![

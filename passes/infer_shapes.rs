@@ -37,6 +37,7 @@ mod tests {
     use super::*;
     use crate::ir::DataType;
     use crate::onnx::ExternalStore;
+    use crate::onnx::proto::AttributeProto;
     use crate::passes::test_graphs::{model, node, vi};
 
     #[test]
@@ -68,13 +69,8 @@ mod tests {
     #[test]
     fn shape_arithmetic_is_evaluated_without_rewriting() -> Result<()> {
         let f = DataType::FLOAT;
-        let mut k = node("Constant", "k", &[], &["k"]);
-        k.attribute.push(crate::onnx::proto::AttributeProto {
-            name: Some("value_ints".into()),
-            ints: vec![-1],
-            r#type: Some(crate::onnx::proto::AttributeType::Ints as i32),
-            ..Default::default()
-        });
+        let k = node("Constant", "k", &[], &["k"])
+            .with_attrs([AttributeProto::ints("value_ints", &[-1])]);
         let mut g = model(
             vec![
                 node("Shape", "s", &["x"], &["s"]),

@@ -410,57 +410,26 @@ impl PassManager {
 
 #[cfg(test)]
 pub(crate) mod test_graphs {
-    //! Small hand-built models for pass tests.
+    //! Small hand-built models for pass tests, in short names over the constructors of
+    //! [`crate::onnx::proto`].
     use crate::ir::{DataType, Graph};
-    use crate::onnx::proto::{
-        GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto,
-        TypeProto, ValueInfoProto, tensor_shape_proto, type_proto,
-    };
+    use crate::onnx::proto::{GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto};
+    use crate::tensor::Tensor;
 
     /// A value info with dims given as text (`"4"` fixed, `"h"` symbolic, `"?"` unknown).
     pub fn vi(name: &str, elem: DataType, dims: &[&str]) -> ValueInfoProto {
-        let dim = dims
-            .iter()
-            .map(|d| tensor_shape_proto::Dimension {
-                value: match d.parse::<i64>() {
-                    Ok(v) => Some(tensor_shape_proto::dimension::Value::DimValue(v)),
-                    Err(_) if *d == "?" => None,
-                    Err(_) => Some(tensor_shape_proto::dimension::Value::DimParam(
-                        d.to_string(),
-                    )),
-                },
-                denotation: None,
-            })
-            .collect();
-        ValueInfoProto {
-            name: Some(name.into()),
-            r#type: Some(TypeProto {
-                value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                    elem_type: Some(elem.0),
-                    shape: Some(TensorShapeProto { dim }),
-                })),
-                denotation: None,
-            }),
-            ..Default::default()
-        }
+        ValueInfoProto::tensor(name, elem, dims)
     }
 
     pub fn node(op: &str, name: &str, ins: &[&str], outs: &[&str]) -> NodeProto {
-        NodeProto {
-            name: Some(name.into()),
-            op_type: Some(op.into()),
-            input: ins.iter().map(|s| s.to_string()).collect(),
-            output: outs.iter().map(|s| s.to_string()).collect(),
-            ..Default::default()
-        }
+        NodeProto::new(op, name, ins, outs)
     }
 
     pub fn i64_init(name: &str, v: &[i64]) -> TensorProto {
-        let mut t = crate::tensor::Tensor::from_i64s(v).to_proto(name);
-        t.name = Some(name.into());
-        t
+        Tensor::from_i64s(v).to_proto(name)
     }
 
+    /// The graph of a model named `test` importing the default domain at `opset`.
     pub fn model(
         nodes: Vec<NodeProto>,
         inputs: Vec<ValueInfoProto>,
@@ -468,22 +437,10 @@ pub(crate) mod test_graphs {
         inits: Vec<TensorProto>,
         opset: i64,
     ) -> Graph {
-        let m = ModelProto {
-            ir_version: Some(8),
-            opset_import: vec![OperatorSetIdProto {
-                domain: Some(String::new()),
-                version: Some(opset),
-            }],
-            graph: Some(GraphProto {
-                node: nodes,
-                name: Some("test".into()),
-                initializer: inits,
-                input: inputs,
-                output: outputs,
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let m = ModelProto::new(
+            GraphProto::new("test", nodes, inputs, outputs, inits),
+            opset,
+        );
         Graph::from_model(m).expect("test model is well formed")
     }
 
@@ -502,11 +459,7 @@ pub(crate) mod test_graphs {
             vec![vi("x", f, &["batch", "4", "height", "width"])],
             vec![vi("y", f, &["batch", "?"])],
             vec![
-                {
-                    let mut t = crate::tensor::Tensor::scalar(0i64).to_proto("zero");
-                    t.name = Some("zero".into());
-                    t
-                },
+                Tensor::scalar(0i64).to_proto("zero"),
                 i64_init("axes0", &[0]),
                 i64_init("minus1", &[-1]),
             ],

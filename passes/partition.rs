@@ -559,17 +559,8 @@ impl Pass for PartitionPass {
 mod tests {
     use super::*;
     use crate::ir::DataType;
-    use crate::onnx::proto::{AttributeProto, AttributeType};
+    use crate::onnx::proto::AttributeProto;
     use crate::passes::test_graphs::{model, node, vi};
-
-    fn attr_s(name: &str, v: &str) -> AttributeProto {
-        AttributeProto {
-            name: Some(name.into()),
-            s: Some(v.as_bytes().to_vec().into()),
-            r#type: Some(AttributeType::String as i32),
-            ..Default::default()
-        }
-    }
 
     fn store() -> ExternalStore {
         ExternalStore::new(std::env::temp_dir())
@@ -586,22 +577,13 @@ mod tests {
     #[test]
     fn every_offending_node_is_listed() {
         let f = DataType::FLOAT;
-        let mut cat = node("Concat", "cat_h", &["x", "x"], &["c"]);
-        cat.attribute.push(AttributeProto {
-            name: Some("axis".into()),
-            i: Some(2),
-            r#type: Some(AttributeType::Int as i32),
-            ..Default::default()
-        });
-        let mut up = node("Resize", "up_bilinear", &["x", "", "scales"], &["u"]);
-        up.attribute.push(attr_s("mode", "linear"));
-        let scales = {
-            let mut t = crate::tensor::Tensor::from_vec(&[4], vec![1.0f32, 1.0, 2.0, 2.0])
-                .expect("tensor")
-                .to_proto("scales");
-            t.name = Some("scales".into());
-            t
-        };
+        let cat = node("Concat", "cat_h", &["x", "x"], &["c"])
+            .with_attrs([AttributeProto::int("axis", 2)]);
+        let up = node("Resize", "up_bilinear", &["x", "", "scales"], &["u"])
+            .with_attrs([AttributeProto::string("mode", "linear")]);
+        let scales = crate::tensor::Tensor::from_vec(&[4], vec![1.0f32, 1.0, 2.0, 2.0])
+            .expect("tensor")
+            .to_proto("scales");
         let g = typed(model(
             vec![cat, up],
             vec![vi("x", f, &["1", "4", "8", "8"])],
@@ -650,15 +632,10 @@ mod tests {
     #[test]
     fn the_coarsest_level_sets_the_row_step() {
         let f = DataType::FLOAT;
-        let mut pool = node("MaxPool", "pool", &["x"], &["y"]);
-        for (name, v) in [("kernel_shape", [2i64, 2]), ("strides", [2, 2])] {
-            pool.attribute.push(AttributeProto {
-                name: Some(name.into()),
-                ints: v.to_vec(),
-                r#type: Some(AttributeType::Ints as i32),
-                ..Default::default()
-            });
-        }
+        let pool = node("MaxPool", "pool", &["x"], &["y"]).with_attrs([
+            AttributeProto::ints("kernel_shape", &[2, 2]),
+            AttributeProto::ints("strides", &[2, 2]),
+        ]);
         let g = typed(model(
             vec![pool],
             vec![vi("x", f, &["1", "4", "12", "8"])],

@@ -7,10 +7,8 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, ensure};
-use dfc::onnx::proto::{
-    GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto,
-    TensorShapeProto, TypeProto, ValueInfoProto, tensor_shape_proto, type_proto,
-};
+use dfc::ir::DataType;
+use dfc::onnx::proto::{GraphProto, ModelProto, NodeProto, StringStringEntryProto, ValueInfoProto};
 use prost::Message;
 
 use common::*;
@@ -156,56 +154,23 @@ fn hostile_external_data() -> Result<()> {
     Ok(())
 }
 
-fn tensor_info(name: &str, dims: &[i64]) -> ValueInfoProto {
-    ValueInfoProto {
-        name: Some(name.into()),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(1),
-                shape: Some(TensorShapeProto {
-                    dim: dims
-                        .iter()
-                        .map(|&d| tensor_shape_proto::Dimension {
-                            value: Some(tensor_shape_proto::dimension::Value::DimValue(d)),
-                            denotation: None,
-                        })
-                        .collect(),
-                }),
-            })),
-            denotation: None,
-        }),
-        ..Default::default()
-    }
-}
-
+/// A node named `{op}_0` reading `input` and writing `output`.
 fn node(op: &str, input: &str, output: &str) -> NodeProto {
-    NodeProto {
-        name: Some(format!("{op}_0")),
-        op_type: Some(op.into()),
-        input: vec![input.into()],
-        output: vec![output.into()],
-        ..Default::default()
-    }
+    NodeProto::new(op, &format!("{op}_0"), &[input], &[output])
 }
 
 #[test]
 fn unknown_ops_are_all_listed() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let model = ModelProto {
-        ir_version: Some(8),
-        opset_import: vec![OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(17),
-        }],
-        graph: Some(GraphProto {
-            name: Some("unknown_ops".into()),
-            node: vec![node("FooOp", "x", "y"), node("BarOp", "y", "z")],
-            input: vec![tensor_info("x", &[1, 4, 8, 8])],
-            output: vec![tensor_info("z", &[1, 4, 8, 8])],
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let f = DataType::FLOAT;
+    let graph = GraphProto::new(
+        "unknown_ops",
+        vec![node("FooOp", "x", "y"), node("BarOp", "y", "z")],
+        vec![ValueInfoProto::tensor("x", f, &["1", "4", "8", "8"])],
+        vec![ValueInfoProto::tensor("z", f, &["1", "4", "8", "8"])],
+        vec![],
+    );
+    let model = ModelProto::new(graph, 17);
     let path = dir.path().join("unknown.onnx");
     std::fs::write(&path, model.encode_to_vec())?;
 

@@ -298,79 +298,27 @@ fn weights_are_shared_once_and_ranks_differ_only_in_band_constants() -> Result<(
 
 /// A model reading its split input along H twice: a Concat along H and a bilinear Resize.
 fn hand_made(path: &Path) -> Result<()> {
-    use dfc::onnx::proto::{
-        AttributeProto, AttributeType, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
-        TensorShapeProto, TypeProto, ValueInfoProto, tensor_shape_proto, type_proto,
-    };
-    let vi = |name: &str, d: &[i64]| ValueInfoProto {
-        name: Some(name.into()),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(DataType::FLOAT.0),
-                shape: Some(TensorShapeProto {
-                    dim: d
-                        .iter()
-                        .map(|&v| tensor_shape_proto::Dimension {
-                            value: Some(tensor_shape_proto::dimension::Value::DimValue(v)),
-                            denotation: None,
-                        })
-                        .collect(),
-                }),
-            })),
-            denotation: None,
-        }),
-        ..Default::default()
-    };
-    let node =
-        |op: &str, name: &str, ins: &[&str], out: &str, attrs: Vec<AttributeProto>| NodeProto {
-            op_type: Some(op.into()),
-            name: Some(name.into()),
-            input: ins.iter().map(|s| s.to_string()).collect(),
-            output: vec![out.into()],
-            attribute: attrs,
-            ..Default::default()
-        };
-    let int = |name: &str, v: i64| AttributeProto {
-        name: Some(name.into()),
-        i: Some(v),
-        r#type: Some(AttributeType::Int as i32),
-        ..Default::default()
-    };
-    let string = |name: &str, v: &str| AttributeProto {
-        name: Some(name.into()),
-        s: Some(v.as_bytes().to_vec().into()),
-        r#type: Some(AttributeType::String as i32),
-        ..Default::default()
-    };
-    let mut scales =
+    use dfc::onnx::proto::{AttributeProto, GraphProto, ModelProto, NodeProto, ValueInfoProto};
+    let f = DataType::FLOAT;
+    let scales =
         dfc::tensor::Tensor::from_vec(&[4], vec![1.0f32, 1.0, 2.0, 2.0])?.to_proto("scales");
-    scales.name = Some("scales".into());
-    let model = ModelProto {
-        ir_version: Some(8),
-        opset_import: vec![OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(17),
-        }],
-        graph: Some(GraphProto {
-            name: Some("bad".into()),
-            node: vec![
-                node("Relu", "relu", &["sample"], "a", vec![]),
-                node("Concat", "concat_h", &["a", "a"], "c", vec![int("axis", 2)]),
-                node(
-                    "Resize",
-                    "resize_bilinear",
-                    &["a", "", "scales"],
-                    "u",
-                    vec![string("mode", "linear")],
-                ),
-            ],
-            initializer: vec![scales],
-            input: vec![vi("sample", &[1, 4, 8, 8])],
-            output: vec![vi("c", &[1, 4, 16, 8]), vi("u", &[1, 4, 16, 16])],
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let graph = GraphProto::new(
+        "bad",
+        vec![
+            NodeProto::new("Relu", "relu", &["sample"], &["a"]),
+            NodeProto::new("Concat", "concat_h", &["a", "a"], &["c"])
+                .with_attrs([AttributeProto::int("axis", 2)]),
+            NodeProto::new("Resize", "resize_bilinear", &["a", "", "scales"], &["u"])
+                .with_attrs([AttributeProto::string("mode", "linear")]),
+        ],
+        vec![ValueInfoProto::tensor("sample", f, &["1", "4", "8", "8"])],
+        vec![
+            ValueInfoProto::tensor("c", f, &["1", "4", "16", "8"]),
+            ValueInfoProto::tensor("u", f, &["1", "4", "16", "16"]),
+        ],
+        vec![scales],
+    );
+    let model = ModelProto::new(graph, 17);
     dfc::onnx::save(&model, path)?;
     Ok(())
 }

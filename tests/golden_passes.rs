@@ -18,8 +18,7 @@ use dfc::emit::{CompileOptions, compile};
 use dfc::ir::{DataType, Graph};
 use dfc::onnx::ExternalStore;
 use dfc::onnx::proto::{
-    AttributeProto, AttributeType, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
-    TensorProto, TensorShapeProto, TypeProto, ValueInfoProto, tensor_shape_proto, type_proto,
+    AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto,
 };
 use dfc::passes::specialize::SpecializeOptions;
 use dfc::passes::{BandRequest, PassContext, PassManager};
@@ -29,103 +28,27 @@ use dfc::tensor::Tensor;
 // ---------------------------------------------------------------------------------------------
 // Building graphs
 
-/// A value info with dims given as text (`"4"` fixed, `"h"` symbolic, `"?"` unknown).
-fn vi(name: &str, elem: DataType, dims: &[&str]) -> ValueInfoProto {
-    let dim = dims
-        .iter()
-        .map(|d| tensor_shape_proto::Dimension {
-            value: match d.parse::<i64>() {
-                Ok(v) => Some(tensor_shape_proto::dimension::Value::DimValue(v)),
-                Err(_) if *d == "?" => None,
-                Err(_) => Some(tensor_shape_proto::dimension::Value::DimParam(
-                    d.to_string(),
-                )),
-            },
-            denotation: None,
-        })
-        .collect();
-    ValueInfoProto {
-        name: Some(name.into()),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(elem.0),
-                shape: Some(TensorShapeProto { dim }),
-            })),
-            denotation: None,
-        }),
-        ..Default::default()
-    }
-}
-
-fn node(op: &str, name: &str, ins: &[&str], outs: &[&str]) -> NodeProto {
-    NodeProto {
-        name: Some(name.into()),
-        op_type: Some(op.into()),
-        input: ins.iter().map(|s| s.to_string()).collect(),
-        output: outs.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    }
-}
-
-fn string_attr(name: &str, v: &str) -> AttributeProto {
-    AttributeProto {
-        name: Some(name.into()),
-        s: Some(bytes::Bytes::copy_from_slice(v.as_bytes())),
-        r#type: Some(AttributeType::String as i32),
-        ..Default::default()
-    }
-}
-
-fn with(mut n: NodeProto, attrs: Vec<AttributeProto>) -> NodeProto {
-    n.attribute.extend(attrs);
-    n
-}
-
-fn init(name: &str, t: Tensor) -> TensorProto {
-    let mut p = t.to_proto(name);
-    p.name = Some(name.into());
-    p
-}
-
-fn i64s(name: &str, v: &[i64]) -> TensorProto {
-    init(name, Tensor::from_i64s(v))
-}
-
 /// An f32 constant of shape `dims` holding `0.01·i` (weights are never shown in dumps).
 fn f32s(name: &str, dims: &[usize]) -> Result<TensorProto> {
     let n: usize = dims.iter().product();
     let data = (0..n).map(|i| 0.01 * (i % 17) as f32).collect();
-    Ok(init(name, Tensor::from_vec(dims, data)?))
+    Ok(Tensor::from_vec(dims, data)?.to_proto(name))
 }
 
 /// An f32 constant of shape `dims` filled with `v`.
 fn f32_fill(name: &str, dims: &[usize], v: f32) -> Result<TensorProto> {
     let n: usize = dims.iter().product();
-    Ok(init(name, Tensor::from_vec(dims, vec![v; n])?))
+    Ok(Tensor::from_vec(dims, vec![v; n])?.to_proto(name))
 }
 
+/// A model named `golden` importing the default domain at opset 17.
 fn model(
     nodes: Vec<NodeProto>,
     inputs: Vec<ValueInfoProto>,
     outputs: Vec<ValueInfoProto>,
     inits: Vec<TensorProto>,
 ) -> ModelProto {
-    ModelProto {
-        ir_version: Some(8),
-        opset_import: vec![OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(17),
-        }],
-        graph: Some(GraphProto {
-            node: nodes,
-            name: Some("golden".into()),
-            initializer: inits,
-            input: inputs,
-            output: outputs,
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    ModelProto::new(GraphProto::new("golden", nodes, inputs, outputs, inits), 17)
 }
 
 /// `x[batch,4,height,width] → Shape → Gather(0) → Unsqueeze → Concat([b, -1]) → Reshape(x) →
@@ -134,19 +57,23 @@ fn dynamic_reshape() -> ModelProto {
     let f = DataType::FLOAT;
     model(
         vec![
-            node("Shape", "shape", &["x"], &["s"]),
-            node("Gather", "gather", &["s", "zero"], &["b"]),
-            node("Unsqueeze", "unsq", &["b", "axes0"], &["b1"]),
-            node("Concat", "concat", &["b1", "minus1"], &["spec"]),
-            node("Reshape", "reshape", &["x", "spec"], &["r"]),
-            node("Relu", "relu", &["r"], &["y"]),
+            NodeProto::new("Shape", "shape", &["x"], &["s"]),
+            NodeProto::new("Gather", "gather", &["s", "zero"], &["b"]),
+            NodeProto::new("Unsqueeze", "unsq", &["b", "axes0"], &["b1"]),
+            NodeProto::new("Concat", "concat", &["b1", "minus1"], &["spec"]),
+            NodeProto::new("Reshape", "reshape", &["x", "spec"], &["r"]),
+            NodeProto::new("Relu", "relu", &["r"], &["y"]),
         ],
-        vec![vi("x", f, &["batch", "4", "height", "width"])],
-        vec![vi("y", f, &["batch", "?"])],
+        vec![ValueInfoProto::tensor(
+            "x",
+            f,
+            &["batch", "4", "height", "width"],
+        )],
+        vec![ValueInfoProto::tensor("y", f, &["batch", "?"])],
         vec![
-            init("zero", Tensor::scalar(0i64)),
-            i64s("axes0", &[0]),
-            i64s("minus1", &[-1]),
+            Tensor::scalar(0i64).to_proto("zero"),
+            Tensor::from_i64s(&[0]).to_proto("axes0"),
+            Tensor::from_i64s(&[-1]).to_proto("minus1"),
         ],
     )
 }
@@ -157,25 +84,23 @@ fn torch_group_norm() -> Result<ModelProto> {
     let f = DataType::FLOAT;
     Ok(model(
         vec![
-            node("Reshape", "gn/r1", &["x", "gn.spec"], &["gn.r1"]),
-            with(
-                node(
-                    "InstanceNormalization",
-                    "gn/in",
-                    &["gn.r1", "gn.ones", "gn.zeros"],
-                    &["gn.in"],
-                ),
-                vec![AttributeProto::float("epsilon", 1e-5)],
-            ),
-            node("Reshape", "gn/r2", &["gn.in", "gn.back"], &["gn.r2"]),
-            node("Mul", "gn/mul", &["gn.r2", "gn.gamma"], &["gn.m"]),
-            node("Add", "gn/add", &["gn.m", "gn.beta"], &["y"]),
+            NodeProto::new("Reshape", "gn/r1", &["x", "gn.spec"], &["gn.r1"]),
+            NodeProto::new(
+                "InstanceNormalization",
+                "gn/in",
+                &["gn.r1", "gn.ones", "gn.zeros"],
+                &["gn.in"],
+            )
+            .with_attrs([AttributeProto::float("epsilon", 1e-5)]),
+            NodeProto::new("Reshape", "gn/r2", &["gn.in", "gn.back"], &["gn.r2"]),
+            NodeProto::new("Mul", "gn/mul", &["gn.r2", "gn.gamma"], &["gn.m"]),
+            NodeProto::new("Add", "gn/add", &["gn.m", "gn.beta"], &["y"]),
         ],
-        vec![vi("x", f, &["1", "8", "4", "4"])],
-        vec![vi("y", f, &["1", "8", "4", "4"])],
+        vec![ValueInfoProto::tensor("x", f, &["1", "8", "4", "4"])],
+        vec![ValueInfoProto::tensor("y", f, &["1", "8", "4", "4"])],
         vec![
-            i64s("gn.spec", &[0, 4, -1]),
-            i64s("gn.back", &[1, 8, 4, 4]),
+            Tensor::from_i64s(&[0, 4, -1]).to_proto("gn.spec"),
+            Tensor::from_i64s(&[1, 8, 4, 4]).to_proto("gn.back"),
             f32_fill("gn.ones", &[4], 1.0)?,
             f32_fill("gn.zeros", &[4], 0.0)?,
             f32s("gn.gamma", &[8, 1, 1])?,
@@ -198,98 +123,79 @@ fn torch_group_norm() -> Result<ModelProto> {
 fn mini_unet() -> Result<ModelProto> {
     let f = DataType::FLOAT;
     let conv = |name: &str, ins: &[&str], out: &str, strides: i64| {
-        with(
-            node("Conv", name, ins, &[out]),
-            vec![
-                AttributeProto::ints("kernel_shape", &[3, 3]),
-                AttributeProto::ints("pads", &[1, 1, 1, 1]),
-                AttributeProto::ints("strides", &[strides, strides]),
-            ],
-        )
+        NodeProto::new("Conv", name, ins, &[out]).with_attrs([
+            AttributeProto::ints("kernel_shape", &[3, 3]),
+            AttributeProto::ints("pads", &[1, 1, 1, 1]),
+            AttributeProto::ints("strides", &[strides, strides]),
+        ])
     };
     Ok(model(
         vec![
             conv("conv_in", &["x", "conv_in.w", "conv_in.b"], "h0", 1),
-            node("Relu", "act", &["h0"], &["h1"]),
-            node("Reshape", "gn/r1", &["h1", "gn.spec"], &["gn.r1"]),
-            with(
-                node(
-                    "InstanceNormalization",
-                    "gn/in",
-                    &["gn.r1", "gn.ones", "gn.zeros"],
-                    &["gn.in"],
-                ),
-                vec![AttributeProto::float("epsilon", 1e-5)],
-            ),
-            node("Reshape", "gn/r2", &["gn.in", "gn.back"], &["gn.r2"]),
-            node("Mul", "gn/mul", &["gn.r2", "gn.gamma"], &["gn.m"]),
-            node("Add", "gn/add", &["gn.m", "gn.beta"], &["h2"]),
+            NodeProto::new("Relu", "act", &["h0"], &["h1"]),
+            NodeProto::new("Reshape", "gn/r1", &["h1", "gn.spec"], &["gn.r1"]),
+            NodeProto::new(
+                "InstanceNormalization",
+                "gn/in",
+                &["gn.r1", "gn.ones", "gn.zeros"],
+                &["gn.in"],
+            )
+            .with_attrs([AttributeProto::float("epsilon", 1e-5)]),
+            NodeProto::new("Reshape", "gn/r2", &["gn.in", "gn.back"], &["gn.r2"]),
+            NodeProto::new("Mul", "gn/mul", &["gn.r2", "gn.gamma"], &["gn.m"]),
+            NodeProto::new("Add", "gn/add", &["gn.m", "gn.beta"], &["h2"]),
             conv("down", &["h2", "down.w", "down.b"], "h3", 2),
-            with(
-                node("Transpose", "attn/nhwc", &["h3"], &["attn.nhwc"]),
-                vec![AttributeProto::ints("perm", &[0, 2, 3, 1])],
-            ),
-            node(
+            NodeProto::new("Transpose", "attn/nhwc", &["h3"], &["attn.nhwc"])
+                .with_attrs([AttributeProto::ints("perm", &[0, 2, 3, 1])]),
+            NodeProto::new(
                 "Reshape",
                 "attn/tokens",
                 &["attn.nhwc", "attn.tok_shape"],
                 &["attn.t"],
             ),
-            node("MatMul", "attn/q", &["attn.t", "attn.wq"], &["attn.q"]),
-            node("MatMul", "attn/k", &["attn.t", "attn.wk"], &["attn.k"]),
-            node("MatMul", "attn/v", &["attn.t", "attn.wv"], &["attn.v"]),
-            with(
-                node("Transpose", "attn/kt", &["attn.k"], &["attn.kt"]),
-                vec![AttributeProto::ints("perm", &[0, 2, 1])],
-            ),
-            node("MatMul", "attn/qk", &["attn.q", "attn.kt"], &["attn.s"]),
-            with(
-                node("Softmax", "attn/softmax", &["attn.s"], &["attn.p"]),
-                vec![AttributeProto::int("axis", -1)],
-            ),
-            node("MatMul", "attn/pv", &["attn.p", "attn.v"], &["attn.o"]),
-            node(
+            NodeProto::new("MatMul", "attn/q", &["attn.t", "attn.wq"], &["attn.q"]),
+            NodeProto::new("MatMul", "attn/k", &["attn.t", "attn.wk"], &["attn.k"]),
+            NodeProto::new("MatMul", "attn/v", &["attn.t", "attn.wv"], &["attn.v"]),
+            NodeProto::new("Transpose", "attn/kt", &["attn.k"], &["attn.kt"])
+                .with_attrs([AttributeProto::ints("perm", &[0, 2, 1])]),
+            NodeProto::new("MatMul", "attn/qk", &["attn.q", "attn.kt"], &["attn.s"]),
+            NodeProto::new("Softmax", "attn/softmax", &["attn.s"], &["attn.p"])
+                .with_attrs([AttributeProto::int("axis", -1)]),
+            NodeProto::new("MatMul", "attn/pv", &["attn.p", "attn.v"], &["attn.o"]),
+            NodeProto::new(
                 "Reshape",
                 "attn/untokens",
                 &["attn.o", "attn.map_shape"],
                 &["attn.map"],
             ),
-            with(
-                node("Transpose", "attn/nchw", &["attn.map"], &["h4"]),
-                vec![AttributeProto::ints("perm", &[0, 3, 1, 2])],
-            ),
-            with(
-                node("Resize", "up", &["h4", "", "up.scales"], &["h5"]),
-                vec![
-                    string_attr("mode", "nearest"),
-                    string_attr("nearest_mode", "floor"),
-                    string_attr("coordinate_transformation_mode", "asymmetric"),
-                ],
-            ),
+            NodeProto::new("Transpose", "attn/nchw", &["attn.map"], &["h4"])
+                .with_attrs([AttributeProto::ints("perm", &[0, 3, 1, 2])]),
+            NodeProto::new("Resize", "up", &["h4", "", "up.scales"], &["h5"]).with_attrs([
+                AttributeProto::string("mode", "nearest"),
+                AttributeProto::string("nearest_mode", "floor"),
+                AttributeProto::string("coordinate_transformation_mode", "asymmetric"),
+            ]),
             conv("conv_out", &["h5", "conv_out.w", "conv_out.b"], "y", 1),
         ],
-        vec![vi("x", f, &["1", "4", "8", "8"])],
-        vec![vi("y", f, &["1", "4", "8", "8"])],
+        vec![ValueInfoProto::tensor("x", f, &["1", "4", "8", "8"])],
+        vec![ValueInfoProto::tensor("y", f, &["1", "4", "8", "8"])],
         vec![
             f32s("conv_in.w", &[8, 4, 3, 3])?,
             f32s("conv_in.b", &[8])?,
-            i64s("gn.spec", &[0, 4, -1]),
-            i64s("gn.back", &[1, 8, 8, 8]),
+            Tensor::from_i64s(&[0, 4, -1]).to_proto("gn.spec"),
+            Tensor::from_i64s(&[1, 8, 8, 8]).to_proto("gn.back"),
             f32_fill("gn.ones", &[4], 1.0)?,
             f32_fill("gn.zeros", &[4], 0.0)?,
             f32s("gn.gamma", &[8, 1, 1])?,
             f32s("gn.beta", &[8, 1, 1])?,
             f32s("down.w", &[8, 8, 3, 3])?,
             f32s("down.b", &[8])?,
-            i64s("attn.tok_shape", &[1, 16, 8]),
+            Tensor::from_i64s(&[1, 16, 8]).to_proto("attn.tok_shape"),
             f32s("attn.wq", &[8, 8])?,
             f32s("attn.wk", &[8, 8])?,
             f32s("attn.wv", &[8, 8])?,
-            i64s("attn.map_shape", &[1, 4, 4, 8]),
-            init(
-                "up.scales",
-                Tensor::from_vec(&[4], vec![1.0f32, 1.0, 2.0, 2.0])?,
-            ),
+            Tensor::from_i64s(&[1, 4, 4, 8]).to_proto("attn.map_shape"),
+            Tensor::from_vec(&[4], vec![1.0f32, 1.0, 2.0, 2.0])?.to_proto("up.scales"),
             f32s("conv_out.w", &[4, 8, 3, 3])?,
             f32s("conv_out.b", &[4])?,
         ],
@@ -302,11 +208,11 @@ fn data_dependent() -> ModelProto {
     let f = DataType::FLOAT;
     model(
         vec![
-            node("Relu", "relu", &["x"], &["h"]),
-            node("NonZero", "nonzero", &["h"], &["y"]),
+            NodeProto::new("Relu", "relu", &["x"], &["h"]),
+            NodeProto::new("NonZero", "nonzero", &["h"], &["y"]),
         ],
-        vec![vi("x", f, &["1", "4", "8", "8"])],
-        vec![vi("y", DataType::INT64, &["4", "?"])],
+        vec![ValueInfoProto::tensor("x", f, &["1", "4", "8", "8"])],
+        vec![ValueInfoProto::tensor("y", DataType::INT64, &["4", "?"])],
         vec![],
     )
 }
@@ -314,28 +220,24 @@ fn data_dependent() -> ModelProto {
 /// A graph that ONNX Runtime's optimizer fused: a `com.microsoft:GroupNorm` between two ReLUs.
 fn fused_group_norm() -> Result<ModelProto> {
     let f = DataType::FLOAT;
-    let mut gn = node("GroupNorm", "gn_fused", &["h", "gamma", "beta"], &["g"]);
-    gn.domain = Some("com.microsoft".into());
-    gn.attribute.extend([
-        AttributeProto::int("groups", 4),
-        AttributeProto::float("epsilon", 1e-5),
-        AttributeProto::int("activation", 0),
-    ]);
-    let mut m = model(
+    let gn = NodeProto::new("GroupNorm", "gn_fused", &["h", "gamma", "beta"], &["g"])
+        .with_domain("com.microsoft")
+        .with_attrs([
+            AttributeProto::int("groups", 4),
+            AttributeProto::float("epsilon", 1e-5),
+            AttributeProto::int("activation", 0),
+        ]);
+    let m = model(
         vec![
-            node("Relu", "pre", &["x"], &["h"]),
+            NodeProto::new("Relu", "pre", &["x"], &["h"]),
             gn,
-            node("Relu", "post", &["g"], &["y"]),
+            NodeProto::new("Relu", "post", &["g"], &["y"]),
         ],
-        vec![vi("x", f, &["1", "4", "4", "8"])],
-        vec![vi("y", f, &["1", "4", "4", "8"])],
+        vec![ValueInfoProto::tensor("x", f, &["1", "4", "4", "8"])],
+        vec![ValueInfoProto::tensor("y", f, &["1", "4", "4", "8"])],
         vec![f32s("gamma", &[8])?, f32s("beta", &[8])?],
     );
-    m.opset_import.push(OperatorSetIdProto {
-        domain: Some("com.microsoft".into()),
-        version: Some(1),
-    });
-    Ok(m)
+    Ok(m.with_opset("com.microsoft", 1))
 }
 
 // ---------------------------------------------------------------------------------------------

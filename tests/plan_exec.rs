@@ -10,8 +10,7 @@ use anyhow::{Context, Result, bail};
 use dfc::contract::Bands;
 use dfc::onnx::proto::tensor_proto::DataType;
 use dfc::onnx::proto::{
-    AttributeProto, AttributeType, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
-    TensorProto, TensorShapeProto, TypeProto, ValueInfoProto, tensor_shape_proto, type_proto,
+    AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto,
 };
 use dfc::plan::{
     ExchangeKind, ExchangeSpec, Layout, Mode, PLAN_FILE, PLAN_FORMAT, Plan, RankSpec, TensorSpec,
@@ -23,57 +22,19 @@ use ndarray::{ArrayD, IxDyn};
 
 // ---------------------------------------------------------------- graph building
 
-fn int_attr(name: &str, v: i64) -> AttributeProto {
-    AttributeProto {
-        name: Some(name.into()),
-        r#type: Some(AttributeType::Int as i32),
-        i: Some(v),
-        ..Default::default()
-    }
-}
-
-fn ints_attr(name: &str, v: &[i64]) -> AttributeProto {
-    AttributeProto {
-        name: Some(name.into()),
-        r#type: Some(AttributeType::Ints as i32),
-        ints: v.to_vec(),
-        ..Default::default()
-    }
-}
-
+/// A node named after its op and first output; `Dfc*` ops come from the `dfc` domain.
 fn node(op: &str, ins: &[&str], outs: &[&str], attrs: Vec<AttributeProto>) -> NodeProto {
-    let dfc = op.starts_with("Dfc");
-    NodeProto {
-        name: Some(format!("{}_{}", op, outs[0])),
-        op_type: Some(op.into()),
-        domain: dfc.then(|| "dfc".to_string()),
-        input: ins.iter().map(|s| s.to_string()).collect(),
-        output: outs.iter().map(|s| s.to_string()).collect(),
-        attribute: attrs,
-        ..Default::default()
+    let n = NodeProto::new(op, &format!("{}_{}", op, outs[0]), ins, outs).with_attrs(attrs);
+    if op.starts_with("Dfc") {
+        n.with_domain("dfc")
+    } else {
+        n
     }
 }
 
 fn value_info(name: &str, elem: DataType, dims: &[usize]) -> ValueInfoProto {
-    ValueInfoProto {
-        name: Some(name.into()),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(elem as i32),
-                shape: Some(TensorShapeProto {
-                    dim: dims
-                        .iter()
-                        .map(|&d| tensor_shape_proto::Dimension {
-                            value: Some(tensor_shape_proto::dimension::Value::DimValue(d as i64)),
-                            denotation: None,
-                        })
-                        .collect(),
-                }),
-            })),
-            denotation: None,
-        }),
-        ..Default::default()
-    }
+    let dims: Vec<String> = dims.iter().map(usize::to_string).collect();
+    ValueInfoProto::tensor(name, elem, &dims)
 }
 
 fn f32_init(name: &str, dims: &[usize], data: &[f32]) -> TensorProto {
@@ -86,35 +47,17 @@ fn f32_init(name: &str, dims: &[usize], data: &[f32]) -> TensorProto {
     }
 }
 
+/// A model importing the default domain at opset 17 and the `dfc` domain.
 fn model(
     nodes: Vec<NodeProto>,
     inits: Vec<TensorProto>,
     inputs: Vec<ValueInfoProto>,
     outputs: Vec<ValueInfoProto>,
 ) -> ModelProto {
-    ModelProto {
-        ir_version: Some(8),
-        opset_import: vec![
-            OperatorSetIdProto {
-                domain: Some(String::new()),
-                version: Some(17),
-            },
-            OperatorSetIdProto {
-                domain: Some("dfc".into()),
-                version: Some(1),
-            },
-        ],
-        producer_name: Some("dfc tests".into()),
-        graph: Some(GraphProto {
-            name: Some("g".into()),
-            node: nodes,
-            initializer: inits,
-            input: inputs,
-            output: outputs,
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    let mut m = ModelProto::new(GraphProto::new("g", nodes, inputs, outputs, inits), 17)
+        .with_opset("dfc", 1);
+    m.producer_name = Some("dfc tests".into());
+    m
 }
 
 fn save(m: &ModelProto, path: &Path) -> Result<()> {
@@ -371,10 +314,10 @@ impl Conv {
                 &[&cur],
                 &["xh"],
                 vec![
-                    int_attr("axis", 2),
-                    int_attr("top", top as i64),
-                    int_attr("bottom", bottom as i64),
-                    int_attr("slot", 0),
+                    AttributeProto::int("axis", 2),
+                    AttributeProto::int("top", top as i64),
+                    AttributeProto::int("bottom", bottom as i64),
+                    AttributeProto::int("slot", 0),
                 ],
             ));
             cur = "xh".into();
@@ -384,7 +327,7 @@ impl Conv {
                 "Cast",
                 &[&cur],
                 &["xf"],
-                vec![int_attr("to", DataType::Float as i64)],
+                vec![AttributeProto::int("to", DataType::Float as i64)],
             ));
             cur = "xf".into();
         }
@@ -397,7 +340,10 @@ impl Conv {
             "Conv",
             &[&cur, "w", "b"],
             &["y"],
-            vec![ints_attr("kernel_shape", &[3, 3]), ints_attr("pads", &pads)],
+            vec![
+                AttributeProto::ints("kernel_shape", &[3, 3]),
+                AttributeProto::ints("pads", &pads),
+            ],
         ));
         model(
             nodes,
@@ -521,23 +467,39 @@ fn norm_gather_graph(rows: usize, parts: &[i64]) -> ModelProto {
             "ReduceMean",
             &["x"],
             &["m"],
-            vec![ints_attr("axes", &[2, 3]), int_attr("keepdims", 1)],
+            vec![
+                AttributeProto::ints("axes", &[2, 3]),
+                AttributeProto::int("keepdims", 1),
+            ],
         ),
         node("Mul", &["x", "x"], &["xx"], vec![]),
         node(
             "ReduceMean",
             &["xx"],
             &["m2"],
-            vec![ints_attr("axes", &[2, 3]), int_attr("keepdims", 1)],
+            vec![
+                AttributeProto::ints("axes", &[2, 3]),
+                AttributeProto::int("keepdims", 1),
+            ],
         ),
-        node("Concat", &["m", "m2"], &["s"], vec![int_attr("axis", -1)]),
+        node(
+            "Concat",
+            &["m", "m2"],
+            &["s"],
+            vec![AttributeProto::int("axis", -1)],
+        ),
         node(
             "DfcStatsAllReduce",
             &["s"],
             &["g"],
-            vec![int_attr("slot", 1)],
+            vec![AttributeProto::int("slot", 1)],
         ),
-        node("Split", &["g"], &["gm", "gm2"], vec![int_attr("axis", -1)]),
+        node(
+            "Split",
+            &["g"],
+            &["gm", "gm2"],
+            vec![AttributeProto::int("axis", -1)],
+        ),
         node("Mul", &["gm", "gm"], &["gmsq"], vec![]),
         node("Sub", &["gm2", "gmsq"], &["var"], vec![]),
         node("Add", &["var", "eps"], &["vare"], vec![]),
@@ -549,16 +511,19 @@ fn norm_gather_graph(rows: usize, parts: &[i64]) -> ModelProto {
             &["x"],
             &["k"],
             vec![
-                int_attr("axis", 2),
-                ints_attr("parts", parts),
-                int_attr("slot", 2),
+                AttributeProto::int("axis", 2),
+                AttributeProto::ints("parts", parts),
+                AttributeProto::int("slot", 2),
             ],
         ),
         node(
             "ReduceMean",
             &["k"],
             &["km"],
-            vec![ints_attr("axes", &[2, 3]), int_attr("keepdims", 1)],
+            vec![
+                AttributeProto::ints("axes", &[2, 3]),
+                AttributeProto::int("keepdims", 1),
+            ],
         ),
         node("Mul", &["n", "km"], &["y"], vec![]),
     ];
@@ -577,14 +542,20 @@ fn norm_gather_full() -> ModelProto {
             "ReduceMean",
             &["x"],
             &["m"],
-            vec![ints_attr("axes", &[2, 3]), int_attr("keepdims", 1)],
+            vec![
+                AttributeProto::ints("axes", &[2, 3]),
+                AttributeProto::int("keepdims", 1),
+            ],
         ),
         node("Mul", &["x", "x"], &["xx"], vec![]),
         node(
             "ReduceMean",
             &["xx"],
             &["m2"],
-            vec![ints_attr("axes", &[2, 3]), int_attr("keepdims", 1)],
+            vec![
+                AttributeProto::ints("axes", &[2, 3]),
+                AttributeProto::int("keepdims", 1),
+            ],
         ),
         node("Mul", &["m", "m"], &["msq"], vec![]),
         node("Sub", &["m2", "msq"], &["var"], vec![]),
@@ -688,7 +659,7 @@ fn a_failing_rank_fails_the_run_without_hanging_the_others() -> Result<()> {
             let mut m = conv.graph(1, h, Some((1, 1)), false);
             if band == 2 {
                 let g = m.graph.as_mut().expect("graph");
-                g.node[0].attribute[1] = int_attr("top", 2 * h as i64);
+                g.node[0].attribute[1] = AttributeProto::int("top", 2 * h as i64);
             }
             m
         },

@@ -393,7 +393,7 @@ pub fn usize_dims(d: &[i64]) -> Result<Vec<usize>> {
 pub(crate) mod testing {
     //! Helpers to run one rule on hand-made types.
     use super::*;
-    use crate::onnx::proto::{AttributeProto, AttributeType};
+    use crate::onnx::proto::AttributeProto;
 
     /// A node of `op` with `n_in` inputs and `n_out` outputs (ids are placeholders).
     pub fn node(op: &str, attrs: Vec<AttributeProto>) -> Node {
@@ -415,12 +415,7 @@ pub(crate) mod testing {
     }
 
     pub fn astr(name: &str, v: &str) -> AttributeProto {
-        AttributeProto {
-            name: Some(name.into()),
-            s: Some(bytes::Bytes::copy_from_slice(v.as_bytes())),
-            r#type: Some(AttributeType::String as i32),
-            ..Default::default()
-        }
+        AttributeProto::string(name, v)
     }
 
     pub fn f32t(dims: &[i64]) -> Option<TensorType> {

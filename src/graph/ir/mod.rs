@@ -744,15 +744,9 @@ mod tests {
         }
     }
 
+    /// A node of the default domain, spelled out (`domain: ""`) so the round trip covers it.
     fn node(name: &str, op: &str, ins: &[&str], outs: &[&str]) -> NodeProto {
-        NodeProto {
-            input: ins.iter().map(|s| s.to_string()).collect(),
-            output: outs.iter().map(|s| s.to_string()).collect(),
-            name: Some(name.into()),
-            op_type: Some(op.into()),
-            domain: Some(String::new()),
-            ..Default::default()
-        }
+        NodeProto::new(op, name, ins, outs).with_domain("")
     }
 
     /// A model exercising fields the IR does not interpret; all must survive a round trip.
@@ -762,12 +756,8 @@ mod tests {
         relu.overload = Some("ov".into());
         relu.metadata_props = vec![entry("origin", "test")];
         let mut add = node("add", "Add", &["y", "w"], &["z"]);
-        add.attribute.push(AttributeProto {
-            name: Some("unused".into()),
-            r#type: Some(crate::onnx::proto::AttributeType::Ints as i32),
-            ints: vec![1, 2, 3],
-            ..Default::default()
-        });
+        add.attribute
+            .push(AttributeProto::ints("unused", &[1, 2, 3]));
         let opt = node("opt", "Clip", &["z", "", "w"], &["out", ""]);
         let w = TensorProto {
             dims: vec![1],

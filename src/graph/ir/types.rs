@@ -84,6 +84,12 @@ impl DataType {
     }
 }
 
+impl From<DataType> for i32 {
+    fn from(t: DataType) -> i32 {
+        t.0
+    }
+}
+
 impl fmt::Display for DataType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())

@@ -522,4 +522,122 @@ impl AttributeProto {
             ..Default::default()
         }
     }
+
+    /// A `STRING` attribute holding the UTF-8 bytes of `v`.
+    pub fn string(name: &str, v: &str) -> Self {
+        Self {
+            name: Some(name.into()),
+            s: Some(Bytes::copy_from_slice(v.as_bytes())),
+            r#type: Some(AttributeType::String as i32),
+            ..Default::default()
+        }
+    }
+}
+
+impl NodeProto {
+    /// A node named `name` applying `op` of the default domain to `inputs`, producing `outputs`.
+    /// An empty name in `inputs` or `outputs` marks an absent optional slot, as in ONNX.
+    pub fn new(op: &str, name: &str, inputs: &[&str], outputs: &[&str]) -> Self {
+        Self {
+            name: Some(name.into()),
+            op_type: Some(op.into()),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: outputs.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// The node with `attrs` appended to its attributes.
+    pub fn with_attrs(mut self, attrs: impl IntoIterator<Item = AttributeProto>) -> Self {
+        self.attribute.extend(attrs);
+        self
+    }
+
+    /// The node with its operator taken from `domain` (`""` is the default ONNX domain).
+    pub fn with_domain(mut self, domain: &str) -> Self {
+        self.domain = Some(domain.into());
+        self
+    }
+}
+
+impl ValueInfoProto {
+    /// A tensor value of element type `elem` (a `TensorProto.DataType` code) with its dims
+    /// given as text: a number is a fixed size (`"4"`), `"?"` an unknown one, and anything else
+    /// a symbolic name (`"batch"`).
+    pub fn tensor<D: AsRef<str>>(name: &str, elem: impl Into<i32>, dims: &[D]) -> Self {
+        use tensor_shape_proto::dimension::Value;
+        let dim = dims
+            .iter()
+            .map(|d| {
+                let d = d.as_ref();
+                tensor_shape_proto::Dimension {
+                    value: match d.parse::<i64>() {
+                        Ok(v) => Some(Value::DimValue(v)),
+                        Err(_) if d == "?" => None,
+                        Err(_) => Some(Value::DimParam(d.to_string())),
+                    },
+                    denotation: None,
+                }
+            })
+            .collect();
+        Self {
+            name: Some(name.into()),
+            r#type: Some(TypeProto {
+                value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                    elem_type: Some(elem.into()),
+                    shape: Some(TensorShapeProto { dim }),
+                })),
+                denotation: None,
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+impl GraphProto {
+    /// A graph named `name` running `nodes` (in topological order) on `inputs` and
+    /// `initializers`, producing `outputs`. Initializers come from
+    /// [`Tensor::to_proto`](crate::tensor::Tensor::to_proto).
+    pub fn new(
+        name: &str,
+        nodes: Vec<NodeProto>,
+        inputs: Vec<ValueInfoProto>,
+        outputs: Vec<ValueInfoProto>,
+        initializers: Vec<TensorProto>,
+    ) -> Self {
+        Self {
+            node: nodes,
+            name: Some(name.into()),
+            initializer: initializers,
+            input: inputs,
+            output: outputs,
+            ..Default::default()
+        }
+    }
+}
+
+/// IR version of models built by [`ModelProto::new`]: 8, which every ONNX Runtime still in use
+/// reads, and which covers the opsets dfc handles.
+pub const BUILT_IR_VERSION: i64 = 8;
+
+impl ModelProto {
+    /// A model of `graph` importing the default ONNX domain at `opset`, with IR version
+    /// [`BUILT_IR_VERSION`]. Nodes of another domain need [`ModelProto::with_opset`].
+    pub fn new(graph: GraphProto, opset: i64) -> Self {
+        Self {
+            ir_version: Some(BUILT_IR_VERSION),
+            graph: Some(graph),
+            ..Default::default()
+        }
+        .with_opset("", opset)
+    }
+
+    /// The model importing `domain` at `version` as well.
+    pub fn with_opset(mut self, domain: &str, version: i64) -> Self {
+        self.opset_import.push(OperatorSetIdProto {
+            domain: Some(domain.into()),
+            version: Some(version),
+        });
+        self
+    }
 }
