@@ -10,6 +10,10 @@
 //!   per-channel at compile time from the constants);
 //! - `InstanceNormalization` on a 4-D tensor (GroupNorm with one channel per group).
 //!
+//! The torch chain is found by [`match_torch_group_norm`], which looks at structure only and so
+//! also serves tools that count constructs on graphs without static shapes; this pass then
+//! checks shapes and constants before rewriting.
+//!
 //! **Invariant:** after this pass no `GroupNormalization` and no 4-D `InstanceNormalization`
 //! remains, and the values the rewritten chains produced keep their names and types. Rejects a
 //! `GroupNormalization` of opset 18–20 whose scale or bias is not constant. A pattern that
@@ -173,26 +177,100 @@ fn per_channel(g: &Graph, v: ValueId, c: i64, rank: usize) -> bool {
     (d.len() == rank - 1 && ok(&d)) || (d.len() == rank && d[0] == 1 && ok(&d[1..]))
 }
 
+/// One link of the affine tail of [`TorchGroupNorm`]: a two-input node applying `operand` to
+/// the chain's value and producing `out`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AffineLink {
+    pub node: NodeId,
+    pub operand: ValueId,
+    pub out: ValueId,
+}
+
+/// torch's GroupNorm export around one InstanceNormalization, matched by structure alone:
+/// `Reshape(x) → InstanceNormalization → Reshape`, then optionally `Mul` and, after the `Mul`,
+/// `Add`. Each value along the chain is read by the next link only and is no graph output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TorchGroupNorm {
+    /// The Reshape to `[B, G, -1]`.
+    pub reshape_in: NodeId,
+    /// The value the chain normalizes (the first Reshape's data input).
+    pub x: ValueId,
+    pub inorm: NodeId,
+    /// The Reshape back to the shape of `x`.
+    pub reshape_out: NodeId,
+    /// The value `reshape_out` produces.
+    pub reshaped: ValueId,
+    /// The Mul by γ, when the chain has one.
+    pub mul: Option<AffineLink>,
+    /// The Add of β after the Mul, when the chain has one.
+    pub add: Option<AffineLink>,
+}
+
+/// Matches torch's GroupNorm chain around `inorm` by structure only: op types, ports and sole
+/// readers, without looking at shapes or constants, so it works on graphs without static
+/// shapes. `None` when `inorm` is no InstanceNormalization or the chain does not match.
+/// [`Canonicalize`] rewrites a match only after checking shapes and constants as well.
+pub fn match_torch_group_norm(g: &Graph, inorm: NodeId) -> Option<TorchGroupNorm> {
+    let n = g.node(inorm);
+    if n.op_type != "InstanceNormalization" {
+        return None;
+    }
+    let (r1_out, in_out) = (n.input(0)?, n.output(0)?);
+    let (reshape_in, 0) = g.value(r1_out).producer()? else {
+        return None;
+    };
+    if g.node(reshape_in).op_type != "Reshape" || only_reader(g, r1_out) != Some((inorm, 0)) {
+        return None;
+    }
+    let x = g.node(reshape_in).input(0)?;
+    let (reshape_out, 0) = only_reader(g, in_out)? else {
+        return None;
+    };
+    if g.node(reshape_out).op_type != "Reshape" {
+        return None;
+    }
+    let reshaped = g.node(reshape_out).output(0)?;
+    let link = |v: ValueId, op: &str| -> Option<AffineLink> {
+        let (node, port) = only_reader(g, v)?;
+        let nd = g.node(node);
+        if nd.op_type != op || nd.inputs().len() != 2 {
+            return None;
+        }
+        Some(AffineLink {
+            node,
+            operand: nd.input(1 - port)?,
+            out: nd.output(0)?,
+        })
+    };
+    let mul = link(reshaped, "Mul");
+    let add = mul.and_then(|m| link(m.out, "Add"));
+    Some(TorchGroupNorm {
+        reshape_in,
+        x,
+        inorm,
+        reshape_out,
+        reshaped,
+        mul,
+        add,
+    })
+}
+
+/// [`match_torch_group_norm`] with the checks the rewrite needs: static shapes that make the
+/// Reshapes a grouping and its inverse, an InstanceNormalization scale of ones and bias of
+/// zeros, and per-channel γ and β (a tail link that fails its checks ends the chain before it).
 fn match_torch_pattern(
     g: &Graph,
     store: &ExternalStore,
     inorm: NodeId,
 ) -> Result<Option<PatternMatch>> {
+    let Some(chain) = match_torch_group_norm(g, inorm) else {
+        return Ok(None);
+    };
     let n = g.node(inorm);
-    let (Some(r1_out), Some(scale), Some(bias), Some(in_out)) =
-        (n.input(0), n.input(1), n.input(2), n.output(0))
-    else {
+    let (Some(r1_out), Some(scale), Some(bias)) = (n.input(0), n.input(1), n.input(2)) else {
         return Ok(None);
     };
-    let Some((r1, 0)) = g.value(r1_out).producer() else {
-        return Ok(None);
-    };
-    if g.node(r1).op_type != "Reshape" || only_reader(g, r1_out) != Some((inorm, 0)) {
-        return Ok(None);
-    }
-    let Some(x) = g.node(r1).input(0) else {
-        return Ok(None);
-    };
+    let x = chain.x;
     let (Some(xd), Some(rd)) = (dims_of(g, Some(x)), dims_of(g, Some(r1_out))) else {
         return Ok(None);
     };
@@ -206,13 +284,7 @@ fn match_torch_pattern(
     if !all_equal(g, store, scale, 1.0)? || !all_equal(g, store, bias, 0.0)? {
         return Ok(None);
     }
-    let Some((r2, 0)) = only_reader(g, in_out) else {
-        return Ok(None);
-    };
-    let Some(r2_out) = g.node(r2).output(0) else {
-        return Ok(None);
-    };
-    if g.node(r2).op_type != "Reshape" || dims_of(g, Some(r2_out)).as_deref() != Some(&xd) {
+    if dims_of(g, Some(chain.reshaped)).as_deref() != Some(&xd) {
         return Ok(None);
     }
     let mut m = PatternMatch {
@@ -221,31 +293,24 @@ fn match_torch_pattern(
         eps: n.attr_f("epsilon", 1e-5),
         gamma: None,
         beta: None,
-        nodes: vec![r1, inorm, r2],
-        out: r2_out,
+        nodes: vec![chain.reshape_in, inorm, chain.reshape_out],
+        out: chain.reshaped,
     };
-    // The affine tail: Mul by γ, then Add β, each read only by the chain.
-    let affine = |v: ValueId, op: &str| -> Option<(NodeId, ValueId, ValueId)> {
-        let (node, port) = only_reader(g, v)?;
-        let nd = g.node(node);
-        if nd.op_type != op || nd.inputs().len() != 2 {
-            return None;
-        }
-        let other = nd.input(1 - port)?;
-        if !per_channel(g, other, c, xd.len()) {
-            return None;
-        }
-        let out = nd.output(0)?;
-        (dims_of(g, Some(out)).as_deref() == Some(&xd)).then_some((node, other, out))
+    // The affine tail: γ and β per channel, each link keeping the shape of x.
+    let affine = |link: Option<AffineLink>| {
+        link.filter(|l| {
+            per_channel(g, l.operand, c, xd.len())
+                && dims_of(g, Some(l.out)).as_deref() == Some(&xd)
+        })
     };
-    if let Some((mul, gamma, mul_out)) = affine(r2_out, "Mul") {
-        m.nodes.push(mul);
-        m.gamma = Some(gamma);
-        m.out = mul_out;
-        if let Some((add, beta, add_out)) = affine(mul_out, "Add") {
-            m.nodes.push(add);
-            m.beta = Some(beta);
-            m.out = add_out;
+    if let Some(mul) = affine(chain.mul) {
+        m.nodes.push(mul.node);
+        m.gamma = Some(mul.operand);
+        m.out = mul.out;
+        if let Some(add) = affine(chain.add) {
+            m.nodes.push(add.node);
+            m.beta = Some(add.operand);
+            m.out = add.out;
         }
     }
     Ok(Some(m))
@@ -276,16 +341,12 @@ fn rewrite_pattern(g: &mut Graph, m: PatternMatch) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use anyhow::Context;
+
     use super::*;
     use crate::ir::DataType;
     use crate::passes::test_graphs::{model, node, vi};
     use crate::tensor::Tensor;
-
-    fn init(name: &str, t: Tensor) -> crate::onnx::proto::TensorProto {
-        let mut p = t.to_proto(name);
-        p.name = Some(name.into());
-        p
-    }
 
     fn f32s(dims: &[usize], v: f32) -> Tensor {
         let n = dims.iter().product();
@@ -295,8 +356,8 @@ mod tests {
     /// torch's pattern on x[2,8,4,4] with 4 groups; `scale` is the InstanceNorm scale value.
     fn pattern(scale: f32) -> Graph {
         let f = DataType::FLOAT;
-        let mut inorm = node("InstanceNormalization", "gn/in", &["r1", "s", "b"], &["i"]);
-        inorm.attribute.push(AttributeProto::float("epsilon", 1e-6));
+        let inorm = node("InstanceNormalization", "gn/in", &["r1", "s", "b"], &["i"])
+            .with_attrs([AttributeProto::float("epsilon", 1e-6)]);
         model(
             vec![
                 node("Reshape", "gn/r1", &["x", "spec"], &["r1"]),
@@ -308,12 +369,12 @@ mod tests {
             vec![vi("x", f, &["2", "8", "4", "4"])],
             vec![vi("y", f, &["2", "8", "4", "4"])],
             vec![
-                init("spec", Tensor::from_i64s(&[0, 4, -1])),
-                init("back", Tensor::from_i64s(&[2, 8, 4, 4])),
-                init("s", f32s(&[4], scale)),
-                init("b", f32s(&[4], 0.0)),
-                init("gamma", f32s(&[8, 1, 1], 2.0)),
-                init("beta", f32s(&[8, 1, 1], 0.5)),
+                Tensor::from_i64s(&[0, 4, -1]).to_proto("spec"),
+                Tensor::from_i64s(&[2, 8, 4, 4]).to_proto("back"),
+                f32s(&[4], scale).to_proto("s"),
+                f32s(&[4], 0.0).to_proto("b"),
+                f32s(&[8, 1, 1], 2.0).to_proto("gamma"),
+                f32s(&[8, 1, 1], 0.5).to_proto("beta"),
             ],
             17,
         )
@@ -345,6 +406,25 @@ mod tests {
     }
 
     #[test]
+    fn the_structural_match_needs_no_shapes() -> Result<()> {
+        // Untyped (no shape inference) and with a real scale: only the structure is matched.
+        let mut g = pattern(1.5);
+        let i = g.value_by_name("i").context("value i")?;
+        let (inorm, _) = g.value(i).producer().context("producer of i")?;
+        let m = match_torch_group_norm(&g, inorm).context("no match")?;
+        assert_eq!(g.node(m.reshape_in).name, "gn/r1");
+        assert_eq!(g.node(m.reshape_out).name, "gn/r2");
+        assert_eq!(m.mul.map(|l| g.node(l.node).name.as_str()), Some("gn/mul"));
+        assert_eq!(m.add.map(|l| g.value(l.out).name.as_str()), Some("y"));
+        // A link whose value the graph also returns ends the chain after it.
+        let mul_out = g.value_by_name("m").context("value m")?;
+        g.outputs.push(mul_out);
+        let m = match_torch_group_norm(&g, inorm).context("no match")?;
+        assert!(m.mul.is_some() && m.add.is_none(), "{m:?}");
+        Ok(())
+    }
+
+    #[test]
     fn instance_norm_with_a_real_scale_is_left_alone() -> Result<()> {
         let mut g = pattern(1.5);
         run(&mut g)?;
@@ -361,7 +441,7 @@ mod tests {
             vec![gn],
             vec![vi("x", f, &["1", "4", "2", "2"])],
             vec![vi("y", f, &["1", "4", "2", "2"])],
-            vec![init("s", f32s(&[2], 1.0)), init("b", f32s(&[2], 0.0))],
+            vec![f32s(&[2], 1.0).to_proto("s"), f32s(&[2], 0.0).to_proto("b")],
             18,
         );
         run(&mut g)?;
@@ -381,7 +461,7 @@ mod tests {
             )],
             vec![vi("x", f, &["1", "4", "2", "2"])],
             vec![vi("y", f, &["1", "4", "2", "2"])],
-            vec![init("s", f32s(&[4], 1.0)), init("b", f32s(&[4], 0.0))],
+            vec![f32s(&[4], 1.0).to_proto("s"), f32s(&[4], 0.0).to_proto("b")],
             17,
         );
         run(&mut g)?;
@@ -400,7 +480,10 @@ mod tests {
             vec![gn],
             vec![vi("x", f, &["1", "4", "2", "2"])],
             vec![vi("y", f, &["1", "4", "2", "2"])],
-            vec![init("s", f32s(&[4], 1.5)), init("b", f32s(&[4], 0.25))],
+            vec![
+                f32s(&[4], 1.5).to_proto("s"),
+                f32s(&[4], 0.25).to_proto("b"),
+            ],
             21,
         );
         run(&mut g)?;

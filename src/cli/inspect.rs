@@ -24,6 +24,7 @@ use serde::Serialize;
 
 use crate::ir::{Dim, Graph, NodeId, TensorType, ValueId};
 use crate::onnx::{self, ExternalData, Model};
+use crate::passes::canonicalize::match_torch_group_norm;
 use crate::passes::specialize::infer_shapes;
 
 /// Arguments of `dfc inspect`.
@@ -254,7 +255,13 @@ impl Structure {
             match node.op_type.as_str() {
                 "Conv" if conv_kernel_height(graph, id) > 1 => s.convs_kernel_gt1 += 1,
                 "GroupNormalization" => s.group_norms += 1,
-                "InstanceNormalization" if is_torch_group_norm(graph, id) => s.group_norms += 1,
+                // torch's export with its affine tail (Reshape → InstanceNormalization →
+                // Reshape → Mul → Add), by structure: inspect needs no static shapes.
+                "InstanceNormalization"
+                    if match_torch_group_norm(graph, id).is_some_and(|m| m.add.is_some()) =>
+                {
+                    s.group_norms += 1
+                }
                 "Softmax" | "Attention" => {
                     let kind = if node.op_type == "Softmax" {
                         attention_kind(graph, id, &consts, spatial)
@@ -302,24 +309,6 @@ fn consumers(graph: &Graph, id: NodeId) -> Vec<(NodeId, usize)> {
         .output(0)
         .map(|v| graph.value(v).uses().to_vec())
         .unwrap_or_default()
-}
-
-fn sole_consumer(graph: &Graph, id: NodeId, op: &str) -> Option<NodeId> {
-    match consumers(graph, id).as_slice() {
-        [(n, _)] if graph.node(*n).op_type == op => Some(*n),
-        _ => None,
-    }
-}
-
-/// Reshape → InstanceNormalization → Reshape → Mul → Add.
-fn is_torch_group_norm(graph: &Graph, id: NodeId) -> bool {
-    let from_reshape =
-        producer_of(graph, id, 0).is_some_and(|p| graph.node(p).op_type == "Reshape");
-    from_reshape
-        && sole_consumer(graph, id, "Reshape")
-            .and_then(|r| sole_consumer(graph, r, "Mul"))
-            .and_then(|m| sole_consumer(graph, m, "Add"))
-            .is_some()
 }
 
 /// Values computed from constants and shapes only (never from tensor contents).
