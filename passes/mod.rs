@@ -254,6 +254,29 @@ pub enum PassError {
     },
 }
 
+impl PassError {
+    /// Whether the failure is dfc's own fault rather than a problem of the model or of the
+    /// request. A failed IR verifier ([`PassError::Verify`]) or phase verifier
+    /// ([`PassError::Phase`]) always is; a failed pass ([`PassError::Failed`]) is when its error
+    /// is a [`PartitionError::Bug`](partition::PartitionError::Bug) or has an
+    /// [`Internal`](crate::error::Internal) anywhere in its chain. Unknown pass and pipeline
+    /// names are the user's. Callers map an internal fault to exit code 2.
+    pub fn is_internal(&self) -> bool {
+        match self {
+            Self::Verify { .. } | Self::Phase { .. } => true,
+            Self::Failed { error, .. } => {
+                matches!(
+                    error.downcast_ref::<partition::PartitionError>(),
+                    Some(partition::PartitionError::Bug(_))
+                ) || crate::error::is_internal(error)
+            }
+            Self::UnknownPass { .. }
+            | Self::UnknownPipeline { .. }
+            | Self::NotInPipeline { .. } => false,
+        }
+    }
+}
+
 /// Looks a pass up by name.
 pub fn pass_by_name(name: &str) -> Result<&'static dyn Pass, PassError> {
     REGISTRY
@@ -474,6 +497,34 @@ mod tests {
 
     fn cx() -> PassContext {
         PassContext::new(ExternalStore::new(std::env::temp_dir()))
+    }
+
+    #[test]
+    fn internal_faults_are_decided_by_type() {
+        use partition::PartitionError;
+        let failed = |error| PassError::Failed {
+            pass: "partition",
+            error,
+        };
+        assert!(failed(crate::internal!("a rule broke")).is_internal());
+        let bug = anyhow::Error::new(PartitionError::Bug("rows lost".into()));
+        assert!(failed(bug.context("node conv_in")).is_internal());
+        assert!(!failed(anyhow::anyhow!("the model reads a missing value")).is_internal());
+        let user = PartitionError::NoSpatialInput {
+            inputs: "t: i64[1]".into(),
+        };
+        assert!(!failed(user.into()).is_internal());
+        let phase = PassError::Phase {
+            pass: "partition",
+            phase: Phase::Partitioned,
+            error: anyhow::anyhow!("value without layout"),
+        };
+        assert!(phase.is_internal());
+        let unknown = PassError::UnknownPass {
+            name: "nope".into(),
+            valid: "dce".into(),
+        };
+        assert!(!unknown.is_internal());
     }
 
     #[test]

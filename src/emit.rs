@@ -20,7 +20,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, anyhow, bail};
 use sha2::{Digest, Sha256};
 
-use crate::error::{Internal, is_internal};
+use crate::error::Internal;
 use crate::ir::{Dim, Graph, TensorType};
 use crate::onnx::proto::{StringStringEntryProto, TensorProto, tensor_proto::DataLocation};
 use crate::onnx::{self, ExternalData, ExternalStore};
@@ -101,24 +101,26 @@ pub struct Compiled {
     pub original_outputs: HashMap<String, TensorType>,
 }
 
-/// A pass failure as the error the user sees: the model's problems as they are, dfc's own
-/// faults (an [`Internal`] anywhere in the chain, a failed IR or phase verifier) as
-/// [`Internal`].
+/// A pass failure as the error the user sees: dfc's own faults (as decided by
+/// [`PassError::is_internal`]) as [`Internal`], the model's problems as they are, a typed
+/// specialize or partition error without the pass around it.
 fn user_error(e: PassError) -> anyhow::Error {
+    if e.is_internal() {
+        let message = match &e {
+            PassError::Failed { pass, error } => match error.downcast_ref::<PartitionError>() {
+                Some(PartitionError::Bug(m)) => format!("pass `{pass}`: {m}"),
+                _ => format!("pass `{pass}`: {error:#}"),
+            },
+            _ => e.to_string(),
+        };
+        return Internal(message).into();
+    }
     match e {
-        PassError::Failed { pass, error } => {
-            if let Some(PartitionError::Bug(m)) = error.downcast_ref::<PartitionError>() {
-                return Internal(format!("pass `{pass}`: {m}")).into();
-            }
-            if error.is::<SpecializeError>() || error.is::<PartitionError>() {
-                return error;
-            }
-            if is_internal(&error) {
-                return Internal(format!("pass `{pass}`: {error:#}")).into();
-            }
-            anyhow::Error::new(PassError::Failed { pass, error })
+        PassError::Failed { error, .. }
+            if error.is::<SpecializeError>() || error.is::<PartitionError>() =>
+        {
+            error
         }
-        PassError::Verify { .. } | PassError::Phase { .. } => Internal(e.to_string()).into(),
         other => other.into(),
     }
 }
