@@ -108,6 +108,43 @@ fn sync_plans_equal_the_original_model() -> Result<()> {
     Ok(())
 }
 
+/// The trained `shapes` UNet with its attention written as Einsum (`tools/einsum_attention.py`):
+/// the score and mixing products are Einsums, and the sync plan still equals the model.
+#[test]
+fn einsum_attention_sync_plan_equals_the_original_model() -> Result<()> {
+    require_ort()?;
+    let dir = root().join("models/shapes_einsum");
+    let f = Fixture {
+        name: "shapes_einsum".into(),
+        model: dir.join("unet.onnx"),
+        io: dir.join("io.npz"),
+    };
+    let tmp = tempfile::tempdir()?;
+    let out = tmp.path().join("plan");
+    compile(&CompileOptions {
+        bands: None,
+        model: f.model.clone(),
+        output: out.clone(),
+        gpus: 4,
+        sizes: SpecializeOptions {
+            batch: Some(2),
+            height: Some(32),
+            width: Some(32),
+            dims: vec![("sequence".into(), 4)],
+        },
+        mode: Mode::Sync,
+        warmup: 4,
+        gn: Default::default(),
+        split_batch: false,
+        dump_after: None,
+    })
+    .context("compiling shapes_einsum for 4")?;
+    let e = plan_error_against(&out, &f)?;
+    println!("shapes_einsum n=4: max rel error {e:.2e}");
+    ensure!(e <= 1e-4, "shapes_einsum n=4: error {e} above 1e-4");
+    Ok(())
+}
+
 #[test]
 fn split_batch_sync_plan_equals_the_original_model() -> Result<()> {
     require_ort()?;

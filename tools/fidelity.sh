@@ -7,8 +7,9 @@
 #
 # Runs: displaced / naive / sync at N = 2, 4, 8, and at N = 3 and 6 (unequal bands); the warmup sweep (0, 1, 2, 4) at N = 4 with
 # DDIM 25 steps and with DPM-Solver++ 10 steps (the paper's setting); the GroupNorm ablation
-# (separate, stale, corrected, sync) at N = 4. Every run: 8 images (classes of
-# models/shapes/cond8.npz), 64x64, guidance 3, seed 1.
+# (separate, stale, corrected, sync) at N = 4; the same model with Einsum attention
+# (models/shapes_einsum, made by tools/einsum_attention.py) at N = 4 and 8. Every run: 8 images
+# (classes of models/shapes/cond8.npz), 64x64, guidance 3, seed 1.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -36,3 +37,9 @@ echo "== warmup sweep, N = 4, DPM-Solver++ 10"
 echo "== GroupNorm ablation, N = 4, DDIM 25"
 "$DFC" compare "${COMMON[@]}" --gpus 4 --steps 25 --modes displaced \
     --gn separate,stale,corrected,sync --png "$OUT/gn_n4.png" --json "$OUT/gn_n4.json"
+
+echo "== Einsum attention (models/shapes_einsum): displaced, naive, sync (DDIM 25)"
+for n in 4 8; do
+    "$DFC" compare models/shapes_einsum/unet.onnx "${COMMON[@]:1}" --gpus "$n" --steps 25 \
+        --modes displaced,naive,sync --png "$OUT/einsum_n$n.png" --json "$OUT/einsum_n$n.json"
+done
