@@ -238,7 +238,7 @@ OUTPUT_NAMES = {"sd15": ["out_sample"], "sdxl": ["out_sample"], "vae": ["sample"
 
 
 # --------------------------------------------------------------------------- export
-def torch_export(torch, onnx, wrapper, kind, opset, dynamic):
+def torch_export(torch, onnx, wrapper, kind, opset, dynamic, fold=True):
     inputs = make_inputs(kind)
     names = list(inputs)
     args = tuple(torch.from_numpy(inputs[n]) for n in names)
@@ -250,7 +250,7 @@ def torch_export(torch, onnx, wrapper, kind, opset, dynamic):
         input_names=names,
         output_names=out_names,
         opset_version=opset,
-        do_constant_folding=True,
+        do_constant_folding=fold,
         dynamic_axes=dyn,
     )
     import inspect
@@ -399,8 +399,9 @@ def _dead_code_elim(model):
 
 
 # --------------------------------------------------------------------------- fp16
-def to_fp16(model, onnx, ort):
-    """fp16 conversion with fp16 I/O, using onnxruntime's float16 converter
+def to_fp16(model, onnx, ort, keep_io_types=False):
+    """fp16 conversion with fp16 I/O (fp32 I/O and Casts at the boundary when
+    ``keep_io_types``), using onnxruntime's float16 converter
     (``onnxruntime.transformers.float16``, the maintained fork of
     onnxconverter-common's converter that ORT's own Stable Diffusion fp16
     pipeline uses; unlike onnxconverter-common 1.16 it also retargets
@@ -415,7 +416,7 @@ def to_fp16(model, onnx, ort):
         block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(extra))
         m16 = float16.convert_float_to_float16(
             onnx.ModelProto.FromString(model.SerializeToString()),
-            keep_io_types=False,
+            keep_io_types=keep_io_types,
             op_block_list=block,
         )
         _topo_sort(m16.graph)
