@@ -27,8 +27,10 @@ use super::{PassContext, propagate};
 use crate::contract::exchange::{ATTR_SLOT, DOMAIN};
 use crate::ir::{Graph, Layout, Phase, TensorType, ValueId};
 
-/// Checks the invariants of `g`'s phase (see the module documentation).
-pub fn verify_phase(g: &Graph, cx: &PassContext) -> Result<()> {
+/// Checks the invariants of `g`'s phase (see the module documentation). The local check
+/// re-infers types in place and puts the graph's own back afterwards, so `g` is left as it was
+/// found (a copy of a large graph would cost more than the inference).
+pub fn verify_phase(g: &mut Graph, cx: &PassContext) -> Result<()> {
     if g.phase >= Phase::Specialized {
         static_types(g)?;
     }
@@ -102,7 +104,7 @@ fn layouts(g: &Graph) -> Result<()> {
     Ok(())
 }
 
-fn local(g: &Graph, cx: &PassContext) -> Result<()> {
+fn local(g: &mut Graph, cx: &PassContext) -> Result<()> {
     let mut slots = HashSet::new();
     for id in g.node_ids() {
         let n = g.node(id);
@@ -121,9 +123,17 @@ fn local(g: &Graph, cx: &PassContext) -> Result<()> {
             ));
         }
     }
-    // Inference rewrites types: check a copy.
-    let mut copy = g.clone();
-    reinfer_local_types(&mut copy, cx)
+    // Inference rewrites types: keep the graph's own and restore them whatever the outcome.
+    let saved: Vec<_> = g
+        .value_ids()
+        .filter(|&v| g.value(v).producer().is_some())
+        .map(|v| (v, g.value(v).ty.clone()))
+        .collect();
+    let checked = reinfer_local_types(g, cx);
+    for (v, ty) in saved {
+        g.value_mut(v).ty = ty;
+    }
+    checked
 }
 
 /// Re-infers every produced value's type of the local graph `g` from its inputs alone and
@@ -239,11 +249,11 @@ mod tests {
         let pm = PassManager::from_names(&["fold-constants", "canonicalize", "partition"])?;
         pm.run(&mut g, &mut cx)?;
         assert_eq!(g.phase, Phase::Partitioned);
-        verify_phase(&g, &cx)?;
+        verify_phase(&mut g, &cx)?;
         // A value without a layout breaks the partitioned phase.
         let x = g.inputs[0];
         g.value_mut(x).layout = None;
-        let e = verify_phase(&g, &cx).expect_err("no layout");
+        let e = verify_phase(&mut g, &cx).expect_err("no layout");
         assert!(
             crate::error::is_internal(&e) && e.to_string().contains("no layout"),
             "{e}"
@@ -252,12 +262,12 @@ mod tests {
         PassManager::from_names(&["local-types", "lower-group-norm", "insert-exchanges"])?
             .run(&mut g, &mut cx)?;
         assert_eq!(g.phase, Phase::Local);
-        verify_phase(&g, &cx)?;
+        verify_phase(&mut g, &cx)?;
         // A local type that inference does not derive breaks the local phase.
         let y = g.outputs[0];
         let wrong = crate::ir::TensorType::fixed(DataType::FLOAT, &[1, 4, 8, 8]);
         g.value_mut(y).ty = Some(ValueType::Tensor(wrong));
-        let e = verify_phase(&g, &cx).expect_err("full-size type in a band graph");
+        let e = verify_phase(&mut g, &cx).expect_err("full-size type in a band graph");
         assert!(e.to_string().contains("its band should be"), "{e}");
         Ok(())
     }
@@ -268,13 +278,13 @@ mod tests {
         let mut cx = cx();
         PassManager::from_names(&["fold-constants", "canonicalize"])?.run(&mut g, &mut cx)?;
         assert_eq!(g.phase, Phase::Canonical);
-        verify_phase(&g, &cx)?;
+        verify_phase(&mut g, &cx)?;
         let relu = g
             .node_ids()
             .find(|&id| g.node(id).op_type == "Relu")
             .expect("relu");
         g.node_mut(relu).op_type = "GroupNormalization".into();
-        let e = verify_phase(&g, &cx).expect_err("not canonical");
+        let e = verify_phase(&mut g, &cx).expect_err("not canonical");
         assert!(e.to_string().contains("survived canonicalization"), "{e}");
         Ok(())
     }

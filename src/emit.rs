@@ -11,7 +11,7 @@
 //! next to the target and renamed into place; on any error nothing is left. An existing folder
 //! is replaced only when it is empty or holds a dfc plan.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -24,7 +24,7 @@ use crate::error::Internal;
 use crate::ir::{Dim, Graph, TensorType};
 use crate::onnx::proto::{StringStringEntryProto, TensorProto, tensor_proto::DataLocation};
 use crate::onnx::{self, ExternalData, ExternalStore};
-use crate::passes::localize::{BandConstant, LocalGraph};
+use crate::passes::localize::LocalGraph;
 use crate::passes::partition::{BAND_AXIS, PartitionError};
 use crate::passes::specialize::{SpecializeError, SpecializeOptions};
 use crate::passes::{
@@ -290,8 +290,18 @@ pub fn compile_graph(opts: &CompileOptions) -> Result<(CompileReport, Option<Com
         .skip(1)
         .collect();
     let mut parts = Vec::with_capacity(first_band.len());
-    for &band in &first_band {
-        let mut g = graph.clone();
+    let mut source = Some(graph);
+    for (i, &band) in first_band.iter().enumerate() {
+        // The last local graph takes the partitioned graph itself.
+        let mut g = match source.take() {
+            Some(g) if i + 1 == first_band.len() => g,
+            Some(g) => {
+                let copy = g.clone();
+                source = Some(g);
+                copy
+            }
+            None => return Err(Internal("no partitioned graph left".into()).into()),
+        };
         cx.band = band;
         cx.local = None;
         let run = PassManager::from_names(&after_partition)?
@@ -339,7 +349,11 @@ pub fn compile(opts: &CompileOptions) -> Result<CompileReport> {
         return Ok(report);
     };
     let start = Instant::now();
-    let plan = emit(opts, &c, &out_parent)?;
+    let plan = emit(opts, &c, &out_parent);
+    // Freeing the graphs of a large model takes a noticeable share of the compile: do it on
+    // another thread (a process that exits first leaves it to the OS).
+    std::thread::spawn(move || drop(c));
+    let plan = plan?;
     report.emit_seconds = start.elapsed().as_secs_f64();
     report.plan = Some(plan);
     Ok(report)
@@ -567,29 +581,34 @@ fn emit(opts: &CompileOptions, c: &Compiled, parent: &Path) -> Result<Plan> {
         location: location.clone(),
         written: HashMap::new(),
     };
-    let mut bases = Vec::with_capacity(c.parts.len());
+    // One model per local graph, encoded once with its shared initializers externalized and
+    // without its per-band constants, which each rank's file appends.
+    let mut models = Vec::with_capacity(c.parts.len());
     for part in &c.parts {
-        let mut base = part.graph.clone();
-        let band_values: Vec<_> = part
+        let mut proto = part
+            .graph
+            .to_model()
+            .map_err(|e| Internal(format!("writing a rank graph: {e}")))?;
+        let band_names: HashSet<&str> = part
             .local
             .band_constants
             .iter()
-            .map(BandConstant::value)
+            .map(|b| part.graph.value(b.value()).name.as_str())
             .collect();
-        let ids: Vec<_> = base.value_ids().collect();
-        for v in ids {
-            if band_values.contains(&v) {
-                continue;
-            }
-            if let Some(mut t) = base.value(v).init.clone() {
-                weights.externalize_shared(&mut t, &c.store)?;
-                base.value_mut(v).init = Some(t);
-            }
+        let graph = proto
+            .graph
+            .as_mut()
+            .ok_or_else(|| Internal("a rank model has no graph".into()))?;
+        graph
+            .initializer
+            .retain(|t| !band_names.contains(t.name.as_deref().unwrap_or_default()));
+        for t in &mut graph.initializer {
+            weights.externalize_shared(t, &c.store)?;
         }
-        bases.push(base);
+        models.push(onnx::EncodedModel::new(proto));
     }
     // Per-band constants, computed once per band.
-    let mut band_inits: Vec<Vec<(crate::ir::ValueId, TensorProto)>> = Vec::new();
+    let mut band_inits: Vec<Vec<TensorProto>> = Vec::new();
     for band in 0..n {
         let part = &c.parts[c.part_of_band[band]];
         let mut inits = Vec::new();
@@ -598,7 +617,7 @@ fn emit(opts: &CompileOptions, c: &Compiled, parent: &Path) -> Result<Plan> {
             let mut t = b.value_for(&bands, band, &c.store)?.to_proto("");
             t.name = Some(part.graph.value(value).name.clone());
             weights.externalize(&mut t, &c.store)?;
-            inits.push((value, t));
+            inits.push(t);
         }
         band_inits.push(inits);
     }
@@ -608,31 +627,24 @@ fn emit(opts: &CompileOptions, c: &Compiled, parent: &Path) -> Result<Plan> {
     if !wrote_weights {
         fs::remove_file(dir.join(&location))?;
     }
-    let mut shared_from_source = false;
+    if !taken.is_empty() {
+        // Only the source's own external files are shared (ours are already here).
+        let source_refs = crate::onnx::proto::GraphProto {
+            initializer: first
+                .graph
+                .value_ids()
+                .filter_map(|v| first.graph.value(v).init.clone())
+                .filter(|t| matches!(ExternalData::of(t), Ok(Some(_))))
+                .collect(),
+            ..Default::default()
+        };
+        onnx::external::share_into(&source_refs, &c.src_dir, &dir)?;
+    }
+    let shared_from_source = !taken.is_empty();
     for rank in 0..world {
         let band = rank % n;
-        let mut g = bases[c.part_of_band[band]].clone();
-        for (v, t) in &band_inits[band] {
-            g.value_mut(*v).init = Some(t.clone());
-        }
-        let proto = g
-            .to_model()
-            .map_err(|e| Internal(format!("writing rank {rank}: {e}")))?;
-        if rank == 0 && !taken.is_empty() {
-            // Only the source's own external files are shared (ours are already here).
-            let source_refs = crate::onnx::proto::GraphProto {
-                initializer: first
-                    .graph
-                    .value_ids()
-                    .filter_map(|v| first.graph.value(v).init.clone())
-                    .filter(|t| matches!(ExternalData::of(t), Ok(Some(_))))
-                    .collect(),
-                ..Default::default()
-            };
-            onnx::external::share_into(&source_refs, &c.src_dir, &dir)?;
-            shared_from_source = true;
-        }
-        onnx::save(&proto, &dir.join(format!("rank{rank}.onnx")))?;
+        models[c.part_of_band[band]]
+            .save_with(&band_inits[band], &dir.join(format!("rank{rank}.onnx")))?;
     }
     // plan.json
     let g = &first.graph;

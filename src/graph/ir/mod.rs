@@ -239,10 +239,15 @@ impl Graph {
         let outputs = std::mem::take(&mut gp.output);
         let value_info = std::mem::take(&mut gp.value_info);
         model.graph = Some(gp);
+        // Every value is an input, an initializer or a node output (value infos only annotate
+        // them): reserve once instead of growing through a large model.
+        let n_values =
+            inputs.len() + initializers.len() + nodes.iter().map(|n| n.output.len()).sum::<usize>();
+        let n_edges = nodes.iter().map(|n| n.input.len()).sum::<usize>();
         let mut graph = Graph {
-            g: StableGraph::default(),
-            values: Vec::new(),
-            by_name: HashMap::new(),
+            g: StableGraph::with_capacity(nodes.len(), n_edges),
+            values: Vec::with_capacity(n_values),
+            by_name: HashMap::with_capacity(n_values),
             inputs: Vec::new(),
             outputs: Vec::new(),
             shell: model,
@@ -603,11 +608,12 @@ impl Graph {
     /// Topological order that is deterministic: among ready nodes, the smallest
     /// [`Node::order`] goes first, so a source graph keeps its own order.
     pub fn topo_order(&self) -> Result<Vec<NodeId>, IrError> {
-        let mut indeg: HashMap<NodeIndex<u32>, usize> = HashMap::new();
+        // In-degrees by node index (a stable graph's indices stay below its bound).
+        let mut indeg = vec![0usize; petgraph::visit::NodeIndexable::node_bound(&self.g)];
         let mut heap = BinaryHeap::new();
         for n in self.g.node_indices() {
             let d = self.g.edges_directed(n, Direction::Incoming).count();
-            indeg.insert(n, d);
+            indeg[n.index()] = d;
             if d == 0 {
                 heap.push(Reverse((self.g[n].order, n.index())));
             }
@@ -617,9 +623,7 @@ impl Graph {
             let n = NodeIndex::new(i);
             out.push(NodeId(n));
             for e in self.g.edges_directed(n, Direction::Outgoing) {
-                let d = indeg
-                    .get_mut(&e.target())
-                    .expect("edge target is a live node");
+                let d = &mut indeg[e.target().index()];
                 *d -= 1;
                 if *d == 0 {
                     heap.push(Reverse((self.g[e.target()].order, e.target().index())));
@@ -630,7 +634,7 @@ impl Graph {
             let stuck = self
                 .g
                 .node_indices()
-                .filter(|n| indeg[n] > 0)
+                .filter(|n| indeg[n.index()] > 0)
                 .min_by_key(|n| self.g[*n].order)
                 .map(|n| self.g[n].name.clone())
                 .unwrap_or_default();

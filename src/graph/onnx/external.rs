@@ -89,6 +89,12 @@ pub fn resolve(dir: &Path, tensor: &str, location: &str) -> Result<PathBuf, Onnx
         }
     }
     let joined = dir.join(rel);
+    // A plain file name in the (canonical) folder is its own real path unless it is a link.
+    if rel.components().count() == 1
+        && fs::symlink_metadata(&joined).is_ok_and(|m| !m.file_type().is_symlink())
+    {
+        return Ok(joined);
+    }
     match fs::canonicalize(&joined) {
         Ok(real) if real.starts_with(dir) => Ok(real),
         Ok(_) => Err(escape("symbolic link to outside the folder")),
@@ -261,7 +267,7 @@ pub fn share_into(
             path: dst.clone(),
             source,
         };
-        if let Some(parent) = dst.parent() {
+        if let Some(parent) = dst.parent().filter(|p| *p != out_canon) {
             fs::create_dir_all(parent).map_err(write_err)?;
         }
         if dst.exists() {

@@ -21,6 +21,7 @@ use prost::Message;
 
 pub use external::{ExternalData, ExternalStore};
 pub use proto::ModelProto;
+use proto::TensorProto;
 
 /// Protobuf refuses to parse messages of 2 GiB or more; larger models keep weights external.
 pub const PROTOBUF_LIMIT: usize = (1 << 31) - 1;
@@ -162,6 +163,67 @@ pub fn save(proto: &ModelProto, path: &Path) -> Result<(), OnnxError> {
     write_atomic(path, &buf)
 }
 
+/// A model encoded once and written many times, each copy with initializers of its own
+/// appended to the graph: protobuf merges a repeated field's entries across a message's bytes,
+/// so the bytes decode as the model with those initializers added to `graph.initializer`.
+/// Writing `N` variants of one large graph costs one encoding instead of `N`.
+#[derive(Debug, Clone)]
+pub struct EncodedModel {
+    /// Every field of the model but its graph.
+    head: Vec<u8>,
+    /// The graph's fields.
+    graph: Vec<u8>,
+}
+
+/// `ModelProto.graph`'s field number.
+const MODEL_GRAPH_FIELD: u32 = 7;
+/// `GraphProto.initializer`'s field number.
+const GRAPH_INITIALIZER_FIELD: u32 = 5;
+
+impl EncodedModel {
+    /// Encodes `model` (its graph separately).
+    pub fn new(mut model: ModelProto) -> Self {
+        let graph = model.graph.take().unwrap_or_default().encode_to_vec();
+        Self {
+            head: model.encode_to_vec(),
+            graph,
+        }
+    }
+
+    /// The model's bytes with `extra` appended to its graph's initializers.
+    pub fn encode_with(&self, extra: &[TensorProto]) -> Vec<u8> {
+        use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, message};
+        let extra_len: usize = extra
+            .iter()
+            .map(|t| message::encoded_len(GRAPH_INITIALIZER_FIELD, t))
+            .sum();
+        let graph_len = self.graph.len() + extra_len;
+        let mut out = Vec::with_capacity(
+            self.head.len() + 1 + encoded_len_varint(graph_len as u64) + graph_len,
+        );
+        out.extend_from_slice(&self.head);
+        encode_key(MODEL_GRAPH_FIELD, WireType::LengthDelimited, &mut out);
+        encode_varint(graph_len as u64, &mut out);
+        out.extend_from_slice(&self.graph);
+        for t in extra {
+            message::encode(GRAPH_INITIALIZER_FIELD, t, &mut out);
+        }
+        out
+    }
+
+    /// Writes the model with `extra` appended to its initializers to `path`, atomically.
+    pub fn save_with(&self, extra: &[TensorProto], path: &Path) -> Result<(), OnnxError> {
+        let bytes = self.encode_with(extra);
+        if bytes.len() > PROTOBUF_LIMIT {
+            return Err(OnnxError::TooLarge {
+                path: path.to_path_buf(),
+                size: bytes.len(),
+            });
+        }
+        write_atomic(path, &bytes)
+    }
+}
+
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), OnnxError> {
     let write_err = |source| OnnxError::Write {
@@ -187,4 +249,61 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), OnnxError> {
     tmp.as_file().sync_all().map_err(write_err)?;
     tmp.persist(path).map_err(|e| write_err(e.error))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::onnx::proto::{GraphProto, NodeProto, OperatorSetIdProto, StringStringEntryProto};
+
+    fn tensor(name: &str, v: f32) -> TensorProto {
+        TensorProto {
+            name: Some(name.into()),
+            dims: vec![1],
+            data_type: Some(1),
+            raw_data: Some(Bytes::copy_from_slice(&v.to_le_bytes())),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_encoded_model_decodes_with_its_extra_initializers() {
+        let model = ModelProto {
+            ir_version: Some(8),
+            opset_import: vec![OperatorSetIdProto {
+                domain: Some(String::new()),
+                version: Some(17),
+            }],
+            metadata_props: vec![StringStringEntryProto {
+                key: Some("k".into()),
+                value: Some("v".into()),
+            }],
+            graph: Some(GraphProto {
+                name: Some("g".into()),
+                node: vec![NodeProto {
+                    op_type: Some("Add".into()),
+                    input: vec!["a".into(), "b".into()],
+                    output: vec!["c".into()],
+                    ..Default::default()
+                }],
+                initializer: vec![tensor("a", 1.0)],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let encoded = EncodedModel::new(model.clone());
+        for extra in [
+            vec![],
+            vec![tensor("b", 2.0)],
+            vec![tensor("b", 3.0), tensor("d", 4.0)],
+        ] {
+            let bytes = encoded.encode_with(&extra);
+            let decoded = ModelProto::decode(bytes.as_slice()).expect("decodes");
+            let mut want = model.clone();
+            if let Some(g) = want.graph.as_mut() {
+                g.initializer.extend(extra.iter().cloned());
+            }
+            assert_eq!(decoded, want);
+        }
+    }
 }
