@@ -194,7 +194,18 @@ pub fn compile_graph(opts: &CompileOptions) -> Result<(CompileReport, Option<Com
             }
             (None, Some(b)) => b,
             (None, None) => {
-                bail!("--split-batch needs --batch (the full batch, both CFG halves)")
+                // `--dim NAME=B` naming the spatial input's symbolic batch is `--batch B`.
+                let symbol = spatial.and_then(|v| {
+                    match graph.value(v).tensor_type()?.shape.as_ref()?.first()? {
+                        Dim::Symbol(s) => Some(s.clone()),
+                        _ => None,
+                    }
+                });
+                let Some(k) = symbol.and_then(|s| sizes.dims.iter().position(|(n, _)| *n == s))
+                else {
+                    bail!("--split-batch needs --batch (the full batch, both CFG halves)")
+                };
+                sizes.dims.remove(k).1
             }
         };
         if b % 2 != 0 {

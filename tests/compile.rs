@@ -511,6 +511,13 @@ fn split_batch_puts_the_cfg_halves_on_two_groups() -> Result<()> {
     ensure!(sample.layout.band_axis == Some(2) && sample.layout.group_axis == Some(0));
     ensure!(by_name["timestep"].layout.group_axis.is_none());
     ensure!(by_name["encoder_hidden_states"].layout.group_axis == Some(0));
+    // `--dim batch=2` names the same full batch as `--batch 2`.
+    let mut by_dim = o.clone();
+    by_dim.output = tmp.path().join("by_dim");
+    by_dim.sizes.batch = None;
+    by_dim.sizes.dims.push(("batch".into(), 2));
+    let same = compile(&by_dim)?.plan.context("no plan")?;
+    ensure!(same.inputs == plan.inputs && same.ranks == plan.ranks);
     o.gpus = 3;
     let e = compile(&o).err().map(|e| e.to_string()).unwrap_or_default();
     ensure!(e.contains("must be even"), "{e}");
