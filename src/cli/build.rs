@@ -5,7 +5,8 @@
 //! inputs and outputs (names, types, shapes of the parsed network) are checked against the
 //! plan's tensors on that rank's band. Only when every rank has built and checked are the
 //! engines renamed into place and `plan.json` rewritten (atomically) with their
-//! [`EngineSpec`]s: a failed build leaves the folder as it was.
+//! [`EngineSpec`]s: a failed build leaves the folder as it was. (A build killed inside TensorRT
+//! cannot clean up after itself; the next build removes its `.rankR.engine.*.tmp` files.)
 //!
 //! Plans with exchanges need the dfc plugin library (`--plugins`, else found like the shim):
 //! the exchange nodes become its `IPluginV3` layers.
@@ -86,6 +87,7 @@ pub fn run(args: &Args) -> Result<()> {
             .with_context(|| format!("loading the plugin library {}", p.display()))?;
     }
 
+    remove_stale_temporaries(dir)?;
     let workspace = args.workspace.unwrap_or(0).saturating_mul(1 << 20);
     let mut built = Vec::new();
     for rank in &plan.ranks {
@@ -157,6 +159,26 @@ pub fn run(args: &Args) -> Result<()> {
 
 /// The flags to record; an error when the plan's floating-point tensors are not of the
 /// asserted type.
+/// Removes the temporary engine files (`.rankR.engine.*.tmp`) a build that was killed or
+/// aborted inside TensorRT left in the plan folder; nothing else is touched.
+fn remove_stale_temporaries(dir: &Path) -> Result<()> {
+    let entries = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let ours = name
+            .strip_prefix(".rank")
+            .and_then(|rest| rest.split_once(".engine."))
+            .is_some_and(|(rank, _)| rank.parse::<usize>().is_ok())
+            && name.ends_with(".tmp");
+        if ours && entry.file_type().is_ok_and(|t| t.is_file()) {
+            std::fs::remove_file(entry.path())
+                .with_context(|| format!("removing {}", entry.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
 fn check_precision(plan: &Plan, args: &Args) -> Result<Vec<String>> {
     let want = match (args.fp16, args.bf16) {
         (true, _) => "f16",
@@ -284,4 +306,43 @@ fn sha256_file(path: &Path) -> Result<String> {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect::<String>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_stale_engine_temporaries_are_removed() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let names = [
+            ".rank0.engine.a1B2c3.tmp",
+            ".rank12.engine.xyz.tmp",
+            ".rankX.engine.xyz.tmp",
+            "rank0.engine",
+            "rank0.onnx",
+            ".rank0.engine.keep",
+            "plan.json",
+        ];
+        for n in names {
+            std::fs::write(dir.path().join(n), b"x")?;
+        }
+        remove_stale_temporaries(dir.path())?;
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                ".rank0.engine.keep",
+                ".rankX.engine.xyz.tmp",
+                "plan.json",
+                "rank0.engine",
+                "rank0.onnx"
+            ]
+        );
+        Ok(())
+    }
 }
