@@ -580,83 +580,40 @@ fn emit(opts: &CompileOptions, c: &Compiled, parent: &Path) -> Result<Plan> {
         .filter_map(|t| ExternalData::of(t).ok().flatten())
         .map(|e| e.location)
         .collect();
-    let mut location = WEIGHTS_FILE.to_string();
-    let mut k = 1;
-    while taken.contains(&location) {
-        location = format!("weights.{k}.bin");
-        k += 1;
-    }
-    let mut weights = WeightsWriter {
-        file: fs::File::create(dir.join(&location))?,
-        len: 0,
-        location: location.clone(),
-        written: HashMap::new(),
-    };
-    // One model per local graph, encoded once with its shared initializers externalized and
-    // without its per-band constants, which each rank's file appends.
-    let mut models = Vec::with_capacity(c.parts.len());
-    for part in &c.parts {
-        let mut proto = part
-            .graph
-            .to_model()
-            .map_err(|e| Internal(format!("writing a rank graph: {e}")))?;
-        let band_names: HashSet<&str> = part
-            .local
-            .band_constants
-            .iter()
-            .map(|b| part.graph.value(b.value()).name.as_str())
-            .collect();
-        let graph = proto
-            .graph
-            .as_mut()
-            .ok_or_else(|| Internal("a rank model has no graph".into()))?;
-        graph
-            .initializer
-            .retain(|t| !band_names.contains(t.name.as_deref().unwrap_or_default()));
-        for t in &mut graph.initializer {
-            weights.externalize_shared(t, &c.store)?;
-        }
-        models.push(onnx::EncodedModel::new(proto));
-    }
-    // Per-band constants, computed once per band.
-    let mut band_inits: Vec<Vec<TensorProto>> = Vec::new();
-    for band in 0..n {
-        let part = &c.parts[c.part_of_band[band]];
-        let mut inits = Vec::new();
-        for b in &part.local.band_constants {
-            let value = b.value();
-            let mut t = b.value_for(&bands, band, &c.store)?.to_proto("");
-            t.name = Some(part.graph.value(value).name.clone());
-            weights.externalize(&mut t, &c.store)?;
-            inits.push(t);
-        }
-        band_inits.push(inits);
-    }
-    weights.file.sync_all()?;
-    let wrote_weights = weights.len > 0;
-    drop(weights);
-    if !wrote_weights {
-        fs::remove_file(dir.join(&location))?;
-    }
-    if !taken.is_empty() {
-        // Only the source's own external files are shared (ours are already here).
-        let source_refs = crate::onnx::proto::GraphProto {
-            initializer: first
-                .graph
-                .value_ids()
-                .filter_map(|v| first.graph.value(v).init.clone())
-                .filter(|t| matches!(ExternalData::of(t), Ok(Some(_))))
-                .collect(),
-            ..Default::default()
-        };
-        onnx::external::share_into(&source_refs, &c.src_dir, &dir)?;
-    }
+    // The source's own external files, the source's digest and the graphs' memory are
+    // independent of the rank files: work them out on a second thread meanwhile.
+    let (side, weights) = std::thread::scope(|s| {
+        let side = s.spawn(
+            || -> Result<(String, Vec<crate::passes::cost::GraphMemory>)> {
+                if !taken.is_empty() {
+                    // Only the source's own external files are shared (ours are already here).
+                    let source_refs = crate::onnx::proto::GraphProto {
+                        initializer: first
+                            .graph
+                            .value_ids()
+                            .filter_map(|v| first.graph.value(v).init.clone())
+                            .filter(|t| matches!(ExternalData::of(t), Ok(Some(_))))
+                            .collect(),
+                        ..Default::default()
+                    };
+                    onnx::external::share_into(&source_refs, &c.src_dir, &dir)?;
+                }
+                let memory = c
+                    .parts
+                    .iter()
+                    .map(|p| crate::passes::cost::graph_memory(&p.graph))
+                    .collect::<Result<_>>()
+                    .map_err(|e| Internal(format!("memory of a rank graph: {e}")))?;
+                Ok((sha256_of(&opts.model)?, memory))
+            },
+        );
+        let weights = write_ranks(c, &bands, world, &dir, &taken);
+        (side.join(), weights)
+    });
+    let weights = weights?;
+    let (source_sha256, part_memory) =
+        side.map_err(|_| Internal("the plan writer's second thread panicked".into()))??;
     let shared_from_source = !taken.is_empty();
-    for rank in 0..world {
-        let band = rank % n;
-        models[c.part_of_band[band]]
-            .save_with(&band_inits[band], &dir.join(format!("rank{rank}.onnx")))?;
-    }
     // plan.json
     let g = &first.graph;
     let spatial = crate::passes::partition::spatial_input(g)
@@ -767,12 +724,6 @@ fn emit(opts: &CompileOptions, c: &Compiled, parent: &Path) -> Result<Plan> {
     let bytes_per_step = (0..world)
         .map(|r| exchanges.iter().map(|e| e.bytes_received[r]).sum())
         .collect();
-    let part_memory: Vec<crate::passes::cost::GraphMemory> = c
-        .parts
-        .iter()
-        .map(|p| crate::passes::cost::graph_memory(&p.graph))
-        .collect::<Result<_>>()
-        .map_err(|e| Internal(format!("memory of a rank graph: {e}")))?;
     let memory = (0..world)
         .map(|r| {
             let m = part_memory[c.part_of_band[r % n]];
@@ -804,7 +755,7 @@ fn emit(opts: &CompileOptions, c: &Compiled, parent: &Path) -> Result<Plan> {
     let plan = Plan {
         format: PLAN_FORMAT,
         source: opts.model.display().to_string(),
-        source_sha256: sha256_of(&opts.model)?,
+        source_sha256,
         mode: opts.mode,
         warmup: opts.warmup,
         gn: opts.gn,
@@ -838,8 +789,8 @@ fn emit(opts: &CompileOptions, c: &Compiled, parent: &Path) -> Result<Plan> {
         bands: bands.clone(),
         row_step: c.row_step,
         levels: c.levels.clone(),
-        weights: if wrote_weights {
-            Some(location)
+        weights: if weights.is_some() {
+            weights
         } else if shared_from_source {
             taken.first().cloned()
         } else {
@@ -858,6 +809,82 @@ fn emit(opts: &CompileOptions, c: &Compiled, parent: &Path) -> Result<Plan> {
     onnx::write_atomic(&dir.join(PLAN_FILE), text.as_bytes())?;
     install(tmp, &opts.output)?;
     Ok(plan)
+}
+
+/// Writes the shared weights file and every rank's model into `dir`; the weights file's name
+/// when one was written.
+fn write_ranks(
+    c: &Compiled,
+    bands: &crate::contract::bands::Bands,
+    world: usize,
+    dir: &Path,
+    taken: &[String],
+) -> Result<Option<String>> {
+    let n = bands.n();
+    let mut location = WEIGHTS_FILE.to_string();
+    let mut k = 1;
+    while taken.contains(&location) {
+        location = format!("weights.{k}.bin");
+        k += 1;
+    }
+    let mut weights = WeightsWriter {
+        file: fs::File::create(dir.join(&location))?,
+        len: 0,
+        location: location.clone(),
+        written: HashMap::new(),
+    };
+    // One model per local graph, encoded once with its shared initializers externalized and
+    // without its per-band constants, which each rank's file appends.
+    let mut models = Vec::with_capacity(c.parts.len());
+    for part in &c.parts {
+        let mut proto = part
+            .graph
+            .to_model()
+            .map_err(|e| Internal(format!("writing a rank graph: {e}")))?;
+        let band_names: HashSet<&str> = part
+            .local
+            .band_constants
+            .iter()
+            .map(|b| part.graph.value(b.value()).name.as_str())
+            .collect();
+        let graph = proto
+            .graph
+            .as_mut()
+            .ok_or_else(|| Internal("a rank model has no graph".into()))?;
+        graph
+            .initializer
+            .retain(|t| !band_names.contains(t.name.as_deref().unwrap_or_default()));
+        for t in &mut graph.initializer {
+            weights.externalize_shared(t, &c.store)?;
+        }
+        models.push(onnx::EncodedModel::new(proto));
+    }
+    // Per-band constants, computed once per band.
+    let mut band_inits: Vec<Vec<TensorProto>> = Vec::new();
+    for band in 0..n {
+        let part = &c.parts[c.part_of_band[band]];
+        let mut inits = Vec::new();
+        for b in &part.local.band_constants {
+            let value = b.value();
+            let mut t = b.value_for(bands, band, &c.store)?.to_proto("");
+            t.name = Some(part.graph.value(value).name.clone());
+            weights.externalize(&mut t, &c.store)?;
+            inits.push(t);
+        }
+        band_inits.push(inits);
+    }
+    weights.file.sync_all()?;
+    let wrote_weights = weights.len > 0;
+    drop(weights);
+    if !wrote_weights {
+        fs::remove_file(dir.join(&location))?;
+    }
+    for rank in 0..world {
+        let band = rank % n;
+        models[c.part_of_band[band]]
+            .save_with(&band_inits[band], &dir.join(format!("rank{rank}.onnx")))?;
+    }
+    Ok(wrote_weights.then_some(location))
 }
 
 /// Moves the finished temporary folder to `target`, replacing an existing plan.
