@@ -5,17 +5,24 @@
 //! layouts), and their kernels exist only in some ONNX Runtime builds, so dfc asks for the
 //! model as exported, before fusion.
 //!
-//! **Invariant:** after this pass no node of domain `com.microsoft` remains (the graph is not
-//! changed; the pass fails instead). Rejects every such node in one error that names each node,
-//! its operator and the standard ONNX form to export instead.
+//! Two of them are accepted: `Gelu` (elementwise) and `SkipLayerNormalization` (a residual sum,
+//! then a LayerNorm over the last axis, the channels), which the optimizer leaves in a UNet
+//! even with the fusions ONNX Runtime's CPU provider lacks turned off. Both have rows in the
+//! operator registry ([`crate::ops::registry`]) and kernels in ONNX Runtime's CPU provider;
+//! the rank graphs keep the model's `com.microsoft` opset import.
+//!
+//! **Invariant:** after this pass every node of domain `com.microsoft` has a row in the
+//! operator registry (the graph is not changed; the pass fails instead). Rejects every other
+//! such node in one error that names each node, its operator and the standard ONNX form to
+//! export instead.
 
 use anyhow::Result;
 
 use super::{Pass, PassContext};
 use crate::ir::Graph;
+use crate::ops::registry;
 
-/// Domain of ONNX Runtime's contributed operators.
-pub const ORT_DOMAIN: &str = "com.microsoft";
+pub use crate::ops::ORT_DOMAIN;
 
 /// One fused node.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,13 +65,9 @@ pub fn unfused_form(op: &str) -> &'static str {
         "GroupQueryAttention" => "the ONNX Attention operator (opset 23) without a KV cache",
         "BiasSplitGelu" => "Add of the bias, Split in two halves, Gelu (or its Erf form) and Mul",
         "BiasAdd" => "Add (bias, then skip)",
-        "BiasGelu" | "FastGelu" | "QuickGelu" | "Gelu" => {
-            "Add of the bias, then Gelu or its Erf form"
-        }
+        "BiasGelu" | "FastGelu" | "QuickGelu" => "Add of the bias, then Gelu or its Erf form",
         "NhwcConv" => "Conv on NCHW tensors",
-        "SkipLayerNormalization" | "SkipSimplifiedLayerNormalization" => {
-            "Add of the skip, then LayerNormalization (or RMSNormalization)"
-        }
+        "SkipSimplifiedLayerNormalization" => "Add of the skip, then RMSNormalization",
         "LayerNormalization" | "SimplifiedLayerNormalization" => {
             "LayerNormalization or RMSNormalization of the default domain"
         }
@@ -74,13 +77,14 @@ pub fn unfused_form(op: &str) -> &'static str {
     }
 }
 
-/// Every node of domain [`ORT_DOMAIN`], in topological order.
+/// Every node of domain [`ORT_DOMAIN`] without a row in the operator registry, in topological
+/// order.
 pub fn fused_nodes(g: &Graph) -> Vec<FusedNode> {
     let mut ids: Vec<_> = g.node_ids().collect();
     ids.sort_by_key(|&id| g.node(id).order);
     ids.into_iter()
         .map(|id| g.node(id))
-        .filter(|n| n.domain == ORT_DOMAIN)
+        .filter(|n| n.domain == ORT_DOMAIN && registry::lookup(ORT_DOMAIN, &n.op_type).is_none())
         .map(|n| FusedNode {
             node: n.name.clone(),
             op: n.op_type.clone(),
@@ -97,7 +101,7 @@ impl Pass for RejectFused {
         "reject-fused"
     }
     fn description(&self) -> &'static str {
-        "refuse ONNX Runtime fused operators (com.microsoft), listing each with its unfused form"
+        "refuse ONNX Runtime fused operators (com.microsoft) but Gelu and SkipLayerNormalization, listing each with its unfused form"
     }
     fn run(&self, g: &mut Graph, _cx: &mut PassContext) -> Result<bool> {
         let fused = fused_nodes(g);
@@ -144,6 +148,45 @@ mod tests {
             assert!(text.contains(want), "{want} missing: {text}");
         }
         assert!(e.downcast_ref::<FusedOpsError>().is_some());
+    }
+
+    #[test]
+    fn gelu_and_skip_layer_normalization_are_accepted() -> Result<()> {
+        let f = DataType::FLOAT;
+        let mut sln = node(
+            "SkipLayerNormalization",
+            "sln0",
+            &["x", "s", "gamma", "beta"],
+            &["n", "", "", "sum"],
+        );
+        sln.domain = Some(ORT_DOMAIN.into());
+        let mut gelu = node("Gelu", "gelu0", &["n"], &["y"]);
+        gelu.domain = Some(ORT_DOMAIN.into());
+        let mut bias_gelu = node("BiasGelu", "bg0", &["sum", "b"], &["z"]);
+        bias_gelu.domain = Some(ORT_DOMAIN.into());
+        let mut g = model(
+            vec![sln, gelu],
+            vec![vi("x", f, &["2", "16", "8"]), vi("s", f, &["2", "16", "8"])],
+            vec![vi("y", f, &["2", "16", "8"])],
+            vec![],
+            17,
+        );
+        let mut cx = PassContext::new(ExternalStore::new(std::env::temp_dir()));
+        assert!(!RejectFused.run(&mut g, &mut cx)?);
+        // An operator dfc has no row for is still refused, alone.
+        let mut g = model(
+            vec![bias_gelu],
+            vec![vi("sum", f, &["2", "16", "8"]), vi("b", f, &["8"])],
+            vec![vi("z", f, &["2", "16", "8"])],
+            vec![],
+            17,
+        );
+        let e = RejectFused.run(&mut g, &mut cx).expect_err("refused");
+        assert!(
+            e.to_string().starts_with("1 node(s)") && e.to_string().contains("`bg0`"),
+            "{e}"
+        );
+        Ok(())
     }
 
     #[test]

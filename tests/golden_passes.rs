@@ -4,7 +4,8 @@
 //! mode (source path and digest redacted).
 //!
 //! The graphs are small enough to read every line: a dynamic-shape Reshape that specialization
-//! folds, torch's GroupNorm pattern, and a miniature UNet (padded conv + ReLU, GroupNorm, a
+//! folds, torch's GroupNorm pattern, onnxsim's `Reshape → Gemm → Reshape` Linear, and a
+//! miniature UNet (padded conv + ReLU, GroupNorm, a
 //! stride-2 conv, self-attention over its tokens, a nearest Resize ×2, an output conv) cut into
 //! 2 equal bands and into 3 unequal ones.
 //!
@@ -105,6 +106,32 @@ fn torch_group_norm() -> Result<ModelProto> {
             f32_fill("gn.zeros", &[4], 0.0)?,
             f32s("gn.gamma", &[8, 1, 1])?,
             f32s("gn.beta", &[8, 1, 1])?,
+        ],
+    ))
+}
+
+/// onnxsim's form of a biased Linear on tokens x[2,4,8]: `Reshape [-1,8] → Gemm(W[6,8],
+/// transB = 1, c[6]) → Reshape [2,4,6] → y`.
+fn onnxsim_linear() -> Result<ModelProto> {
+    let f = DataType::FLOAT;
+    Ok(model(
+        vec![
+            NodeProto::new("Reshape", "lin/r1", &["x", "lin.rows"], &["lin.a"]),
+            NodeProto::new("Gemm", "lin/gemm", &["lin.a", "lin.w", "lin.c"], &["lin.g"])
+                .with_attrs([
+                    AttributeProto::float("alpha", 1.0),
+                    AttributeProto::float("beta", 1.0),
+                    AttributeProto::int("transB", 1),
+                ]),
+            NodeProto::new("Reshape", "lin/r2", &["lin.g", "lin.back"], &["y"]),
+        ],
+        vec![ValueInfoProto::tensor("x", f, &["2", "4", "8"])],
+        vec![ValueInfoProto::tensor("y", f, &["2", "4", "6"])],
+        vec![
+            Tensor::from_i64s(&[-1, 8]).to_proto("lin.rows"),
+            Tensor::from_i64s(&[2, 4, 6]).to_proto("lin.back"),
+            f32s("lin.w", &[6, 8])?,
+            f32s("lin.c", &[6])?,
         ],
     ))
 }
@@ -468,12 +495,19 @@ fn require_static() -> Result<()> {
 
 /// Look for: the five nodes of torch's pattern (`gn/r1`, `gn/in`, `gn/r2`, `gn/mul`, `gn/add`)
 /// become one `dfc.internal:GroupNorm` with `num_groups=4`, reading `x`, γ and β (flattened to
-/// `[8]`), still producing `y`.
+/// `[8]`), still producing `y`. In onnxsim's Linear, `lin/r1` reshapes to `[2,4,8]` (a new
+/// shape constant) instead of `[8,8]`, `lin/gemm` becomes a MatMul reading `Transpose(lin.w)`
+/// (`perm=[1,0]`, the initializer unchanged), `lin/gemm.bias` adds `lin.c` and produces `y`;
+/// `lin/r2` and the old shapes are gone.
 #[test]
 fn canonicalize() -> Result<()> {
     insta::assert_snapshot!(
         "torch_group_norm_canonicalize",
         before_after(torch_group_norm()?, &Setup::default(), "canonicalize")?
+    );
+    insta::assert_snapshot!(
+        "onnxsim_linear_canonicalize",
+        before_after(onnxsim_linear()?, &Setup::default(), "canonicalize")?
     );
     Ok(())
 }

@@ -24,22 +24,21 @@ The tiny SD1.5 ``UNet2DConditionModel`` (config, seed and randomized norms of
                                         polygraphy (``surgeon sanitize --fold-constants``)
 * ``torch_fp16_fp32io_b2.onnx``         the static opset-17 export in fp16 with fp32 inputs and
                                         outputs (``keep_io_types=True``: Casts at the boundary)
+* ``torch_ort_fp16.onnx``               the static opset-17 export through ONNX Runtime's
+                                        transformer optimizer (``optimize_model(model_type="unet")``
+                                        with the fusions ORT's CPU provider cannot run turned
+                                        off), then fp16 (inputs and outputs too): ``com.microsoft``
+                                        ``Gelu`` and ``SkipLayerNormalization`` remain, and every
+                                        biased Linear on tokens is ``Reshape -> Gemm -> Reshape``
+* ``torch_onnxsim_b2.onnx``             the static opset-17 export simplified by onnxsim
+                                        (``onnxsim.simplify``, defaults): every biased Linear on
+                                        tokens becomes ``Reshape [B, N, ...] -> [B*N, C]``,
+                                        ``Gemm``, ``Reshape`` back
 
 and ``torch_ldm_einsum_b2.onnx`` is an LDM UNet written below in plain torch (CompVis
 ``openaimodel``: ResBlocks with a time embedding, SpatialTransformers whose attention is
 ``einsum`` on ``(b h) n d`` tensors, GEGLU feed-forward, one downsample and one upsample),
 TorchScript exporter, opset 17, static batch 2.
-
-Two forms of the same export stay out of the corpus because dfc refuses them;
-``--keep-refused`` writes them to ``<out>/refused/`` (without reference data):
-
-* ``torch_ort_fp16.onnx``     ONNX Runtime's transformer optimizer
-                              (``optimize_model(model_type="unet")`` with the fusions ORT's CPU
-                              provider cannot run turned off), then fp16: ``com.microsoft``
-                              ``Gelu`` and ``SkipLayerNormalization`` remain
-* ``torch_onnxsim_b2.onnx``   onnxsim's default simplification: every biased Linear becomes
-                              ``Reshape [B, N, C] -> [B*N, C]``, ``Gemm``, ``Reshape`` back, and
-                              the first Reshape merges the token axis dfc splits with the batch
 
     .venv-export/bin/python tools/export_torch_corpus.py --out models/corpus
 """
@@ -348,8 +347,6 @@ def microsoft_ops(model) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="models/corpus", help="output directory (default: models/corpus)")
-    ap.add_argument("--keep-refused", action="store_true",
-                    help="also write the ONNX Runtime optimized fp16 model to <out>/refused/")
     args = ap.parse_args(argv)
 
     import warnings
@@ -366,16 +363,15 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     fp32_inputs = fx.make_inputs("sd15")
 
-    def finish(name, model, ref, tol, out_dir=args.out, reference_data=True):
+    def finish(name, model, ref, tol):
         """Saves, checks, runs in ORT, writes the io.npz; compares with `ref` (max abs ≤ tol)."""
-        path = os.path.join(out_dir, name + ".onnx")
+        path = os.path.join(args.out, name + ".onnx")
         onnx.save_model(model, path)
         checked = fx.check(path, onnx)
         fp16_io = model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
         feeds = {k: v.astype(np.float16) for k, v in fp32_inputs.items()} if fp16_io else dict(fp32_inputs)
         outs = fx.run_ort(path, feeds, ort)
-        if reference_data:
-            fx.save_npz(os.path.join(out_dir, name + ".io.npz"), {**feeds, **outs})
+        fx.save_npz(os.path.join(args.out, name + ".io.npz"), {**feeds, **outs})
         err = float(np.max(np.abs(outs["out_sample"].astype(np.float32) - ref)))
         if err > tol:
             raise RuntimeError(f"{name}: ORT output differs from its source by {err} > {tol}")
@@ -413,19 +409,8 @@ def main(argv=None) -> int:
     fx.log(f"  fp16 ops kept fp32 beyond the default block list: {extra}")
     finish("torch_fp16_fp32io_b2", m16, static17_out, 2e-2)
 
-    refused = {
-        "torch_ort_fp16": fx.to_fp16(ort_optimize(onnx, static17), onnx, ort)[0],
-        "torch_onnxsim_b2": onnxsim_simplify(onnx, static17),
-    }
-    for name, model in refused.items():
-        if args.keep_refused:
-            os.makedirs(os.path.join(args.out, "refused"), exist_ok=True)
-            finish(name, model, static17_out, 2e-2 if has_fp16_initializers(onnx, model) else 1e-5,
-                   out_dir=os.path.join(args.out, "refused"), reference_data=False)
-        else:
-            fx.log(f"{name} (refused by dfc, not written): {len(model.graph.node)} nodes, "
-                   f"attention {attention_form(model)}, group norm {group_norm_form(model)}, "
-                   f"com.microsoft ops {microsoft_ops(model) or 'none'}")
+    finish("torch_ort_fp16", fx.to_fp16(ort_optimize(onnx, static17), onnx, ort)[0], static17_out, 2e-2)
+    finish("torch_onnxsim_b2", onnxsim_simplify(onnx, static17), static17_out, 1e-5)
     return 0
 
 

@@ -218,8 +218,9 @@ pub(crate) mod cost_testing {
     use crate::ops::registry::lookup;
     use crate::tensor::Tensor;
 
-    /// The cost of one node of `op` (default or internal domain) with the given input types and
-    /// constant values; its output types come from the row's shape rule.
+    /// The cost of one node of `op` (default, internal or ONNX Runtime domain, looked up in that
+    /// order) with the given input types and constant values; its output types come from the
+    /// row's shape rule.
     pub fn cost(
         op: &str,
         attrs: Vec<AttributeProto>,
@@ -227,9 +228,8 @@ pub(crate) mod cost_testing {
         types: Vec<Option<TensorType>>,
         values: Vec<Option<Tensor>>,
     ) -> Result<Cost> {
-        let def = lookup("", op)
-            .or_else(|| lookup(crate::ops::norm::INTERNAL_DOMAIN, op))
-            .ok_or_else(|| anyhow!("no row for {op}"))?;
+        let domain = def_domain(op);
+        let def = lookup(domain, op).ok_or_else(|| anyhow!("no row for {op}"))?;
         let mut g = Graph::from_model(ModelProto {
             graph: Some(Default::default()),
             ..Default::default()
@@ -243,7 +243,7 @@ pub(crate) mod cost_testing {
             })
             .collect();
         let out = g.add_value("out0", None);
-        let mut n = crate::ir::Node::new(format!("test_{op}"), op, def_domain(op));
+        let mut n = crate::ir::Node::new(format!("test_{op}"), op, domain);
         n.attrs = attrs;
         let id = g.add_node(n, ins, vec![Some(out)], None)?;
         let node = g.node(id).clone();
@@ -254,11 +254,14 @@ pub(crate) mod cost_testing {
     }
 
     fn def_domain(op: &str) -> &'static str {
-        if lookup("", op).is_some() {
-            ""
-        } else {
-            crate::ops::norm::INTERNAL_DOMAIN
-        }
+        [
+            "",
+            crate::ops::norm::INTERNAL_DOMAIN,
+            crate::ops::ORT_DOMAIN,
+        ]
+        .into_iter()
+        .find(|d| lookup(d, op).is_some())
+        .unwrap_or("")
     }
 
     /// An f32 tensor type.

@@ -11,6 +11,9 @@
 //! Partition rule: every operator here broadcasts ([`broadcast`]): outputs are split like the
 //! split inputs; a replicated input of extent 1 on the split axis broadcasts, one with the full
 //! extent is sliced per band; inputs split on different axes gather the later one.
+//!
+//! ONNX Runtime's `com.microsoft:Gelu` (the exact, erf-based GELU its transformer optimizer
+//! fuses the `Div → Erf → Add → Mul → Mul` chain into) is one more unary row, in [`ORT_OPS`].
 
 use anyhow::{Result, bail};
 
@@ -357,6 +360,11 @@ pub const OPS: &[OpDef] = &[
         .split(broadcast)
         .cost(cost_arith),
 ];
+
+/// The elementwise operators of ONNX Runtime's domain ([`super::ORT_DOMAIN`]).
+pub const ORT_OPS: &[OpDef] = &[OpDef::infer("Gelu", unary)
+    .split(broadcast)
+    .cost(cost_transcendental)];
 
 /// Arithmetic, comparisons, logic, min/max: one operation per output element.
 fn cost_arith(cx: &OpCx<'_>, outputs: &[TensorType]) -> Result<Cost> {

@@ -16,7 +16,9 @@
 //! Every row also says how the operator is partitioned (how input layouts map to output layouts
 //! when the image is cut into bands, see [`layout`]), or why it refuses a split input; the
 //! exchange operators of domain `dfc` live in [`exchange`], the internal canonical GroupNorm in
-//! [`norm`].
+//! [`norm`]. The few ONNX Runtime contributed operators (domain [`ORT_DOMAIN`]) whose semantics
+//! are plain and whose kernels ONNX Runtime's CPU provider has live in their families'
+//! `ORT_OPS` tables (`Gelu` in [`elementwise`], `SkipLayerNormalization` in [`norm`]).
 //!
 //! Dependencies point one way: this module (the rule context [`OpCx`] and shared helpers) ←
 //! [`layout`] (partition types) ← [`def`] (the row type) ← the families ← [`registry`].
@@ -40,6 +42,9 @@ use anyhow::{Result, anyhow, bail};
 use crate::ir::{DataType, Dim, Graph, Node, TensorType, ValueId};
 use crate::onnx::ExternalStore;
 use crate::tensor::Tensor;
+
+/// Domain of ONNX Runtime's contributed operators.
+pub const ORT_DOMAIN: &str = "com.microsoft";
 
 /// Marker error: a rule lacks an input type it needs (not a model error).
 #[derive(Debug, thiserror::Error)]
@@ -457,8 +462,22 @@ pub(crate) mod testing {
         values: Vec<Option<Tensor>>,
         n_out: usize,
     ) -> Result<Vec<TensorType>> {
-        let def = super::registry::lookup("", op).ok_or_else(|| anyhow!("no rule for {op}"))?;
+        infer_in("", op, attrs, opset, types, values, n_out)
+    }
+
+    /// Runs the rule of `op` of `domain` for a node with `n_out` outputs.
+    pub fn infer_in(
+        domain: &str,
+        op: &str,
+        attrs: Vec<AttributeProto>,
+        opset: i64,
+        types: Vec<Option<TensorType>>,
+        values: Vec<Option<Tensor>>,
+        n_out: usize,
+    ) -> Result<Vec<TensorType>> {
+        let def = super::registry::lookup(domain, op).ok_or_else(|| anyhow!("no rule for {op}"))?;
         let mut n = node(op, attrs);
+        n.domain = domain.to_string();
         let n_in = types.len().max(values.len());
         let mut g = Graph::from_model(crate::onnx::proto::ModelProto {
             graph: Some(Default::default()),
@@ -503,6 +522,26 @@ pub(crate) mod testing {
         match infer_n(op, attrs, opset, types, values, n_out) {
             Ok(t) => t
                 .iter()
+                .map(|t| t.to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
+            Err(e) => format!("error: {e}"),
+        }
+    }
+
+    /// Output types as text for a node of `op` of `domain` with `n_out` outputs (the types of
+    /// its first `n_out` output ports).
+    pub fn infer_text_in(
+        domain: &str,
+        op: &str,
+        attrs: Vec<AttributeProto>,
+        types: Vec<Option<TensorType>>,
+        n_out: usize,
+    ) -> String {
+        match infer_in(domain, op, attrs, 17, types, vec![], n_out) {
+            Ok(t) => t
+                .iter()
+                .take(n_out)
                 .map(|t| t.to_string())
                 .collect::<Vec<_>>()
                 .join(" "),

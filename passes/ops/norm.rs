@@ -6,16 +6,24 @@
 //! construct: `GroupNorm(x, scale?, bias?) {num_groups, epsilon}`, scale and bias per channel
 //! (`[C]` or `[C,1,…]`), statistics over each group's channels and every spatial position.
 //!
-//! Partition rules: statistics over a non-split axis are local (LayerNormalization and
-//! RMSNormalization over the channels of `[B, tokens, C]`); LayerNormalization, RMSNormalization,
-//! LpNormalization, MeanVarianceNormalization and InstanceNormalization over the split axis are
-//! refused; the canonical GroupNorm on an image split on a spatial axis computes per-band
-//! statistics that are exchanged ([`Need::GroupNormStats`]).
+//! ONNX Runtime's `com.microsoft:SkipLayerNormalization` (in [`ORT_OPS`]) is
+//! `LayerNormalization(input + skip (+ bias), axis = -1) · gamma (+ beta)`: inputs `input`
+//! (`[B, S, C]` or `[S, C]`), `skip` (`input`'s shape, `[1, S, C]` or `[S, C]`), `gamma`,
+//! optional `beta` and `bias` (each `[C]`); outputs `output` and the optional `mean` and
+//! `inv_std_var` (f32, `[…, 1]`) and `input_skip_bias_sum` (`input`'s type); attribute
+//! `epsilon`.
+//!
+//! Partition rules: statistics over a non-split axis are local (LayerNormalization,
+//! RMSNormalization and SkipLayerNormalization over the channels of `[B, tokens, C]`);
+//! LayerNormalization, RMSNormalization, SkipLayerNormalization, LpNormalization,
+//! MeanVarianceNormalization and InstanceNormalization over the split axis are refused; the
+//! canonical GroupNorm on an image split on a spatial axis computes per-band statistics that
+//! are exchanged ([`Need::GroupNormStats`]).
 
 use anyhow::{Result, bail};
 
 use super::def::{Cost, OpDef, per_output_element};
-use super::layout::{Layout, Need, PartCx, Verdict, follow};
+use super::layout::{Layout, Need, PartCx, Verdict, broadcast, follow};
 use super::{OpCx, norm_axes, norm_axis, same_as, tt};
 use crate::ir::{DataType, Dim, TensorType};
 
@@ -143,6 +151,70 @@ pub const OPS: &[OpDef] = &[
         .cost(cost_mean_var_norm),
 ];
 
+/// `com.microsoft:SkipLayerNormalization` (see the module documentation).
+fn skip_layer_norm(cx: &OpCx<'_>) -> Result<Vec<TensorType>> {
+    let x = cx.input(0)?;
+    if !matches!(
+        x.elem,
+        DataType::FLOAT | DataType::FLOAT16 | DataType::BFLOAT16
+    ) {
+        bail!("input must be float, float16 or bfloat16, not {}", x.elem);
+    }
+    for port in 1..cx.n_inputs() {
+        if cx.has_input(port) && cx.elem(port)? != x.elem {
+            bail!(
+                "input {port} is {} but input 0 is {}",
+                cx.elem(port)?,
+                x.elem
+            );
+        }
+    }
+    let Some(d) = &x.shape else {
+        let stats = tt(DataType::FLOAT, None);
+        return Ok(vec![x.clone(), stats.clone(), stats, x.clone()]);
+    };
+    if !(2..=3).contains(&d.len()) {
+        bail!(
+            "input must be [batch, sequence, hidden] or [sequence, hidden], not rank {}",
+            d.len()
+        );
+    }
+    if let Some(xs) = cx.static_dims(0) {
+        let hidden = xs[xs.len() - 1];
+        if let Some(s) = cx.static_dims(1) {
+            let one_batch = xs.len() == 3 && (s == [1, xs[1], xs[2]] || s == xs[1..]);
+            if s != xs && !one_batch {
+                bail!("skip {s:?} is neither the input's shape {xs:?} nor one batch of it");
+            }
+        }
+        for (port, what) in [(2, "gamma"), (3, "beta"), (4, "bias")] {
+            if let Some(p) = cx.static_dims(port)
+                && p != [hidden]
+            {
+                bail!("{what} {p:?} is not one value per hidden channel ({hidden})");
+            }
+        }
+    }
+    let mut stats = d.clone();
+    if let Some(last) = stats.last_mut() {
+        *last = Dim::Fixed(1);
+    }
+    let stats = tt(DataType::FLOAT, Some(stats));
+    Ok(vec![x.clone(), stats.clone(), stats, x.clone()])
+}
+
+/// The normalizations of ONNX Runtime's domain ([`super::ORT_DOMAIN`]).
+pub const ORT_OPS: &[OpDef] = &[OpDef::infer("SkipLayerNormalization", skip_layer_norm)
+    .split(part_skip_layer_norm)
+    .cost(cost_skip_layer_norm)];
+
+/// SkipLayerNormalization: a LayerNorm's operations, plus the addition of the skip and of the
+/// bias when there is one.
+fn cost_skip_layer_norm(cx: &OpCx<'_>, outputs: &[TensorType]) -> Result<Cost> {
+    let adds = if cx.has_input(4) { 2.0 } else { 1.0 };
+    per_output_element(cx, outputs, 7.0 + adds)
+}
+
 /// Normalizations by mean and variance: 3 operations per element for the statistics (sum,
 /// square, sum of squares), 4 to apply them (subtract, scale by 1/σ, scale, shift).
 fn cost_mean_var_norm(cx: &OpCx<'_>, outputs: &[TensorType]) -> Result<Cost> {
@@ -234,6 +306,22 @@ fn part_mvn(cx: &PartCx<'_>) -> Result<Verdict> {
     let r = cx.dims(0).map(|d| d.len()).unwrap_or(0);
     let axes = norm_axes(&cx.op.attr_ints("axes").unwrap_or(vec![0, 2, 3]), r)?;
     refuse_over(cx, &axes, "MeanVarianceNormalization")
+}
+
+/// `input` and `skip` broadcast like an elementwise sum (either may be split; a replicated
+/// skip of the full extent is sliced per band); the statistics are over the last axis, so a
+/// split last axis is refused.
+fn part_skip_layer_norm(cx: &PartCx<'_>) -> Result<Verdict> {
+    let v = broadcast(cx)?;
+    let last = cx.dims(0).and_then(|d| d.len().checked_sub(1));
+    if let (Verdict::Local { outputs, .. }, Some(last)) = (&v, last)
+        && outputs.iter().any(|l| l.axis() == Some(last))
+    {
+        return Ok(Verdict::Refuse(format!(
+            "SkipLayerNormalization over the split axis {last} (its last axis) needs statistics of the whole row"
+        )));
+    }
+    Ok(v)
 }
 
 fn part_group_norm_op(_cx: &PartCx<'_>) -> Result<Verdict> {
@@ -397,6 +485,142 @@ mod tests {
     }
 
     #[test]
+    fn skip_layer_normalization_outputs() {
+        use crate::ir::DataType;
+        let ort = crate::passes::ops::ORT_DOMAIN;
+        let h = |dims: &[i64]| Some(crate::ir::TensorType::fixed(DataType::FLOAT16, dims));
+        // All four outputs: output and the sum have the input's type, the statistics are f32
+        // per token.
+        assert_eq!(
+            infer_text_in(
+                ort,
+                "SkipLayerNormalization",
+                vec![af("epsilon", 1e-5)],
+                vec![
+                    h(&[2, 64, 32]),
+                    h(&[2, 64, 32]),
+                    h(&[32]),
+                    h(&[32]),
+                    h(&[32])
+                ],
+                4
+            ),
+            "f16[2,64,32] f32[2,64,1] f32[2,64,1] f16[2,64,32]"
+        );
+        // A skip of one batch ([1, S, C] or [S, C]) broadcasts; a 2-D input works too.
+        for skip in [&[1, 64, 32][..], &[64, 32]] {
+            assert_eq!(
+                infer_text_in(
+                    ort,
+                    "SkipLayerNormalization",
+                    vec![],
+                    vec![f32t(&[2, 64, 32]), f32t(skip), f32t(&[32])],
+                    1
+                ),
+                "f32[2,64,32]"
+            );
+        }
+        assert_eq!(
+            infer_text_in(
+                ort,
+                "SkipLayerNormalization",
+                vec![],
+                vec![f32t(&[64, 32]), f32t(&[64, 32]), f32t(&[32])],
+                2
+            ),
+            "f32[64,32] f32[64,1]"
+        );
+        // Mismatched skip, gamma or types, and a 4-D input, are errors.
+        for types in [
+            vec![f32t(&[2, 64, 32]), f32t(&[2, 1, 32]), f32t(&[32])],
+            vec![f32t(&[2, 64, 32]), f32t(&[2, 64, 32]), f32t(&[64])],
+            vec![f32t(&[2, 64, 32]), h(&[2, 64, 32]), f32t(&[32])],
+            vec![f32t(&[2, 4, 8, 32]), f32t(&[2, 4, 8, 32]), f32t(&[32])],
+        ] {
+            let t = infer_text_in(ort, "SkipLayerNormalization", vec![], types.clone(), 1);
+            assert!(t.starts_with("error"), "{types:?}: {t}");
+        }
+        // ONNX Runtime's Gelu is elementwise.
+        assert_eq!(
+            infer_text_in(ort, "Gelu", vec![], vec![h(&[2, 64, 128])], 1),
+            "f16[2,64,128]"
+        );
+    }
+
+    #[test]
+    fn skip_layer_normalization_is_local_over_tokens_refused_over_channels() {
+        use crate::passes::ops::layout::testing::verdict;
+        use crate::passes::ops::layout::{Layout, Need, Verdict};
+        let mut sln = node("SkipLayerNormalization", vec![]);
+        sln.domain = crate::passes::ops::ORT_DOMAIN.into();
+        let (s0, s1, s2) = (
+            Layout::Split { axis: 0 },
+            Layout::Split { axis: 1 },
+            Layout::Split { axis: 2 },
+        );
+        let r = Layout::Replicated;
+        let x = || f32t(&[2, 64, 32]);
+        let outs = || vec![x(), f32t(&[2, 64, 1]), f32t(&[2, 64, 1]), x()];
+        let params = || vec![f32t(&[32]), f32t(&[32]), f32t(&[32])];
+        let types = |skip| [vec![x(), skip], params()].concat();
+        // Input and skip split on tokens: every output (statistics included) on tokens.
+        let v = verdict(
+            &sln,
+            17,
+            types(x()),
+            vec![],
+            vec![s1, s1, r, r, r],
+            outs(),
+            2,
+        );
+        assert_eq!(v, Verdict::local(vec![s1; 4]));
+        // A replicated skip of the full token extent is sliced per band; [1, S, C] too, and a
+        // batch split broadcasts it.
+        for skip in [x(), f32t(&[1, 64, 32])] {
+            let v = verdict(
+                &sln,
+                17,
+                types(skip),
+                vec![],
+                vec![s1, r, r, r, r],
+                outs(),
+                2,
+            );
+            assert_eq!(
+                v,
+                Verdict::Local {
+                    outputs: vec![s1; 4],
+                    needs: vec![Need::SliceOperand { port: 1, axis: 1 }]
+                }
+            );
+        }
+        let v = verdict(
+            &sln,
+            17,
+            types(f32t(&[1, 64, 32])),
+            vec![],
+            vec![s0, r, r, r, r],
+            outs(),
+            2,
+        );
+        assert_eq!(v, Verdict::local(vec![s0; 4]));
+        // Split on the normalized (last) axis: refused with the reason.
+        let v = verdict(
+            &sln,
+            17,
+            types(x()),
+            vec![],
+            vec![s2, s2, r, r, r],
+            outs(),
+            2,
+        );
+        assert!(
+            matches!(&v, Verdict::Refuse(m) if m.contains("split axis 2 (its last axis)")),
+            "{v:?}"
+        );
+    }
+
+    #[test]
     fn group_normalization_21_with_stash_type() {
         assert_eq!(
             infer_text(
@@ -415,6 +639,31 @@ mod tests {
 mod cost_tests {
     use super::super::def::cost_testing::{cost, f32t};
     use super::super::testing::ai;
+
+    #[test]
+    fn skip_layer_normalization_adds_the_skip_and_bias() {
+        // [2,4,8]: 64 elements, a LayerNorm's 7 operations, the skip and the bias.
+        let x = || f32t(&[2, 4, 8]);
+        let c = cost(
+            "SkipLayerNormalization",
+            vec![],
+            1,
+            vec![x(), x(), f32t(&[8]), f32t(&[8]), f32t(&[8])],
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(c.flops, 64.0 * 9.0);
+        assert_eq!(c.bytes_read, (128.0 + 24.0) * 4.0);
+        let c = cost(
+            "SkipLayerNormalization",
+            vec![],
+            1,
+            vec![x(), x(), f32t(&[8])],
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(c.flops, 64.0 * 8.0);
+    }
 
     #[test]
     fn normalizations_count_statistics_and_application() {

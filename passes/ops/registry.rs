@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use super::def::OpDef;
 use super::layout::Part;
-use super::{conv, elementwise, exchange, linalg, norm, reduce, shape};
+use super::{ORT_DOMAIN, conv, elementwise, exchange, linalg, norm, reduce, shape};
 
 /// Every default-domain operator table, in family order.
 fn tables() -> [&'static [OpDef]; 6] {
@@ -21,9 +21,15 @@ fn tables() -> [&'static [OpDef]; 6] {
     ]
 }
 
+/// Every table of ONNX Runtime's domain ([`ORT_DOMAIN`]).
+fn ort_tables() -> [&'static [OpDef]; 2] {
+    [elementwise::ORT_OPS, norm::ORT_OPS]
+}
+
 /// The row of `op_type` of `domain`, if dfc knows the operator: the default domain (`""` or
-/// `"ai.onnx"`), the exchange operators of domain [`exchange::DOMAIN`] and the internal
-/// operators of domain [`norm::INTERNAL_DOMAIN`].
+/// `"ai.onnx"`), the exchange operators of domain [`exchange::DOMAIN`], the internal
+/// operators of domain [`norm::INTERNAL_DOMAIN`] and the few ONNX Runtime operators of domain
+/// [`ORT_DOMAIN`] dfc partitions.
 pub fn lookup(domain: &str, op_type: &str) -> Option<&'static OpDef> {
     static MAP: OnceLock<HashMap<&'static str, &'static OpDef>> = OnceLock::new();
     if domain == exchange::DOMAIN {
@@ -31,6 +37,12 @@ pub fn lookup(domain: &str, op_type: &str) -> Option<&'static OpDef> {
     }
     if domain == norm::INTERNAL_DOMAIN {
         return norm::INTERNAL_OPS.iter().find(|d| d.op_type == op_type);
+    }
+    if domain == ORT_DOMAIN {
+        return ort_tables()
+            .into_iter()
+            .flat_map(|t| t.iter())
+            .find(|d| d.op_type == op_type);
     }
     if !(domain.is_empty() || domain == "ai.onnx") {
         return None;
@@ -77,6 +89,11 @@ mod tests {
                 .iter()
                 .map(|d| (norm::INTERNAL_DOMAIN, d)),
         );
+        v.extend(
+            ort_tables()
+                .into_iter()
+                .flat_map(|t| t.iter().map(|d| (ORT_DOMAIN, d))),
+        );
         v
     }
 
@@ -109,5 +126,10 @@ mod tests {
         }
         assert!(supported_ops().len() > 100);
         assert!(lookup("ai.onnx", "Conv").is_some() && lookup("com.x", "Conv").is_none());
+        // ONNX Runtime's rows answer in its domain only; its other operators have none.
+        assert!(lookup(ORT_DOMAIN, "SkipLayerNormalization").is_some());
+        assert!(lookup("", "SkipLayerNormalization").is_none());
+        assert!(lookup(ORT_DOMAIN, "Gelu").is_some_and(|d| d.op_type == "Gelu"));
+        assert!(lookup(ORT_DOMAIN, "GroupNorm").is_none() && lookup(ORT_DOMAIN, "Conv").is_none());
     }
 }
