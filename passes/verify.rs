@@ -139,7 +139,7 @@ fn local(g: &mut Graph, cx: &PassContext) -> Result<()> {
 /// Re-infers every produced value's type of the local graph `g` from its inputs alone and
 /// checks it against the type `localize` wrote; values downstream of a gather skipped in
 /// `naive` mode take the inferred type. `localize` runs it to settle those types, the verifier
-/// on a copy to check.
+/// to check (restoring the graph's own types afterwards).
 pub(super) fn reinfer_local_types(g: &mut Graph, cx: &PassContext) -> Result<()> {
     let skipped: HashSet<crate::ir::NodeId> = cx
         .local

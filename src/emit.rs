@@ -164,6 +164,26 @@ pub fn compile_graph(opts: &CompileOptions) -> Result<(CompileReport, Option<Com
                 t.shape.as_ref()?.first()?.fixed()?,
             ))
         });
+        // `--dim NAME=B` naming the spatial input's symbolic batch is `--batch B`; every such
+        // entry goes, since each group binds the symbol to half of it.
+        let symbol = graph.spatial_batch_symbol();
+        let mut by_dim: Vec<i64> = Vec::new();
+        sizes.dims.retain(|(name, v)| {
+            let batch = Some(name) == symbol.as_ref();
+            if batch {
+                by_dim.push(*v);
+            }
+            !batch
+        });
+        for &v in &by_dim {
+            match sizes.batch {
+                Some(b) if b != v => bail!(
+                    "--dim {}={v} contradicts the batch {b} given for it",
+                    symbol.as_deref().unwrap_or_default()
+                ),
+                _ => sizes.batch = Some(v),
+            }
+        }
         let b = match (fixed, sizes.batch) {
             (Some((name, b)), Some(given)) if given != b => bail!(
                 "--batch {given} contradicts input `{name}`, whose batch is fixed to {b} (with --split-batch, --batch is the full batch)"
@@ -194,18 +214,7 @@ pub fn compile_graph(opts: &CompileOptions) -> Result<(CompileReport, Option<Com
             }
             (None, Some(b)) => b,
             (None, None) => {
-                // `--dim NAME=B` naming the spatial input's symbolic batch is `--batch B`.
-                let symbol = spatial.and_then(|v| {
-                    match graph.value(v).tensor_type()?.shape.as_ref()?.first()? {
-                        Dim::Symbol(s) => Some(s.clone()),
-                        _ => None,
-                    }
-                });
-                let Some(k) = symbol.and_then(|s| sizes.dims.iter().position(|(n, _)| *n == s))
-                else {
-                    bail!("--split-batch needs --batch (the full batch, both CFG halves)")
-                };
-                sizes.dims.remove(k).1
+                bail!("--split-batch needs --batch (the full batch, both CFG halves)")
             }
         };
         if b % 2 != 0 {
@@ -363,7 +372,8 @@ pub fn compile(opts: &CompileOptions) -> Result<CompileReport> {
     let plan = emit(opts, &c, &out_parent);
     // Freeing the graphs of a large model takes a noticeable share of the compile: do it on
     // another thread (a process that exits first leaves it to the OS).
-    std::thread::spawn(move || drop(c));
+    // (When no thread can be started, the refused closure, graphs included, is dropped here.)
+    let _ = std::thread::Builder::new().spawn(move || drop(c));
     let plan = plan?;
     report.emit_seconds = start.elapsed().as_secs_f64();
     report.plan = Some(plan);
@@ -572,14 +582,28 @@ fn emit(opts: &CompileOptions, c: &Compiled, parent: &Path) -> Result<Plan> {
         .tempdir_in(parent)
         .with_context(|| format!("creating a temporary folder in {}", parent.display()))?;
     let dir = tmp.path().to_path_buf();
-    // Shared weights: one file, every large inline initializer once.
+    // The source's external files, by the path they will have in the plan folder: they must
+    // not take the name of a file the plan writes.
     let taken: Vec<String> = first
         .graph
         .value_ids()
         .filter_map(|v| first.graph.value(v).init.as_ref())
         .filter_map(|t| ExternalData::of(t).ok().flatten())
-        .map(|e| e.location)
+        .map(|e| {
+            Path::new(&e.location)
+                .components()
+                .filter(|c| !matches!(c, std::path::Component::CurDir))
+                .collect::<PathBuf>()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
+    if let Some(clash) = taken.iter().find(|l| is_plan_file_name(l)) {
+        bail!(
+            "{}'s external data file `{clash}` has the name of a file of the plan folder (plan.json, rankN.onnx, rankN.engine); rename it (and its `location` in the model)",
+            opts.model.display()
+        );
+    }
     // The source's own external files, the source's digest and the graphs' memory are
     // independent of the rank files: work them out on a second thread meanwhile.
     let (side, weights) = std::thread::scope(|s| {
@@ -811,6 +835,17 @@ fn emit(opts: &CompileOptions, c: &Compiled, parent: &Path) -> Result<Plan> {
     Ok(plan)
 }
 
+/// Whether `name` is a file the plan folder holds: `plan.json`, `rankN.onnx`, `rankN.engine`.
+fn is_plan_file_name(name: &str) -> bool {
+    name == PLAN_FILE
+        || ["onnx", "engine"].iter().any(|ext| {
+            name.strip_prefix("rank")
+                .and_then(|r| r.strip_suffix(ext))
+                .and_then(|r| r.strip_suffix('.'))
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+}
+
 /// Writes the shared weights file and every rank's model into `dir`; the weights file's name
 /// when one was written.
 fn write_ranks(
@@ -828,7 +863,12 @@ fn write_ranks(
         k += 1;
     }
     let mut weights = WeightsWriter {
-        file: fs::File::create(dir.join(&location))?,
+        // A new file: never truncate one the source's external data was linked to.
+        file: fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(dir.join(&location))
+            .with_context(|| format!("creating {location} in the plan folder"))?,
         len: 0,
         location: location.clone(),
         written: HashMap::new(),
@@ -931,6 +971,22 @@ mod tests {
     use super::*;
     use crate::ir::DataType;
     use crate::passes::localize::Exchange;
+
+    #[test]
+    fn plan_file_names_are_recognized() {
+        for name in ["plan.json", "rank0.onnx", "rank12.onnx", "rank3.engine"] {
+            assert!(is_plan_file_name(name), "{name}");
+        }
+        for name in [
+            "weights.bin",
+            "rank.onnx",
+            "rankA.onnx",
+            "rank0.onnx.data",
+            "x/plan.json",
+        ] {
+            assert!(!is_plan_file_name(name), "{name}");
+        }
+    }
 
     #[test]
     fn halo_bytes_count_one_side_at_the_edges() {

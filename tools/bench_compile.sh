@@ -23,7 +23,11 @@ trap 'rm -rf "$OUT"' EXIT
 
 run() { # label, command…: prints "label seconds kilobytes"
     local label="$1"; shift
-    /usr/bin/time -o "$OUT/time" -f "%e %M" "$@" > /dev/null 2>&1
+    if ! /usr/bin/time -o "$OUT/time" -f "%e %M" "$@" > /dev/null 2> "$OUT/err"; then
+        echo "bench_compile: $label failed:" >&2
+        cat "$OUT/err" >&2
+        exit 1
+    fi
     echo "$label $(tail -1 "$OUT/time")"
 }
 

@@ -57,7 +57,7 @@ def rewrite(model: onnx.ModelProto) -> int:
             raise SystemExit(f"{qk.name}: K is not a Transpose (found {t and t.op_type})")
         perm = list(helper.get_attribute_value(t.attribute[0]))
         rank = len(perm)
-        for user, value in zip([qk, *k_path], [qk.input[1], *(n.output[0] for n in k_path[:-1])]):
+        for user, value in zip([qk, *k_path], [qk.input[1], *(n.input[0] for n in k_path[:-1])]):
             single_consumer(consumers, value, user)
         single_consumer(consumers, t.output[0], k_path[-1] if k_path else qk)
         # Swap back the last two axes: K arrives [b, h, k, d] instead of [b, h, d, k].

@@ -157,10 +157,9 @@ pub fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// The flags to record; an error when the plan's floating-point tensors are not of the
-/// asserted type.
 /// Removes the temporary engine files (`.rankR.engine.*.tmp`) a build that was killed or
-/// aborted inside TensorRT left in the plan folder; nothing else is touched.
+/// aborted inside TensorRT left in the plan folder; nothing else is touched. (Two builds of
+/// one plan folder at once are not supported: each would remove the other's temporaries.)
 fn remove_stale_temporaries(dir: &Path) -> Result<()> {
     let entries = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
     for entry in entries.flatten() {
@@ -179,6 +178,8 @@ fn remove_stale_temporaries(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The flags to record; an error when the plan's floating-point tensors are not of the
+/// asserted type.
 fn check_precision(plan: &Plan, args: &Args) -> Result<Vec<String>> {
     let want = match (args.fp16, args.bf16) {
         (true, _) => "f16",

@@ -81,6 +81,9 @@ pub fn rows(args: &Args) -> Result<Vec<Row>> {
     let efficiency = match args.calibrate {
         None => args.efficiency.unwrap_or(CALIBRATED_EFFICIENCY),
         Some(seconds) => {
+            if !(seconds.is_finite() && seconds > 0.0) {
+                bail!("--calibrate takes the measured seconds, a positive number, not {seconds}");
+            }
             let Some((_, _, costs)) = plans.iter().find(|(_, p, _)| p.world_size == 1) else {
                 bail!(
                     "--calibrate needs a one-GPU plan among the plans (compile one with --gpus 1)"
@@ -95,7 +98,13 @@ pub fn rows(args: &Args) -> Result<Vec<Row>> {
         }
     };
     if !(efficiency > 0.0 && efficiency <= 1.0) {
-        bail!("the efficiency must be in (0, 1], not {efficiency}");
+        match args.calibrate {
+            Some(seconds) => bail!(
+                "{seconds} s for {} steps is faster than this GPU's roofline allows for the one-GPU plan (fitted efficiency {efficiency:.3} > 1)",
+                args.steps
+            ),
+            None => bail!("--efficiency must be in (0, 1], not {efficiency}"),
+        }
     }
     let setup = Setup {
         gpu,

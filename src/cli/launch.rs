@@ -108,6 +108,14 @@ fn rank_env(fake: bool) -> Result<Vec<(String, String)>> {
 
 /// Runs the command.
 pub fn run(args: &Args) -> Result<()> {
+    // The launcher writes to its ranks' stdin; a rank that already died must surface as an
+    // error of that write (handled), not as a SIGPIPE that kills the launcher silently (the
+    // executable sets SIGPIPE's default action for the printing commands).
+    #[cfg(unix)]
+    // SAFETY: changing a signal's disposition to SIG_IGN has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
     if !(args.timeout.is_finite() && args.timeout > 0.0) {
         bail!("--timeout must be a positive number of seconds");
     }

@@ -579,6 +579,16 @@ impl Graph {
         })
     }
 
+    /// The name of the [spatial input](Self::spatial_input)'s batch dimension when it is
+    /// symbolic (`batch` in a typical dynamic export).
+    pub fn spatial_batch_symbol(&self) -> Option<String> {
+        let t = self.value(self.spatial_input()?).tensor_type()?;
+        match t.shape.as_ref()?.first()? {
+            Dim::Symbol(s) => Some(s.clone()),
+            _ => None,
+        }
+    }
+
     /// Live values in creation order (inputs, initializers, then node outputs in source order).
     pub fn value_ids(&self) -> impl Iterator<Item = ValueId> + '_ {
         (0..self.values.len() as u32)

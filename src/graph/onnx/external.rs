@@ -91,7 +91,8 @@ pub fn resolve(dir: &Path, tensor: &str, location: &str) -> Result<PathBuf, Onnx
     let joined = dir.join(rel);
     // A plain file name in the (canonical) folder is its own real path unless it is a link.
     if rel.components().count() == 1
-        && fs::symlink_metadata(&joined).is_ok_and(|m| !m.file_type().is_symlink())
+        && !location.ends_with('/')
+        && fs::symlink_metadata(&joined).is_ok_and(|m| m.file_type().is_file())
     {
         return Ok(joined);
     }

@@ -616,16 +616,26 @@ impl GraphProto {
     }
 }
 
-/// IR version of models built by [`ModelProto::new`]: 8, which every ONNX Runtime still in use
-/// reads, and which covers the opsets dfc handles.
-pub const BUILT_IR_VERSION: i64 = 8;
+/// The lowest IR version whose ONNX release defines `opset` of the default domain (IR 8 for
+/// opsets up to 18, 9 for 19–20, 10 for 21–22, 11 from 23), which is what
+/// [`ModelProto::new`] records: `onnx.checker` refuses a model whose IR version predates its
+/// opset.
+pub fn ir_version_for_opset(opset: i64) -> i64 {
+    match opset {
+        ..=18 => 8,
+        19..=20 => 9,
+        21..=22 => 10,
+        _ => 11,
+    }
+}
 
 impl ModelProto {
-    /// A model of `graph` importing the default ONNX domain at `opset`, with IR version
-    /// [`BUILT_IR_VERSION`]. Nodes of another domain need [`ModelProto::with_opset`].
+    /// A model of `graph` importing the default ONNX domain at `opset`, with the IR version
+    /// that opset needs ([`ir_version_for_opset`]). Nodes of another domain need
+    /// [`ModelProto::with_opset`].
     pub fn new(graph: GraphProto, opset: i64) -> Self {
         Self {
-            ir_version: Some(BUILT_IR_VERSION),
+            ir_version: Some(ir_version_for_opset(opset)),
             graph: Some(graph),
             ..Default::default()
         }
