@@ -91,7 +91,14 @@ fn cost_matmul(cx: &OpCx<'_>, outputs: &[TensorType]) -> Result<Cost> {
         .first()
         .ok_or_else(|| anyhow!("MatMul has no output type"))?;
     c.flops = 2.0 * numel(out)? * k as f64;
-    c.tiles = matrix_output_tiles(&out.static_dims().unwrap_or_default());
+    let y = out.static_dims().unwrap_or_default();
+    c.tiles = match (cx.static_dims(1).map(|b| b.len()), y.as_slice()) {
+        // A shared 2-D weight: the libraries fold the batch into the rows of one GEMM.
+        (Some(2), [lead @ .., m, n]) if !lead.is_empty() => {
+            gemm_tiles(1.0, (lead.iter().product::<i64>() * m) as f64, *n as f64)
+        }
+        _ => matrix_output_tiles(&y),
+    };
     Ok(c)
 }
 
@@ -127,7 +134,7 @@ fn cost_einsum(cx: &OpCx<'_>, outputs: &[TensorType]) -> Result<Cost> {
         .chars()
         .filter(|c| !c.is_whitespace())
         .collect();
-    let lhs = eq.split("->").next().unwrap_or_default();
+    let (lhs, rhs) = eq.split_once("->").unwrap_or((eq.as_str(), ""));
     let out = outputs
         .first()
         .ok_or_else(|| anyhow!("Einsum has no output type"))?;
@@ -148,9 +155,22 @@ fn cost_einsum(cx: &OpCx<'_>, outputs: &[TensorType]) -> Result<Cost> {
     }
     let space: f64 = sizes.values().map(|&d| d as f64).product();
     c.flops = if terms.len() >= 2 { 2.0 * space } else { space };
-    if terms.len() >= 2 && space > y {
-        // A contraction runs as a batched matrix product over its output.
-        c.tiles = matrix_output_tiles(&out.static_dims().unwrap_or_default());
+    if let [a, b] = terms.as_slice()
+        && space > y
+    {
+        // A contraction of two operands runs as a batched matrix product: indices of both
+        // operands and the output are its batch, those of one operand and the output its rows
+        // (the first operand) or columns (the second).
+        let extent = |keep: &dyn Fn(char) -> bool| -> f64 {
+            rhs.chars()
+                .filter(|&l| keep(l))
+                .map(|l| sizes.get(&l).copied().unwrap_or(1) as f64)
+                .product()
+        };
+        let batch = extent(&|l| a.contains(l) && b.contains(l));
+        let rows = extent(&|l| a.contains(l) && !b.contains(l));
+        let cols = extent(&|l| b.contains(l) && !a.contains(l));
+        c.tiles = gemm_tiles(batch, rows, cols);
     }
     Ok(c)
 }
@@ -1468,12 +1488,23 @@ mod cost_tests {
 
     #[test]
     fn matrix_products_count_their_output_tiles() {
-        // [2,300,64] × [64,200]: two 300×200 outputs, each ⌈300/128⌉·⌈200/128⌉ = 3·2 tiles.
+        // [2,300,64] × [64,200]: a shared weight, so one 600×200 GEMM: ⌈600/128⌉·⌈200/128⌉ = 5·2
+        // tiles.
         let c = cost(
             "MatMul",
             vec![],
             17,
             vec![f32t(&[2, 300, 64]), f32t(&[64, 200])],
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(c.tiles, 10.0);
+        // [2,300,64] × [2,64,200]: two independent 300×200 products, 3·2 tiles each.
+        let c = cost(
+            "MatMul",
+            vec![],
+            17,
+            vec![f32t(&[2, 300, 64]), f32t(&[2, 64, 200])],
             vec![],
         )
         .unwrap();
@@ -1488,6 +1519,26 @@ mod cost_tests {
         )
         .unwrap();
         assert_eq!(c.tiles, 2.0);
+        // The output's index order does not matter: bqd,bkd->qbk is b=2 products of 300×200.
+        let c = cost(
+            "Einsum",
+            vec![astr("equation", "bqd,bkd->qbk")],
+            17,
+            vec![f32t(&[2, 300, 4]), f32t(&[2, 200, 4])],
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(c.tiles, 2.0 * 3.0 * 2.0);
+        // A matrix-vector product per batch: bij,bj->bi with b=2, i=4096 is 2·32 tiles.
+        let c = cost(
+            "Einsum",
+            vec![astr("equation", "bij,bj->bi")],
+            17,
+            vec![f32t(&[2, 4096, 8]), f32t(&[2, 8])],
+            vec![],
+        )
+        .unwrap();
+        assert_eq!(c.tiles, 64.0);
         // An elementwise Einsum is no matrix product.
         let c = cost(
             "Einsum",
@@ -1546,6 +1597,7 @@ mod cost_tests {
         )
         .unwrap();
         assert_eq!(c.flops, 750.0);
+        assert_eq!(c.tiles, 2.0);
         let c = cost("Softmax", vec![], 13, vec![f32t(&[2, 10])], vec![]).unwrap();
         assert_eq!(c.flops, 100.0);
     }
