@@ -81,7 +81,7 @@ pub struct Value {
     /// Constant content: an initializer of the source model or a folded constant.
     pub init: Option<TensorProto>,
     /// The original `ValueInfoProto` (doc string, metadata, denotations) when the model had one.
-    pub info: Option<ValueInfoProto>,
+    pub info: Option<Box<ValueInfoProto>>,
     /// Where the value lives once the graph is [`Phase::Partitioned`] (`None` before).
     pub layout: Option<Layout>,
     producer: Option<(NodeId, usize)>,
@@ -117,7 +117,7 @@ pub struct Node {
     pub attrs: Vec<AttributeProto>,
     /// Fields of the source `NodeProto` the IR does not interpret (doc string, overload,
     /// metadata, device configurations); input, output and attribute lists are left empty.
-    pub extra: NodeProto,
+    pub extra: Box<NodeProto>,
     /// Sort key for deterministic order: `(original index, 0)` for source nodes, `(anchor, k)`
     /// for the k-th node inserted next to the source node `anchor`.
     pub order: (u32, u32),
@@ -137,7 +137,7 @@ impl Node {
             op_type: op_type.into(),
             domain: domain.into(),
             attrs: Vec::new(),
-            extra: NodeProto::default(),
+            extra: Box::default(),
             order: (u32::MAX, 0),
             inputs: Vec::new(),
             outputs: Vec::new(),
@@ -276,7 +276,7 @@ impl Graph {
             node.attrs = std::mem::take(&mut np.attribute);
             let ins = std::mem::take(&mut np.input);
             let outs = std::mem::take(&mut np.output);
-            node.extra = np;
+            node.extra = Box::new(np);
             node.order = (i as u32, 0);
             let inputs: Vec<Option<ValueId>> = ins
                 .iter()
@@ -320,7 +320,7 @@ impl Graph {
             v.ty = Some(ty);
         }
         if v.info.is_none() {
-            v.info = Some(info);
+            v.info = Some(Box::new(info));
         }
     }
 
@@ -655,7 +655,7 @@ impl Graph {
 
     fn value_info(&self, id: ValueId) -> ValueInfoProto {
         let v = &self.values[id.index()];
-        let mut info = v.info.clone().unwrap_or_default();
+        let mut info = v.info.as_deref().cloned().unwrap_or_default();
         info.name = Some(v.name.clone());
         if let Some(ty) = &v.ty {
             let denotation = info.r#type.as_ref().and_then(|t| t.denotation.clone());
@@ -673,7 +673,7 @@ impl Graph {
         let mut gp: GraphProto = model.graph.take().unwrap_or_default();
         for id in self.topo_order()? {
             let n = &self.g[id.0];
-            let mut np = n.extra.clone();
+            let mut np = (*n.extra).clone();
             np.name = (!n.name.is_empty() || np.name.is_some()).then(|| n.name.clone());
             np.op_type = Some(n.op_type.clone());
             np.domain = (!n.domain.is_empty() || np.domain.is_some()).then(|| n.domain.clone());
