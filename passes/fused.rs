@@ -1,15 +1,17 @@
 //! `reject-fused`: refuses graphs that ONNX Runtime's transformer optimizer rewrote into its own
-//! fused operators (domain `com.microsoft`: `GroupNorm`, `SkipGroupNorm`, `MultiHeadAttention`,
-//! `BiasSplitGelu`, `BiasAdd`, `NhwcConv`, …). Those operators hide the constructs the
-//! partition rules read (statistics over the image, keys and values of every token, NHWC
-//! layouts), and their kernels exist only in some ONNX Runtime builds, so dfc asks for the
-//! model as exported, before fusion.
+//! fused operators (domain `com.microsoft`: `BiasSplitGelu`, `BiasAdd`, `NhwcConv`, `Attention`,
+//! …) dfc has no row for. dfc has no partition rule for them, and most have kernels only in
+//! ONNX Runtime's GPU builds, so a rank graph holding them could not run on the CPU runtime;
+//! dfc asks for the model as exported, before fusion, or with those fusions turned off.
 //!
-//! Two of them are accepted: `Gelu` (elementwise) and `SkipLayerNormalization` (a residual sum,
-//! then a LayerNorm over the last axis, the channels), which the optimizer leaves in a UNet
-//! even with the fusions ONNX Runtime's CPU provider lacks turned off. Both have rows in the
-//! operator registry ([`crate::ops::registry`]) and kernels in ONNX Runtime's CPU provider;
-//! the rank graphs keep the model's `com.microsoft` opset import.
+//! Five of them are accepted, each with a row in the operator registry
+//! ([`crate::ops::registry`]): `Gelu` (elementwise) and `SkipLayerNormalization` (a residual
+//! sum, then a LayerNorm over the last axis, the channels), which the optimizer leaves in a
+//! UNet even with the fusions ONNX Runtime's CPU provider lacks turned off, and
+//! `MultiHeadAttention` (partitioned like the ONNX `Attention` operator), all three with
+//! kernels in ONNX Runtime's CPU provider, so the rank graphs keep the model's `com.microsoft`
+//! opset import; and `GroupNorm` and `SkipGroupNorm`, which that provider cannot run and
+//! `canonicalize` rewrites into dfc's own group norm.
 //!
 //! **Invariant:** after this pass every node of domain `com.microsoft` has a row in the
 //! operator registry (the graph is not changed; the pass fails instead). Rejects every other
@@ -101,7 +103,7 @@ impl Pass for RejectFused {
         "reject-fused"
     }
     fn description(&self) -> &'static str {
-        "refuse ONNX Runtime fused operators (com.microsoft) but Gelu and SkipLayerNormalization, listing each with its unfused form"
+        "refuse ONNX Runtime fused operators (com.microsoft) but Gelu, SkipLayerNormalization, MultiHeadAttention, GroupNorm and SkipGroupNorm, listing each with its unfused form"
     }
     fn run(&self, g: &mut Graph, _cx: &mut PassContext) -> Result<bool> {
         let fused = fused_nodes(g);
@@ -123,14 +125,16 @@ mod tests {
     #[test]
     fn every_fused_node_is_listed_with_its_unfused_form() {
         let f = DataType::FLOAT;
-        let mut gn = node("GroupNorm", "gn0", &["x", "g", "b"], &["a"]);
+        let mut conv = node("NhwcConv", "conv0", &["x", "w"], &["c"]);
+        conv.domain = Some(ORT_DOMAIN.into());
+        let mut gn = node("GroupNorm", "gn0", &["c", "g", "b"], &["a"]);
         gn.domain = Some(ORT_DOMAIN.into());
-        let mut mha = node("MultiHeadAttention", "attn0", &["a", "a", "a"], &["m"]);
-        mha.domain = Some(ORT_DOMAIN.into());
+        let mut bias_add = node("BiasAdd", "bias0", &["a", "b", "a"], &["m"]);
+        bias_add.domain = Some(ORT_DOMAIN.into());
         let mut bsg = node("BiasSplitGelu", "ff0", &["m", "bias"], &["y"]);
         bsg.domain = Some(ORT_DOMAIN.into());
         let mut g = model(
-            vec![gn, mha, bsg],
+            vec![conv, gn, bias_add, bsg],
             vec![vi("x", f, &["1", "4", "4", "8"])],
             vec![vi("y", f, &["?", "?", "?", "?"])],
             vec![],
@@ -141,13 +145,49 @@ mod tests {
         let text = e.to_string();
         assert!(text.starts_with("3 node(s)"), "{text}");
         for want in [
-            "`gn0` (com.microsoft:GroupNorm): GroupNormalization",
-            "`attn0` (com.microsoft:MultiHeadAttention): MatMul",
+            "`conv0` (com.microsoft:NhwcConv): Conv on NCHW",
+            "`bias0` (com.microsoft:BiasAdd): Add",
             "`ff0` (com.microsoft:BiasSplitGelu): Add",
         ] {
             assert!(text.contains(want), "{want} missing: {text}");
         }
+        // ONNX Runtime's GroupNorm has a row (canonicalize rewrites it): not listed.
+        assert!(!text.contains("gn0"), "{text}");
         assert!(e.downcast_ref::<FusedOpsError>().is_some());
+    }
+
+    #[test]
+    fn group_norms_and_multi_head_attention_are_accepted() -> Result<()> {
+        let f = DataType::FLOAT;
+        let ms = |mut n: crate::onnx::proto::NodeProto| {
+            n.domain = Some(ORT_DOMAIN.into());
+            n
+        };
+        let mut g = model(
+            vec![
+                ms(node("GroupNorm", "gn0", &["x", "g", "b"], &["a"])),
+                ms(node("SkipGroupNorm", "sgn0", &["a", "g", "b", "x"], &["s"])),
+                ms(node(
+                    "MultiHeadAttention",
+                    "attn0",
+                    &["t", "t", "t"],
+                    &["y"],
+                )),
+            ],
+            vec![
+                vi("x", f, &["1", "4", "4", "8"]),
+                vi("t", f, &["1", "16", "8"]),
+            ],
+            vec![
+                vi("s", f, &["1", "4", "4", "8"]),
+                vi("y", f, &["1", "16", "8"]),
+            ],
+            vec![],
+            17,
+        );
+        let mut cx = PassContext::new(ExternalStore::new(std::env::temp_dir()));
+        assert!(!RejectFused.run(&mut g, &mut cx)?);
+        Ok(())
     }
 
     #[test]

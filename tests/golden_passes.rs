@@ -4,7 +4,8 @@
 //! mode (source path and digest redacted).
 //!
 //! The graphs are small enough to read every line: a dynamic-shape Reshape that specialization
-//! folds, torch's GroupNorm pattern, onnxsim's `Reshape → Gemm → Reshape` Linear, and a
+//! folds, torch's GroupNorm pattern, onnxsim's `Reshape → Gemm → Reshape` Linear, ONNX
+//! Runtime's channels-last `GroupNorm` between its Transposes, and a
 //! miniature UNet (padded conv + ReLU, GroupNorm, a
 //! stride-2 conv, self-attention over its tokens, a nearest Resize ×2, an output conv) cut into
 //! 2 equal bands and into 3 unequal ones.
@@ -244,24 +245,51 @@ fn data_dependent() -> ModelProto {
     )
 }
 
-/// A graph that ONNX Runtime's optimizer fused: a `com.microsoft:GroupNorm` between two ReLUs.
-fn fused_group_norm() -> Result<ModelProto> {
+/// A graph that ONNX Runtime's optimizer fused into an operator dfc has no row for: a
+/// `com.microsoft:BiasSplitGelu` (bias, split into halves, GELU gate) between two ReLUs.
+fn fused_bias_split_gelu() -> Result<ModelProto> {
     let f = DataType::FLOAT;
-    let gn = NodeProto::new("GroupNorm", "gn_fused", &["h", "gamma", "beta"], &["g"])
-        .with_domain("com.microsoft")
-        .with_attrs([
-            AttributeProto::int("groups", 4),
-            AttributeProto::float("epsilon", 1e-5),
-            AttributeProto::int("activation", 0),
-        ]);
     let m = model(
         vec![
             NodeProto::new("Relu", "pre", &["x"], &["h"]),
-            gn,
+            NodeProto::new("BiasSplitGelu", "ff_fused", &["h", "bias"], &["g"])
+                .with_domain("com.microsoft"),
             NodeProto::new("Relu", "post", &["g"], &["y"]),
         ],
-        vec![ValueInfoProto::tensor("x", f, &["1", "4", "4", "8"])],
-        vec![ValueInfoProto::tensor("y", f, &["1", "4", "4", "8"])],
+        vec![ValueInfoProto::tensor("x", f, &["1", "16", "16"])],
+        vec![ValueInfoProto::tensor("y", f, &["1", "16", "8"])],
+        vec![f32s("bias", &[16])?],
+    );
+    Ok(m.with_opset("com.microsoft", 1))
+}
+
+/// What ONNX Runtime's optimizer makes of a group norm with its SiLU:
+/// `x[1,8,4,4] → Transpose to NHWC → com.microsoft:GroupNorm {activation=1} → Transpose to
+/// NCHW → Relu → y`.
+fn ort_group_norm() -> Result<ModelProto> {
+    let f = DataType::FLOAT;
+    let m = model(
+        vec![
+            NodeProto::new("Transpose", "to_nhwc", &["x"], &["x_nhwc"])
+                .with_attrs([AttributeProto::ints("perm", &[0, 2, 3, 1])]),
+            NodeProto::new(
+                "GroupNorm",
+                "gn_fused",
+                &["x_nhwc", "gamma", "beta"],
+                &["g_nhwc"],
+            )
+            .with_domain("com.microsoft")
+            .with_attrs([
+                AttributeProto::int("groups", 4),
+                AttributeProto::float("epsilon", 1e-5),
+                AttributeProto::int("activation", 1),
+            ]),
+            NodeProto::new("Transpose", "to_nchw", &["g_nhwc"], &["g"])
+                .with_attrs([AttributeProto::ints("perm", &[0, 3, 1, 2])]),
+            NodeProto::new("Relu", "post", &["g"], &["y"]),
+        ],
+        vec![ValueInfoProto::tensor("x", f, &["1", "8", "4", "4"])],
+        vec![ValueInfoProto::tensor("y", f, &["1", "8", "4", "4"])],
         vec![f32s("gamma", &[8])?, f32s("beta", &[8])?],
     );
     Ok(m.with_opset("com.microsoft", 1))
@@ -414,7 +442,8 @@ fn every_compile_pass_has_a_golden_dump() -> Result<()> {
 }
 
 /// Look for: the clean graph is `unchanged`; the fused graph's error names the node
-/// `gn_fused`, its operator `com.microsoft:GroupNorm` and the standard form to export instead.
+/// `ff_fused`, its operator `com.microsoft:BiasSplitGelu` and the standard form to export
+/// instead.
 #[test]
 fn reject_fused() -> Result<()> {
     insta::assert_snapshot!(
@@ -423,7 +452,7 @@ fn reject_fused() -> Result<()> {
     );
     insta::assert_snapshot!(
         "reject_fused_refused",
-        failure(fused_group_norm()?, &Setup::default())?
+        failure(fused_bias_split_gelu()?, &Setup::default())?
     );
     Ok(())
 }
@@ -498,7 +527,9 @@ fn require_static() -> Result<()> {
 /// `[8]`), still producing `y`. In onnxsim's Linear, `lin/r1` reshapes to `[2,4,8]` (a new
 /// shape constant) instead of `[8,8]`, `lin/gemm` becomes a MatMul reading `Transpose(lin.w)`
 /// (`perm=[1,0]`, the initializer unchanged), `lin/gemm.bias` adds `lin.c` and produces `y`;
-/// `lin/r2` and the old shapes are gone.
+/// `lin/r2` and the old shapes are gone. ONNX Runtime's `gn_fused` becomes the internal
+/// GroupNorm reading `x` itself (its Transposes cancel and are gone), then
+/// `gn_fused.silu_sigmoid` and `gn_fused.silu` (the SiLU), which `post` reads.
 #[test]
 fn canonicalize() -> Result<()> {
     insta::assert_snapshot!(
@@ -508,6 +539,10 @@ fn canonicalize() -> Result<()> {
     insta::assert_snapshot!(
         "onnxsim_linear_canonicalize",
         before_after(onnxsim_linear()?, &Setup::default(), "canonicalize")?
+    );
+    insta::assert_snapshot!(
+        "ort_group_norm_canonicalize",
+        before_after(ort_group_norm()?, &Setup::default(), "canonicalize")?
     );
     Ok(())
 }

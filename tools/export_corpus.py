@@ -23,7 +23,9 @@ into constants because the batch is static):
 * ``refused/fused_ort.onnx``   a graph in the form ONNX Runtime's transformer optimizer leaves
                                (``com.microsoft`` ``NhwcConv``, ``GroupNorm``,
                                ``SkipGroupNorm``, ``MultiHeadAttention``, ``BiasSplitGelu``,
-                               ``BiasAdd``): no reference data, dfc must refuse it
+                               ``BiasAdd``): no reference data, dfc must refuse it, listing
+                               the ``NhwcConv``, ``BiasAdd`` and ``BiasSplitGelu`` it has no
+                               row for
 
 Each runnable model gets ``<name>.io.npz`` (inputs under their ONNX names, then the reference
 outputs computed by onnxruntime, CPU, one intra-op thread; uncompressed, fixed timestamps).

@@ -34,6 +34,17 @@ The tiny SD1.5 ``UNet2DConditionModel`` (config, seed and randomized norms of
                                         (``onnxsim.simplify``, defaults): every biased Linear on
                                         tokens becomes ``Reshape [B, N, ...] -> [B*N, C]``,
                                         ``Gemm``, ``Reshape`` back
+* ``torch_ort_fused_gn_mha.onnx``       the dynamic opset-17 export with each attention
+                                        rewritten here into one ``com.microsoft``
+                                        ``MultiHeadAttention`` (ORT's attention fusion does not
+                                        match the diffusers export), then ONNX Runtime's
+                                        transformer optimizer with its ``GroupNorm`` and
+                                        ``SkipGroupNorm`` fusions on (channels last, between
+                                        Transposes), fp32. ORT's CPU provider has no
+                                        ``GroupNorm`` kernel, so its reference outputs are those
+                                        of the unfused dynamic export on the same inputs (the
+                                        same math); the ``MultiHeadAttention`` rewrite is checked
+                                        on ORT's CPU provider against that export before fusion
 
 and ``torch_ldm_einsum_b2.onnx`` is an LDM UNet written below in plain torch (CompVis
 ``openaimodel``: ResBlocks with a time embedding, SpatialTransformers whose attention is
@@ -66,13 +77,17 @@ LDM_TEMB = 4 * LDM_CH
 # Metadata the dynamo exporter puts on every node that is kept: the module path.
 KEEP_NODE_METADATA = {"namespace"}
 
-# ONNX Runtime fusions whose com.microsoft kernels its CPU provider lacks.
-ORT_GPU_ONLY_FUSIONS = [
-    "enable_group_norm",  # GroupNorm
-    "enable_skip_group_norm",  # SkipGroupNorm
+# ONNX Runtime fusions whose com.microsoft kernels its CPU provider lacks and dfc refuses.
+ORT_REFUSED_FUSIONS = [
     "enable_bias_splitgelu",  # BiasSplitGelu
     "enable_bias_add",  # BiasAdd
     "enable_nhwc_conv",  # NhwcConv
+]
+# ... and all of them: also the group norms, which dfc rewrites into its own.
+ORT_GPU_ONLY_FUSIONS = [
+    "enable_group_norm",  # GroupNorm
+    "enable_skip_group_norm",  # SkipGroupNorm
+    *ORT_REFUSED_FUSIONS,
 ]
 
 
@@ -283,17 +298,111 @@ def export_ldm(torch, onnx, model, opset):
     return exported, ref
 
 
-def ort_optimize(onnx, model):
+def ort_optimize(onnx, model, off=ORT_GPU_ONLY_FUSIONS):
     """ONNX Runtime's transformer optimizer for UNets with its default CPU settings, less the
-    fusions whose kernels only its GPU providers have."""
+    fusions named in ``off`` (by default every one whose kernel only its GPU providers have)."""
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     options = FusionOptions("unet")
-    for flag in ORT_GPU_ONLY_FUSIONS:
+    for flag in off:
         setattr(options, flag, False)
     copy = onnx.ModelProto.FromString(model.SerializeToString())
     return optimize_model(copy, model_type="unet", optimization_options=options, use_gpu=False).model
+
+
+def _attr(node, name):
+    from onnx import helper
+
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return None
+
+
+def prune(graph):
+    """Removes the nodes whose outputs nothing reads (no graph output either), then unread
+    initializers."""
+    outputs = {o.name for o in graph.output}
+    while True:
+        read = {i for n in graph.node for i in n.input} | outputs
+        dead = [n for n in graph.node if not any(o in read for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            graph.node.remove(n)
+    read = {i for n in graph.node for i in n.input}
+    for init in [t for t in graph.initializer if t.name not in read]:
+        graph.initializer.remove(init)
+
+
+def rewrite_multi_head_attention(onnx, model, heads):
+    """Replaces each attention of the diffusers export, as torch's SDPA decomposition leaves it,
+
+        Q = Transpose[0,2,1,3](Reshape(q)) * s,  K = Transpose[0,2,3,1](Reshape(k)) * s
+        Softmax(MatMul(Q, K)) -> MatMul(., Transpose[0,2,1,3](Reshape(v)))
+          -> Transpose[0,2,1,3] -> Reshape to [B, S, D]
+
+    (``s`` the square root of SDPA's default scale 1/sqrt(head size)), by one
+    ``com.microsoft`` ``MultiHeadAttention(q, k, v) {num_heads}`` on the projections ``q``,
+    ``k``, ``v`` ([B, S, D], [B, L, D], [B, L, D]), whose default scale is the same; shape
+    computations nothing reads any more are pruned. Returns (model, number of rewrites)."""
+    from onnx import helper
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output}
+    readers = {}
+    for n in g.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+
+    def is_op(n, op, perm):
+        return n is not None and n.op_type == op and (perm is None or list(_attr(n, "perm")) == perm)
+
+    def made_by(v, op, perm=None):
+        n = producer.get(v)
+        return n if is_op(n, op, perm) else None
+
+    def sole_reader(v, op, perm=None):
+        rs = readers.get(v, [])
+        return rs[0] if len(rs) == 1 and is_op(rs[0], op, perm) else None
+
+    def heads_of(v, perm):
+        """The projection under `Mul(Transpose[perm](Reshape(projection)), s)`, and those nodes."""
+        mul = made_by(v, "Mul")
+        for i in mul.input if mul else []:
+            t = made_by(i, "Transpose", perm)
+            r = made_by(t.input[0], "Reshape") if t else None
+            if r is not None:
+                return r.input[0], [mul, t, r]
+        return None, []
+
+    count = 0
+    for sm in [n for n in g.node if n.op_type == "Softmax"]:
+        scores = made_by(sm.input[0], "MatMul")
+        pv = sole_reader(sm.output[0], "MatMul")
+        if scores is None or pv is None or pv.input[0] != sm.output[0]:
+            continue
+        q, q_nodes = heads_of(scores.input[0], [0, 2, 1, 3])
+        k, k_nodes = heads_of(scores.input[1], [0, 2, 3, 1])
+        vt = made_by(pv.input[1], "Transpose", [0, 2, 1, 3])
+        vr = made_by(vt.input[0], "Reshape") if vt else None
+        ot = sole_reader(pv.output[0], "Transpose", [0, 2, 1, 3])
+        back = sole_reader(ot.output[0], "Reshape") if ot else None
+        if q is None or k is None or vr is None or back is None:
+            continue
+        name = sm.name.rsplit("/", 1)[0] + "/MultiHeadAttention"
+        mha = helper.make_node("MultiHeadAttention", [q, k, vr.input[0]], [back.output[0]], name=name,
+                               domain="com.microsoft", num_heads=heads)
+        g.node.insert(list(g.node).index(back), mha)
+        for n in [scores, sm, pv, ot, back, vt, vr, *q_nodes, *k_nodes]:
+            g.node.remove(n)
+        count += 1
+    prune(g)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return model, count
 
 
 def onnxsim_simplify(onnx, model):
@@ -332,6 +441,8 @@ def group_norm_form(model) -> str:
     ops = Counter(n.op_type for n in model.graph.node)
     if ops.get("GroupNormalization"):
         return f"GroupNormalization x{ops['GroupNormalization']}"
+    if ops.get("GroupNorm") or ops.get("SkipGroupNorm"):
+        return f"com.microsoft GroupNorm x{ops.get('GroupNorm', 0)}, SkipGroupNorm x{ops.get('SkipGroupNorm', 0)}"
     return f"InstanceNormalization pattern x{ops.get('InstanceNormalization', 0)}"
 
 
@@ -363,14 +474,17 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     fp32_inputs = fx.make_inputs("sd15")
 
-    def finish(name, model, ref, tol):
-        """Saves, checks, runs in ORT, writes the io.npz; compares with `ref` (max abs ≤ tol)."""
+    def finish(name, model, ref, tol, reference_model=None):
+        """Saves, checks, runs in ORT, writes the io.npz; compares with `ref` (max abs ≤ tol).
+        With `reference_model`, the outputs are that model's instead (for a model ORT's CPU
+        provider cannot run)."""
         path = os.path.join(args.out, name + ".onnx")
         onnx.save_model(model, path)
         checked = fx.check(path, onnx)
         fp16_io = model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
         feeds = {k: v.astype(np.float16) for k, v in fp32_inputs.items()} if fp16_io else dict(fp32_inputs)
-        outs = fx.run_ort(path, feeds, ort)
+        runs = path if reference_model is None else reference_model.SerializeToString()
+        outs = fx.run_ort(runs, feeds, ort)
         fx.save_npz(os.path.join(args.out, name + ".io.npz"), {**feeds, **outs})
         err = float(np.max(np.abs(outs["out_sample"].astype(np.float32) - ref)))
         if err > tol:
@@ -411,6 +525,20 @@ def main(argv=None) -> int:
 
     finish("torch_ort_fp16", fx.to_fp16(ort_optimize(onnx, static17), onnx, ort)[0], static17_out, 2e-2)
     finish("torch_onnxsim_b2", onnxsim_simplify(onnx, static17), static17_out, 1e-5)
+
+    # ORT's GroupNorm and MultiHeadAttention: its GroupNorm fusion needs the dynamic export
+    # (the Reshape back reads Shape(x)); its attention fusion does not match the diffusers
+    # export, so the attentions become MultiHeadAttention here, checked on ORT's CPU provider.
+    dyn17, _ = fx.torch_export(torch, onnx, sd15, "sd15", 17, dynamic=True)
+    dyn17_out = fx.run_ort(dyn17.SerializeToString(), fp32_inputs, ort)["out_sample"]
+    mha, n = rewrite_multi_head_attention(onnx, dyn17, fx.SD15_CONFIG["attention_head_dim"])
+    mha_out = fx.run_ort(mha.SerializeToString(), fp32_inputs, ort)["out_sample"]
+    err = float(np.max(np.abs(mha_out - dyn17_out)))
+    fx.log(f"  {n} attentions as MultiHeadAttention: max|ort - unfused| {err:.2g}")
+    if n != 14 or err > 1e-5:
+        raise RuntimeError(f"MultiHeadAttention rewrite: {n} rewrites, max error {err}")
+    fused = ort_optimize(onnx, mha, off=ORT_REFUSED_FUSIONS)
+    finish("torch_ort_fused_gn_mha", fused, torch_ref, 1e-4, reference_model=dyn17)
     return 0
 
 

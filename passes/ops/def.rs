@@ -228,7 +228,18 @@ pub(crate) mod cost_testing {
         types: Vec<Option<TensorType>>,
         values: Vec<Option<Tensor>>,
     ) -> Result<Cost> {
-        let domain = def_domain(op);
+        cost_in(def_domain(op), op, attrs, opset, types, values)
+    }
+
+    /// [`cost`] of the row of `op` in `domain`.
+    pub fn cost_in(
+        domain: &str,
+        op: &str,
+        attrs: Vec<AttributeProto>,
+        opset: i64,
+        types: Vec<Option<TensorType>>,
+        values: Vec<Option<Tensor>>,
+    ) -> Result<Cost> {
         let def = lookup(domain, op).ok_or_else(|| anyhow!("no row for {op}"))?;
         let mut g = Graph::from_model(ModelProto {
             graph: Some(Default::default()),

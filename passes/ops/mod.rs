@@ -17,8 +17,10 @@
 //! when the image is cut into bands, see [`layout`]), or why it refuses a split input; the
 //! exchange operators of domain `dfc` live in [`exchange`], the internal canonical GroupNorm in
 //! [`norm`]. The few ONNX Runtime contributed operators (domain [`ORT_DOMAIN`]) whose semantics
-//! are plain and whose kernels ONNX Runtime's CPU provider has live in their families'
-//! `ORT_OPS` tables (`Gelu` in [`elementwise`], `SkipLayerNormalization` in [`norm`]).
+//! are plain live in their families' `ORT_OPS` tables: `Gelu` in [`elementwise`],
+//! `SkipLayerNormalization` in [`norm`] and `MultiHeadAttention` in [`linalg`], which ONNX
+//! Runtime's CPU provider runs, and `GroupNorm` and `SkipGroupNorm` in [`norm`], which it
+//! cannot run and `canonicalize` rewrites (their rows check shapes and refuse a partition).
 //!
 //! Dependencies point one way: this module (the rule context [`OpCx`] and shared helpers) ←
 //! [`layout`] (partition types) ← [`def`] (the row type) ← the families ← [`registry`].

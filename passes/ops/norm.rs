@@ -13,6 +13,15 @@
 //! `inv_std_var` (f32, `[…, 1]`) and `input_skip_bias_sum` (`input`'s type); attribute
 //! `epsilon`.
 //!
+//! ONNX Runtime's `com.microsoft:GroupNorm(X, gamma, beta) {groups, epsilon, activation,
+//! channels_last}` is a group norm of a 4-D `X`, channels last (`[N, H, W, C]`, the default) or
+//! first (`channels_last = 0`), with per-channel `gamma` and `beta` (`[C]`), followed by a SiLU
+//! (`x·sigmoid(x)`) when `activation` is 1; `SkipGroupNorm(X, gamma, beta, skip, bias?)` first
+//! sums `s = X + skip (+ bias)` (`skip` of `X`'s shape, one pixel `[N, 1, 1, C]`, or `[N, C]`;
+//! `bias` `[C]`) and normalizes `s`, returning it as its optional second output. ONNX
+//! Runtime's CPU provider has no kernel for either: `canonicalize` rewrites both into the
+//! internal GroupNorm, so their rows only check shapes and refuse a partition.
+//!
 //! Partition rules: statistics over a non-split axis are local (LayerNormalization,
 //! RMSNormalization and SkipLayerNormalization over the channels of `[B, tokens, C]`);
 //! LayerNormalization, RMSNormalization, SkipLayerNormalization, LpNormalization,
@@ -203,10 +212,130 @@ fn skip_layer_norm(cx: &OpCx<'_>) -> Result<Vec<TensorType>> {
     Ok(vec![x.clone(), stats.clone(), stats, x.clone()])
 }
 
+/// Checks a `com.microsoft:GroupNorm` or, with `skip`, `SkipGroupNorm` (see the module
+/// documentation); `Y` and SkipGroupNorm's optional sum `S` have `X`'s type.
+fn check_ort_group_norm(cx: &OpCx<'_>, skip: bool) -> Result<Vec<TensorType>> {
+    let x = cx.input(0)?;
+    if !matches!(x.elem, DataType::FLOAT | DataType::FLOAT16) {
+        bail!("input must be float or float16, not {}", x.elem);
+    }
+    let groups = cx.attr_i("groups", 0);
+    if groups <= 0 {
+        bail!("`groups` must be positive");
+    }
+    if cx.node.attr("activation").is_none() {
+        bail!("`activation` is required (0: none, 1: SiLU)");
+    }
+    if !matches!(cx.attr_i("activation", 0), 0 | 1) {
+        bail!("`activation` must be 0 (none) or 1 (SiLU)");
+    }
+    let channels_last = match cx.attr_i("channels_last", 1) {
+        0 => false,
+        1 => true,
+        v => bail!("`channels_last` must be 0 or 1, not {v}"),
+    };
+    if let Some(d) = &x.shape
+        && d.len() != 4
+    {
+        bail!(
+            "input must be 4-D ({}), not rank {}",
+            if channels_last {
+                "N, H, W, C"
+            } else {
+                "N, C, H, W"
+            },
+            d.len()
+        );
+    }
+    let optional = if skip { [3, 4].as_slice() } else { &[] };
+    for &port in optional {
+        if cx.has_input(port) && cx.elem(port)? != x.elem {
+            bail!(
+                "input {port} is {} but input 0 is {}",
+                cx.elem(port)?,
+                x.elem
+            );
+        }
+    }
+    if skip && !cx.has_input(3) && cx.types.get(3).is_none_or(Option::is_none) {
+        bail!("SkipGroupNorm needs its `skip` input");
+    }
+    if let Some(xs) = cx.static_dims(0) {
+        let (n, c) = (xs[0], if channels_last { xs[3] } else { xs[1] });
+        if c % groups != 0 {
+            bail!("{c} channels do not divide into {groups} groups");
+        }
+        for (port, what) in [(1, "gamma"), (2, "beta")] {
+            if let Some(p) = cx.static_dims(port)
+                && p != [c]
+            {
+                bail!("{what} {p:?} is not one value per channel ({c})");
+            }
+        }
+        if skip {
+            let pixel = if channels_last {
+                [n, 1, 1, c]
+            } else {
+                [n, c, 1, 1]
+            };
+            if let Some(s) = cx.static_dims(3)
+                && s != xs
+                && s != pixel
+                && s != [n, c]
+            {
+                bail!("skip {s:?} is neither the input's shape {xs:?}, {pixel:?} nor [{n}, {c}]");
+            }
+            if let Some(b) = cx.static_dims(4)
+                && b != [c]
+            {
+                bail!("bias {b:?} is not one value per channel ({c})");
+            }
+        }
+    }
+    Ok(vec![x.clone(), x.clone()])
+}
+
+/// `com.microsoft:GroupNorm`.
+fn ort_group_norm(cx: &OpCx<'_>) -> Result<Vec<TensorType>> {
+    check_ort_group_norm(cx, false)
+}
+
+/// `com.microsoft:SkipGroupNorm`.
+fn ort_skip_group_norm(cx: &OpCx<'_>) -> Result<Vec<TensorType>> {
+    check_ort_group_norm(cx, true)
+}
+
+/// Why ONNX Runtime's group norms have no partition rule of their own.
+const ORT_GROUP_NORM_REWRITTEN: &str = "canonicalize rewrites it into dfc's GroupNorm (between Transposes when channels-last) before partitioning";
+
 /// The normalizations of ONNX Runtime's domain ([`super::ORT_DOMAIN`]).
-pub const ORT_OPS: &[OpDef] = &[OpDef::infer("SkipLayerNormalization", skip_layer_norm)
-    .split(part_skip_layer_norm)
-    .cost(cost_skip_layer_norm)];
+pub const ORT_OPS: &[OpDef] = &[
+    OpDef::infer("SkipLayerNormalization", skip_layer_norm)
+        .split(part_skip_layer_norm)
+        .cost(cost_skip_layer_norm),
+    OpDef::infer("GroupNorm", ort_group_norm)
+        .refuse(ORT_GROUP_NORM_REWRITTEN)
+        .cost(cost_ort_group_norm),
+    OpDef::infer("SkipGroupNorm", ort_skip_group_norm)
+        .refuse(ORT_GROUP_NORM_REWRITTEN)
+        .cost(cost_ort_group_norm),
+];
+
+/// ONNX Runtime's GroupNorm and SkipGroupNorm: a group norm's operations, the SiLU (a sigmoid
+/// and a product) when `activation` is 1, and SkipGroupNorm's additions of the skip and bias.
+fn cost_ort_group_norm(cx: &OpCx<'_>, outputs: &[TensorType]) -> Result<Cost> {
+    let silu = if cx.attr_i("activation", 0) == 1 {
+        9.0
+    } else {
+        0.0
+    };
+    let adds = if cx.node.op_type == "SkipGroupNorm" {
+        1.0 + f64::from(u8::from(cx.has_input(4)))
+    } else {
+        0.0
+    };
+    per_output_element(cx, outputs, 7.0 + silu + adds)
+}
 
 /// SkipLayerNormalization: a LayerNorm's operations, plus the addition of the skip and of the
 /// bias when there is one.
@@ -621,6 +750,96 @@ mod tests {
     }
 
     #[test]
+    fn ort_group_norm_shapes() {
+        let ort = crate::passes::ops::ORT_DOMAIN;
+        let attrs = |extra: Vec<crate::onnx::proto::AttributeProto>| {
+            [vec![ai("groups", 4), ai("activation", 1)], extra].concat()
+        };
+        let nhwc = || f32t(&[2, 8, 8, 32]);
+        let c = || f32t(&[32]);
+        assert_eq!(
+            infer_text_in(ort, "GroupNorm", attrs(vec![]), vec![nhwc(), c(), c()], 1),
+            "f32[2,8,8,32]"
+        );
+        // Channels first.
+        assert_eq!(
+            infer_text_in(
+                ort,
+                "GroupNorm",
+                attrs(vec![ai("channels_last", 0)]),
+                vec![f32t(&[2, 32, 8, 8]), c(), c()],
+                1
+            ),
+            "f32[2,32,8,8]"
+        );
+        // SkipGroupNorm: a full, one-pixel or [N, C] skip, a bias; the sum has X's type.
+        for skip in [&[2, 8, 8, 32][..], &[2, 1, 1, 32], &[2, 32]] {
+            assert_eq!(
+                infer_text_in(
+                    ort,
+                    "SkipGroupNorm",
+                    attrs(vec![]),
+                    vec![nhwc(), c(), c(), f32t(skip), c()],
+                    2
+                ),
+                "f32[2,8,8,32] f32[2,8,8,32]",
+                "{skip:?}"
+            );
+        }
+        // Groups that do not divide the channels, a gamma per group, a 3-D input, a missing
+        // activation, a skip of another shape: errors.
+        for (op, attrs, types) in [
+            (
+                "GroupNorm",
+                vec![ai("groups", 5), ai("activation", 0)],
+                vec![nhwc(), c(), c()],
+            ),
+            ("GroupNorm", attrs(vec![]), vec![nhwc(), f32t(&[4]), c()]),
+            (
+                "GroupNorm",
+                attrs(vec![]),
+                vec![f32t(&[2, 64, 32]), c(), c()],
+            ),
+            ("GroupNorm", vec![ai("groups", 4)], vec![nhwc(), c(), c()]),
+            (
+                "SkipGroupNorm",
+                attrs(vec![]),
+                vec![nhwc(), c(), c(), f32t(&[2, 8, 1, 32])],
+            ),
+        ] {
+            let t = infer_text_in(ort, op, attrs.clone(), types.clone(), 1);
+            assert!(t.starts_with("error"), "{op} {attrs:?} {types:?}: {t}");
+        }
+    }
+
+    #[test]
+    fn ort_group_norms_leave_partitioning_to_canonicalize() {
+        use crate::passes::ops::layout::testing::verdict;
+        use crate::passes::ops::layout::{Layout, Verdict};
+        for op in ["GroupNorm", "SkipGroupNorm"] {
+            let mut n = node(op, vec![ai("groups", 4), ai("activation", 0)]);
+            n.domain = crate::passes::ops::ORT_DOMAIN.into();
+            let v = verdict(
+                &n,
+                17,
+                vec![f32t(&[2, 8, 8, 32]), f32t(&[32]), f32t(&[32])],
+                vec![],
+                vec![
+                    Layout::Split { axis: 1 },
+                    Layout::Replicated,
+                    Layout::Replicated,
+                ],
+                vec![f32t(&[2, 8, 8, 32])],
+                2,
+            );
+            assert!(
+                matches!(&v, Verdict::Refuse(m) if m.contains("canonicalize")),
+                "{op}: {v:?}"
+            );
+        }
+    }
+
+    #[test]
     fn group_normalization_21_with_stash_type() {
         assert_eq!(
             infer_text(
@@ -663,6 +882,38 @@ mod cost_tests {
         )
         .unwrap();
         assert_eq!(c.flops, 64.0 * 8.0);
+    }
+
+    #[test]
+    fn ort_group_norms_count_the_silu_and_the_sums() {
+        use super::super::testing::ai;
+        // [1,4,4,8]: 128 elements; a group norm's 7 operations, the SiLU's 9.
+        let x = || f32t(&[1, 4, 4, 8]);
+        let cost = |op, attrs, types| {
+            super::super::def::cost_testing::cost_in(
+                crate::passes::ops::ORT_DOMAIN,
+                op,
+                attrs,
+                17,
+                types,
+                vec![],
+            )
+        };
+        let c = cost(
+            "GroupNorm",
+            vec![ai("groups", 2), ai("activation", 1)],
+            vec![x(), f32t(&[8]), f32t(&[8])],
+        )
+        .unwrap();
+        assert_eq!(c.flops, 128.0 * 16.0);
+        // SkipGroupNorm without activation: the skip and the bias added first.
+        let c = cost(
+            "SkipGroupNorm",
+            vec![ai("groups", 2), ai("activation", 0)],
+            vec![x(), f32t(&[8]), f32t(&[8]), x(), f32t(&[8])],
+        )
+        .unwrap();
+        assert_eq!(c.flops, 128.0 * 9.0);
     }
 
     #[test]

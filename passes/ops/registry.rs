@@ -22,8 +22,8 @@ fn tables() -> [&'static [OpDef]; 6] {
 }
 
 /// Every table of ONNX Runtime's domain ([`ORT_DOMAIN`]).
-fn ort_tables() -> [&'static [OpDef]; 2] {
-    [elementwise::ORT_OPS, norm::ORT_OPS]
+fn ort_tables() -> [&'static [OpDef]; 3] {
+    [elementwise::ORT_OPS, norm::ORT_OPS, linalg::ORT_OPS]
 }
 
 /// The row of `op_type` of `domain`, if dfc knows the operator: the default domain (`""` or
@@ -130,6 +130,10 @@ mod tests {
         assert!(lookup(ORT_DOMAIN, "SkipLayerNormalization").is_some());
         assert!(lookup("", "SkipLayerNormalization").is_none());
         assert!(lookup(ORT_DOMAIN, "Gelu").is_some_and(|d| d.op_type == "Gelu"));
-        assert!(lookup(ORT_DOMAIN, "GroupNorm").is_none() && lookup(ORT_DOMAIN, "Conv").is_none());
+        assert!(lookup(ORT_DOMAIN, "MultiHeadAttention").is_some());
+        assert!(lookup(ORT_DOMAIN, "GroupNorm").is_some() && lookup("", "GroupNorm").is_none());
+        assert!(
+            lookup(ORT_DOMAIN, "BiasSplitGelu").is_none() && lookup(ORT_DOMAIN, "Conv").is_none()
+        );
     }
 }

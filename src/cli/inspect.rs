@@ -7,10 +7,12 @@
 //! the products of initializer dims). The structural counts recognize, on the IR:
 //!
 //! - convolutions whose kernel is taller than one row (they need halo rows when split on H);
-//! - GroupNorms: the `GroupNormalization` op, and torch's export pattern
-//!   Reshape → InstanceNormalization → Reshape → Mul → Add, each counted once;
+//! - GroupNorms: the `GroupNormalization` op, torch's export pattern
+//!   Reshape → InstanceNormalization → Reshape → Mul → Add, and ONNX Runtime's `GroupNorm` and
+//!   `SkipGroupNorm`, each counted once;
 //! - attentions: MatMul(Q, Kᵀ) or Einsum(Q, K) → [Mul/Div/Add …] → Softmax → MatMul(·, V) or
-//!   Einsum(·, V), and the `Attention` operator (opset 23). Q and K are traced
+//!   Einsum(·, V), the `Attention` operator (opset 23) and ONNX Runtime's
+//!   `MultiHeadAttention`. Q and K are traced
 //!   back through data-movement and elementwise ops (MatMul with weights, Reshape, Transpose,
 //!   Add, Mul, Div, Cast, …) to their *sources* (graph inputs or outputs of other ops); shape
 //!   computations and constants are not followed. Self-attention: Q and K share a source.
@@ -25,6 +27,7 @@ use serde::Serialize;
 use crate::ir::{Dim, Graph, NodeId, TensorType, ValueId};
 use crate::onnx::{self, ExternalData, Model};
 use crate::passes::canonicalize::match_torch_group_norm;
+use crate::passes::ops::ORT_DOMAIN;
 use crate::passes::specialize::infer_shapes;
 
 /// Arguments of `dfc inspect`.
@@ -255,6 +258,7 @@ impl Structure {
             match node.op_type.as_str() {
                 "Conv" if conv_kernel_height(graph, id) > 1 => s.convs_kernel_gt1 += 1,
                 "GroupNormalization" => s.group_norms += 1,
+                "GroupNorm" | "SkipGroupNorm" if node.domain == ORT_DOMAIN => s.group_norms += 1,
                 // torch's export with its affine tail (Reshape → InstanceNormalization →
                 // Reshape → Mul → Add), by structure: inspect needs no static shapes.
                 "InstanceNormalization"
@@ -262,7 +266,7 @@ impl Structure {
                 {
                     s.group_norms += 1
                 }
-                "Softmax" | "Attention" => {
+                "Softmax" | "Attention" | "MultiHeadAttention" => {
                     let kind = if node.op_type == "Softmax" {
                         attention_kind(graph, id, &consts, spatial)
                     } else {
@@ -406,7 +410,9 @@ fn is_product(graph: &Graph, id: NodeId) -> bool {
     node.op_type == "MatMul" || (node.op_type == "Einsum" && node.inputs().len() == 2)
 }
 
-/// Classifies an `Attention` operator by its queries (input 0) and keys (input 1).
+/// Classifies an `Attention` operator, or ONNX Runtime's `MultiHeadAttention`, by its queries
+/// (input 0) and keys (input 1); a MultiHeadAttention of packed Q, K and V (no key input) is
+/// self-attention.
 fn attention_op_kind(
     graph: &Graph,
     id: NodeId,
@@ -414,8 +420,15 @@ fn attention_op_kind(
     spatial: Option<ValueId>,
 ) -> Option<AttentionKind> {
     let node = graph.node(id);
-    if !(node.domain.is_empty() || node.domain == "ai.onnx") {
-        return None;
+    let default_domain = node.domain.is_empty() || node.domain == "ai.onnx";
+    match (node.op_type.as_str(), default_domain) {
+        ("Attention", true) => {}
+        ("MultiHeadAttention", false) if node.domain == ORT_DOMAIN => {
+            if node.input(1).is_none() {
+                return Some(AttentionKind::SelfAttention);
+            }
+        }
+        _ => return None,
     }
     classify(graph, node.input(0)?, node.input(1)?, consts, spatial)
 }
