@@ -119,27 +119,13 @@ fn einsum_attention_sync_plan_equals_the_original_model() -> Result<()> {
         model: dir.join("unet.onnx"),
         io: dir.join("io.npz"),
     };
-    let tmp = tempfile::tempdir()?;
-    let out = tmp.path().join("plan");
-    compile(&CompileOptions {
-        bands: None,
-        model: f.model.clone(),
-        output: out.clone(),
-        gpus: 4,
-        sizes: SpecializeOptions {
-            batch: Some(2),
-            height: Some(32),
-            width: Some(32),
-            dims: vec![("sequence".into(), 4)],
-        },
-        mode: Mode::Sync,
-        warmup: 4,
-        gn: Default::default(),
-        split_batch: false,
-        dump_after: None,
-    })
-    .context("compiling shapes_einsum for 4")?;
-    let e = plan_error_against(&out, &f)?;
+    let sizes = SpecializeOptions {
+        batch: Some(2),
+        height: Some(32),
+        width: Some(32),
+        dims: vec![("sequence".into(), 4)],
+    };
+    let e = sync_plan_error(&f, 4, sizes, false)?;
     println!("shapes_einsum n=4: max rel error {e:.2e}");
     ensure!(e <= 1e-4, "shapes_einsum n=4: error {e} above 1e-4");
     Ok(())

@@ -21,36 +21,13 @@
 
 mod common;
 
-use anyhow::{Context, Result, bail, ensure};
-use dfc::emit::{CompileOptions, compile};
+use anyhow::{Result, bail, ensure};
 use dfc::ir::{Dim, Graph};
 use dfc::onnx::proto::tensor_proto::DataType;
 use dfc::passes::specialize::SpecializeOptions;
-use dfc::plan::Mode;
 use dfc::runtime::read_npz;
 
 use common::*;
-
-/// Compiles `f` for `n` GPUs in sync mode and runs the plan on its reference inputs; the worst
-/// relative error over the outputs.
-fn plan_error(f: &Fixture, n: usize, split_batch: bool) -> Result<f64> {
-    let tmp = tempfile::tempdir()?;
-    let out = tmp.path().join("plan");
-    compile(&CompileOptions {
-        bands: None,
-        model: f.model.clone(),
-        output: out.clone(),
-        gpus: n,
-        sizes: sizes_of_reference(f)?,
-        mode: Mode::Sync,
-        warmup: 4,
-        gn: Default::default(),
-        split_batch,
-        dump_after: None,
-    })
-    .with_context(|| format!("compiling {} for {n}", f.name))?;
-    plan_error_against(&out, f)
-}
 
 /// Binds the symbolic input dims of a dynamic export to the sizes of its reference inputs: the
 /// spatial input's batch symbol as `batch` (which `--split-batch` reads as the full batch), the
@@ -131,7 +108,7 @@ fn sync_plans_of_every_export_form_equal_the_original() -> Result<()> {
         let tol = if has_fp16_weights(f)? { 1e-2 } else { 1e-4 };
         for (n, split) in [(2, false), (4, false), (4, true)] {
             let what = if split { " --split-batch" } else { "" };
-            let e = plan_error(f, n, split)?;
+            let e = sync_plan_error(f, n, sizes_of_reference(f)?, split)?;
             lines.push(format!("{} n={n}{what}: max rel error {e:.2e}", f.name));
             ensure!(e <= tol, "{} n={n}{what}: error {e} above {tol}", f.name);
         }

@@ -80,34 +80,46 @@ fn dynamic_reshape() -> ModelProto {
     )
 }
 
+/// torch's GroupNorm export with 4 groups on 8 channels, from `x` to `y`: `Reshape([0,4,-1]) →
+/// InstanceNormalization(ones, zeros) → Reshape(back) → Mul(γ) → Add(β)`; its constants come
+/// from [`torch_group_norm_weights`].
+fn torch_group_norm_nodes(x: &str, y: &str) -> Vec<NodeProto> {
+    vec![
+        NodeProto::new("Reshape", "gn/r1", &[x, "gn.spec"], &["gn.r1"]),
+        NodeProto::new(
+            "InstanceNormalization",
+            "gn/in",
+            &["gn.r1", "gn.ones", "gn.zeros"],
+            &["gn.in"],
+        )
+        .with_attrs([AttributeProto::float("epsilon", 1e-5)]),
+        NodeProto::new("Reshape", "gn/r2", &["gn.in", "gn.back"], &["gn.r2"]),
+        NodeProto::new("Mul", "gn/mul", &["gn.r2", "gn.gamma"], &["gn.m"]),
+        NodeProto::new("Add", "gn/add", &["gn.m", "gn.beta"], &[y]),
+    ]
+}
+
+/// The constants of [`torch_group_norm_nodes`] for an input of shape `back`.
+fn torch_group_norm_weights(back: &[i64]) -> Result<Vec<TensorProto>> {
+    Ok(vec![
+        Tensor::from_i64s(&[0, 4, -1]).to_proto("gn.spec"),
+        Tensor::from_i64s(back).to_proto("gn.back"),
+        f32_fill("gn.ones", &[4], 1.0)?,
+        f32_fill("gn.zeros", &[4], 0.0)?,
+        f32s("gn.gamma", &[8, 1, 1])?,
+        f32s("gn.beta", &[8, 1, 1])?,
+    ])
+}
+
 /// torch's GroupNorm export on x[1,8,4,4] with 4 groups: `Reshape([0,4,-1]) →
 /// InstanceNormalization(ones, zeros) → Reshape(back) → Mul(γ) → Add(β)`.
 fn torch_group_norm() -> Result<ModelProto> {
     let f = DataType::FLOAT;
     Ok(model(
-        vec![
-            NodeProto::new("Reshape", "gn/r1", &["x", "gn.spec"], &["gn.r1"]),
-            NodeProto::new(
-                "InstanceNormalization",
-                "gn/in",
-                &["gn.r1", "gn.ones", "gn.zeros"],
-                &["gn.in"],
-            )
-            .with_attrs([AttributeProto::float("epsilon", 1e-5)]),
-            NodeProto::new("Reshape", "gn/r2", &["gn.in", "gn.back"], &["gn.r2"]),
-            NodeProto::new("Mul", "gn/mul", &["gn.r2", "gn.gamma"], &["gn.m"]),
-            NodeProto::new("Add", "gn/add", &["gn.m", "gn.beta"], &["y"]),
-        ],
+        torch_group_norm_nodes("x", "y"),
         vec![ValueInfoProto::tensor("x", f, &["1", "8", "4", "4"])],
         vec![ValueInfoProto::tensor("y", f, &["1", "8", "4", "4"])],
-        vec![
-            Tensor::from_i64s(&[0, 4, -1]).to_proto("gn.spec"),
-            Tensor::from_i64s(&[1, 8, 4, 4]).to_proto("gn.back"),
-            f32_fill("gn.ones", &[4], 1.0)?,
-            f32_fill("gn.zeros", &[4], 0.0)?,
-            f32s("gn.gamma", &[8, 1, 1])?,
-            f32s("gn.beta", &[8, 1, 1])?,
-        ],
+        torch_group_norm_weights(&[1, 8, 4, 4])?,
     ))
 }
 
@@ -158,75 +170,67 @@ fn mini_unet() -> Result<ModelProto> {
         ])
     };
     Ok(model(
-        vec![
-            conv("conv_in", &["x", "conv_in.w", "conv_in.b"], "h0", 1),
-            NodeProto::new("Relu", "act", &["h0"], &["h1"]),
-            NodeProto::new("Reshape", "gn/r1", &["h1", "gn.spec"], &["gn.r1"]),
-            NodeProto::new(
-                "InstanceNormalization",
-                "gn/in",
-                &["gn.r1", "gn.ones", "gn.zeros"],
-                &["gn.in"],
-            )
-            .with_attrs([AttributeProto::float("epsilon", 1e-5)]),
-            NodeProto::new("Reshape", "gn/r2", &["gn.in", "gn.back"], &["gn.r2"]),
-            NodeProto::new("Mul", "gn/mul", &["gn.r2", "gn.gamma"], &["gn.m"]),
-            NodeProto::new("Add", "gn/add", &["gn.m", "gn.beta"], &["h2"]),
-            conv("down", &["h2", "down.w", "down.b"], "h3", 2),
-            NodeProto::new("Transpose", "attn/nhwc", &["h3"], &["attn.nhwc"])
-                .with_attrs([AttributeProto::ints("perm", &[0, 2, 3, 1])]),
-            NodeProto::new(
-                "Reshape",
-                "attn/tokens",
-                &["attn.nhwc", "attn.tok_shape"],
-                &["attn.t"],
-            ),
-            NodeProto::new("MatMul", "attn/q", &["attn.t", "attn.wq"], &["attn.q"]),
-            NodeProto::new("MatMul", "attn/k", &["attn.t", "attn.wk"], &["attn.k"]),
-            NodeProto::new("MatMul", "attn/v", &["attn.t", "attn.wv"], &["attn.v"]),
-            NodeProto::new("Transpose", "attn/kt", &["attn.k"], &["attn.kt"])
-                .with_attrs([AttributeProto::ints("perm", &[0, 2, 1])]),
-            NodeProto::new("MatMul", "attn/qk", &["attn.q", "attn.kt"], &["attn.s"]),
-            NodeProto::new("Softmax", "attn/softmax", &["attn.s"], &["attn.p"])
-                .with_attrs([AttributeProto::int("axis", -1)]),
-            NodeProto::new("MatMul", "attn/pv", &["attn.p", "attn.v"], &["attn.o"]),
-            NodeProto::new(
-                "Reshape",
-                "attn/untokens",
-                &["attn.o", "attn.map_shape"],
-                &["attn.map"],
-            ),
-            NodeProto::new("Transpose", "attn/nchw", &["attn.map"], &["h4"])
-                .with_attrs([AttributeProto::ints("perm", &[0, 3, 1, 2])]),
-            NodeProto::new("Resize", "up", &["h4", "", "up.scales"], &["h5"]).with_attrs([
-                AttributeProto::string("mode", "nearest"),
-                AttributeProto::string("nearest_mode", "floor"),
-                AttributeProto::string("coordinate_transformation_mode", "asymmetric"),
-            ]),
-            conv("conv_out", &["h5", "conv_out.w", "conv_out.b"], "y", 1),
-        ],
+        [
+            vec![
+                conv("conv_in", &["x", "conv_in.w", "conv_in.b"], "h0", 1),
+                NodeProto::new("Relu", "act", &["h0"], &["h1"]),
+            ],
+            torch_group_norm_nodes("h1", "h2"),
+            vec![
+                conv("down", &["h2", "down.w", "down.b"], "h3", 2),
+                NodeProto::new("Transpose", "attn/nhwc", &["h3"], &["attn.nhwc"])
+                    .with_attrs([AttributeProto::ints("perm", &[0, 2, 3, 1])]),
+                NodeProto::new(
+                    "Reshape",
+                    "attn/tokens",
+                    &["attn.nhwc", "attn.tok_shape"],
+                    &["attn.t"],
+                ),
+                NodeProto::new("MatMul", "attn/q", &["attn.t", "attn.wq"], &["attn.q"]),
+                NodeProto::new("MatMul", "attn/k", &["attn.t", "attn.wk"], &["attn.k"]),
+                NodeProto::new("MatMul", "attn/v", &["attn.t", "attn.wv"], &["attn.v"]),
+                NodeProto::new("Transpose", "attn/kt", &["attn.k"], &["attn.kt"])
+                    .with_attrs([AttributeProto::ints("perm", &[0, 2, 1])]),
+                NodeProto::new("MatMul", "attn/qk", &["attn.q", "attn.kt"], &["attn.s"]),
+                NodeProto::new("Softmax", "attn/softmax", &["attn.s"], &["attn.p"])
+                    .with_attrs([AttributeProto::int("axis", -1)]),
+                NodeProto::new("MatMul", "attn/pv", &["attn.p", "attn.v"], &["attn.o"]),
+                NodeProto::new(
+                    "Reshape",
+                    "attn/untokens",
+                    &["attn.o", "attn.map_shape"],
+                    &["attn.map"],
+                ),
+                NodeProto::new("Transpose", "attn/nchw", &["attn.map"], &["h4"])
+                    .with_attrs([AttributeProto::ints("perm", &[0, 3, 1, 2])]),
+                NodeProto::new("Resize", "up", &["h4", "", "up.scales"], &["h5"]).with_attrs([
+                    AttributeProto::string("mode", "nearest"),
+                    AttributeProto::string("nearest_mode", "floor"),
+                    AttributeProto::string("coordinate_transformation_mode", "asymmetric"),
+                ]),
+                conv("conv_out", &["h5", "conv_out.w", "conv_out.b"], "y", 1),
+            ],
+        ]
+        .concat(),
         vec![ValueInfoProto::tensor("x", f, &["1", "4", "8", "8"])],
         vec![ValueInfoProto::tensor("y", f, &["1", "4", "8", "8"])],
-        vec![
-            f32s("conv_in.w", &[8, 4, 3, 3])?,
-            f32s("conv_in.b", &[8])?,
-            Tensor::from_i64s(&[0, 4, -1]).to_proto("gn.spec"),
-            Tensor::from_i64s(&[1, 8, 8, 8]).to_proto("gn.back"),
-            f32_fill("gn.ones", &[4], 1.0)?,
-            f32_fill("gn.zeros", &[4], 0.0)?,
-            f32s("gn.gamma", &[8, 1, 1])?,
-            f32s("gn.beta", &[8, 1, 1])?,
-            f32s("down.w", &[8, 8, 3, 3])?,
-            f32s("down.b", &[8])?,
-            Tensor::from_i64s(&[1, 16, 8]).to_proto("attn.tok_shape"),
-            f32s("attn.wq", &[8, 8])?,
-            f32s("attn.wk", &[8, 8])?,
-            f32s("attn.wv", &[8, 8])?,
-            Tensor::from_i64s(&[1, 4, 4, 8]).to_proto("attn.map_shape"),
-            Tensor::from_vec(&[4], vec![1.0f32, 1.0, 2.0, 2.0])?.to_proto("up.scales"),
-            f32s("conv_out.w", &[4, 8, 3, 3])?,
-            f32s("conv_out.b", &[4])?,
-        ],
+        [
+            vec![f32s("conv_in.w", &[8, 4, 3, 3])?, f32s("conv_in.b", &[8])?],
+            torch_group_norm_weights(&[1, 8, 8, 8])?,
+            vec![
+                f32s("down.w", &[8, 8, 3, 3])?,
+                f32s("down.b", &[8])?,
+                Tensor::from_i64s(&[1, 16, 8]).to_proto("attn.tok_shape"),
+                f32s("attn.wq", &[8, 8])?,
+                f32s("attn.wk", &[8, 8])?,
+                f32s("attn.wv", &[8, 8])?,
+                Tensor::from_i64s(&[1, 4, 4, 8]).to_proto("attn.map_shape"),
+                Tensor::from_vec(&[4], vec![1.0f32, 1.0, 2.0, 2.0])?.to_proto("up.scales"),
+                f32s("conv_out.w", &[4, 8, 3, 3])?,
+                f32s("conv_out.b", &[4])?,
+            ],
+        ]
+        .concat(),
     ))
 }
 

@@ -212,10 +212,11 @@ pub(crate) mod cost_testing {
     use anyhow::{Result, anyhow};
 
     use super::Cost;
-    use crate::ir::{Graph, TensorType, ValueId};
-    use crate::onnx::proto::{AttributeProto, ModelProto};
+    use crate::ir::TensorType;
+    use crate::onnx::proto::AttributeProto;
     use crate::ops::OpCx;
     use crate::ops::registry::lookup;
+    use crate::ops::testing::wired_node;
     use crate::tensor::Tensor;
 
     /// The cost of one node of `op` (default, internal or ONNX Runtime domain, looked up in that
@@ -241,23 +242,7 @@ pub(crate) mod cost_testing {
         values: Vec<Option<Tensor>>,
     ) -> Result<Cost> {
         let def = lookup(domain, op).ok_or_else(|| anyhow!("no row for {op}"))?;
-        let mut g = Graph::from_model(ModelProto {
-            graph: Some(Default::default()),
-            ..Default::default()
-        })?;
-        let n_in = types.len().max(values.len());
-        let ins: Vec<Option<ValueId>> = (0..n_in)
-            .map(|i| {
-                let present = types.get(i).is_some_and(Option::is_some)
-                    || values.get(i).is_some_and(Option::is_some);
-                present.then(|| g.add_value(&format!("in{i}"), None))
-            })
-            .collect();
-        let out = g.add_value("out0", None);
-        let mut n = crate::ir::Node::new(format!("test_{op}"), op, domain);
-        n.attrs = attrs;
-        let id = g.add_node(n, ins, vec![Some(out)], None)?;
-        let node = g.node(id).clone();
+        let node = wired_node(domain, op, attrs, &types, &values, 1)?;
         let cx = OpCx::detached(&node, opset, types, values);
         let outs = (def.infer)(&cx)?;
         let outs: Vec<TensorType> = outs.into_iter().take(1).collect();

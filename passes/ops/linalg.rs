@@ -891,7 +891,7 @@ fn part_attention(cx: &PartCx<'_>) -> Result<Verdict> {
                 .into(),
         ));
     }
-    let (Some(q), Some(o)) = (cx.dims(0), cx.out_dims(0)) else {
+    let (Some(q), Some(_)) = (cx.dims(0), cx.out_dims(0)) else {
         return Ok(Verdict::Refuse("shapes are not static".into()));
     };
     let tok = match q.len() {
@@ -899,7 +899,51 @@ fn part_attention(cx: &PartCx<'_>) -> Result<Verdict> {
         3 => 1,
         r => return Ok(Verdict::Refuse(format!("Attention queries of rank {r}"))),
     };
-    // Keys and values split on their token axis: every query reads every key.
+    split_attention(
+        cx,
+        &q,
+        &AttentionSplit {
+            op: "Attention",
+            other_axes: "heads or channels",
+            tok,
+            // The mask's query axis is its second to last; K and V follow the queries only on
+            // the batch axis.
+            follows: |port, axis, rank| match (port, axis) {
+                (3, 0) => (rank == 4).then_some(0),
+                (3, _) => rank.checked_sub(2),
+                (_, 0) => Some(0),
+                _ => None,
+            },
+            bad_extent: |port, e, full| {
+                let e = e.map_or_else(|| "none".to_string(), |e| e.to_string());
+                format!("input {port} has extent {e} on the split axis, neither 1 nor {full}")
+            },
+        },
+    )
+}
+
+/// What differs between the partition rules of `Attention` and `MultiHeadAttention` once each
+/// has refused what it has no rule for.
+struct AttentionSplit {
+    /// The operator, as refusals name it.
+    op: &'static str,
+    /// The query axes other than batch and tokens, as refusals name them.
+    other_axes: &'static str,
+    /// The token axis of the queries, keys and values.
+    tok: usize,
+    /// The axis of input `port` (1, 2 or 3; of rank `rank`) that follows queries split on
+    /// `axis`; `None` when the input is read whole.
+    follows: fn(port: usize, axis: usize, rank: usize) -> Option<usize>,
+    /// The refusal of input `port` whose extent on its following axis is neither 1 nor `full`.
+    bad_extent: fn(port: usize, e: Option<i64>, full: i64) -> String,
+}
+
+/// The attention partition rule on queries `q`: keys and values split on their tokens are
+/// gathered (every query reads every key); queries stay split on the batch or token axis, and
+/// replicated operands that follow that axis are taken per band; replicated queries gather
+/// every split operand.
+fn split_attention(cx: &PartCx<'_>, q: &[i64], rule: &AttentionSplit) -> Result<Verdict> {
+    let tok = rule.tok;
     for port in [1, 2] {
         if cx.axis(port) == Some(tok) {
             return Ok(Verdict::Gather { port });
@@ -909,11 +953,11 @@ fn part_attention(cx: &PartCx<'_>) -> Result<Verdict> {
         Some(a) if a == tok || a == 0 => a,
         Some(a) => {
             return Ok(Verdict::Refuse(format!(
-                "Attention with queries split on axis {a} (heads or channels)"
+                "{} with queries split on axis {a} ({})",
+                rule.op, rule.other_axes
             )));
         }
         None => {
-            // Queries replicated: any split key/value operand is gathered.
             if let Some(&(port, _)) = cx.split_inputs().first() {
                 return Ok(Verdict::Gather { port });
             }
@@ -925,41 +969,24 @@ fn part_attention(cx: &PartCx<'_>) -> Result<Verdict> {
         if !present(cx.op, port) {
             continue;
         }
-        // The mask's query axis is its second to last; K and V follow the queries only on the
-        // batch axis.
         let Some(d) = cx.dims(port) else {
             return Ok(Verdict::Refuse(format!("input {port} has no static shape")));
         };
-        let ia = match (port, axis) {
-            (3, 0) if d.len() == 4 => Some(0),
-            (3, 0) => None,
-            (3, _) => d.len().checked_sub(2),
-            (_, 0) => Some(0),
-            _ => None,
-        };
-        match (cx.axis(port), ia) {
+        match (cx.axis(port), (rule.follows)(port, axis, d.len())) {
             (Some(a), Some(ia)) if a == ia => {}
             (Some(_), _) => return Ok(Verdict::Gather { port }),
             (None, None) => {}
             (None, Some(ia)) => {
-                let full = if port == 3 && axis != 0 { q[tok] } else { q[0] };
-                match d[ia] {
-                    1 => {}
-                    e if e == full => needs.push(Need::SliceOperand { port, axis: ia }),
-                    e => {
-                        return Ok(Verdict::Refuse(format!(
-                            "input {port} has extent {e} on the split axis, neither 1 nor {full}"
-                        )));
-                    }
+                let full = q[axis];
+                match d.get(ia).copied() {
+                    Some(1) => {}
+                    Some(e) if e == full => needs.push(Need::SliceOperand { port, axis: ia }),
+                    e => return Ok(Verdict::Refuse((rule.bad_extent)(port, e, full))),
                 }
             }
         }
     }
-    let _ = o;
-    Ok(Verdict::Local {
-        outputs: vec![Layout::Split { axis }],
-        needs,
-    })
+    Ok(Verdict::split_all(cx, axis, needs))
 }
 
 /// `a · b` on dims; unknown unless both are known.
@@ -1190,58 +1217,22 @@ fn part_multi_head_attention(cx: &PartCx<'_>) -> Result<Verdict> {
                 .into(),
         ));
     }
-    // Keys and values (packed KV too) carry their tokens on axis 1.
-    const TOKENS: usize = 1;
-    for port in [1, 2] {
-        if cx.axis(port) == Some(TOKENS) {
-            return Ok(Verdict::Gather { port });
-        }
-    }
-    let axis = match cx.axis(0) {
-        Some(a) if a == TOKENS || a == 0 => a,
-        Some(a) => {
-            return Ok(Verdict::Refuse(format!(
-                "MultiHeadAttention with queries split on axis {a} (the hidden channels)"
-            )));
-        }
-        None => {
-            if let Some(&(port, _)) = cx.split_inputs().first() {
-                return Ok(Verdict::Gather { port });
-            }
-            return Ok(Verdict::local(vec![Layout::Replicated; cx.n_outputs]));
-        }
-    };
-    let mut needs = Vec::new();
-    for port in 1..4 {
-        if !present(cx.op, port) {
-            continue;
-        }
-        let Some(d) = cx.dims(port) else {
-            return Ok(Verdict::Refuse(format!("input {port} has no static shape")));
-        };
-        // Keys and values follow the queries on the batch axis only; the bias (input 3) is
-        // per channel.
-        let follows = port != 3 && axis == 0;
-        match cx.axis(port) {
-            Some(0) if follows => {}
-            Some(_) => return Ok(Verdict::Gather { port }),
-            None if follows => match d.first() {
-                Some(1) => {}
-                Some(&e) if e == q[0] => needs.push(Need::SliceOperand { port, axis: 0 }),
-                e => {
-                    return Ok(Verdict::Refuse(format!(
-                        "input {port} has batch {e:?}, neither 1 nor {}",
-                        q[0]
-                    )));
-                }
+    split_attention(
+        cx,
+        &q,
+        &AttentionSplit {
+            op: "MultiHeadAttention",
+            other_axes: "the hidden channels",
+            // Keys and values (packed KV too) carry their tokens on axis 1.
+            tok: 1,
+            // Keys and values follow the queries on the batch axis only; the bias (input 3) is
+            // per channel.
+            follows: |port, axis, _| (port != 3 && axis == 0).then_some(0),
+            bad_extent: |port, e, full| {
+                format!("input {port} has batch {e:?}, neither 1 nor {full}")
             },
-            None => {}
-        }
-    }
-    Ok(Verdict::Local {
-        outputs: vec![Layout::Split { axis }; cx.n_outputs],
-        needs,
-    })
+        },
+    )
 }
 
 /// The attention operators of ONNX Runtime's domain ([`super::ORT_DOMAIN`]).

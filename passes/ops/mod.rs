@@ -478,6 +478,21 @@ pub(crate) mod testing {
         n_out: usize,
     ) -> Result<Vec<TensorType>> {
         let def = super::registry::lookup(domain, op).ok_or_else(|| anyhow!("no rule for {op}"))?;
+        let n = wired_node(domain, op, attrs, &types, &values, n_out)?;
+        let cx = OpCx::detached(&n, opset, types, values);
+        (def.infer)(&cx)
+    }
+
+    /// A node of `op` of `domain` wired in a graph of its own: an input `in{i}` for each port
+    /// with a type or a value, `n_out` outputs `out{i}`.
+    pub fn wired_node(
+        domain: &str,
+        op: &str,
+        attrs: Vec<AttributeProto>,
+        types: &[Option<TensorType>],
+        values: &[Option<Tensor>],
+        n_out: usize,
+    ) -> Result<Node> {
         let mut n = node(op, attrs);
         n.domain = domain.to_string();
         let n_in = types.len().max(values.len());
@@ -495,10 +510,8 @@ pub(crate) mod testing {
         let outs = (0..n_out)
             .map(|i| Some(g.add_value(&format!("out{i}"), None)))
             .collect();
-        let id = g.add_node(n.clone(), ins, outs, None)?;
-        n = g.node(id).clone();
-        let cx = OpCx::detached(&n, opset, types, values);
-        (def.infer)(&cx)
+        let id = g.add_node(n, ins, outs, None)?;
+        Ok(g.node(id).clone())
     }
 
     /// Output types as text (`f32[2,3] i64[2,3]`).

@@ -211,6 +211,33 @@ pub fn dfc(args: &[&std::ffi::OsStr]) -> Result<Output> {
 #[allow(unused_imports)]
 pub use dfc::runtime::Rng;
 
+/// Compiles `f` for `n` GPUs in sync mode with the input sizes `sizes` (and the CFG pair split
+/// onto two groups with `split_batch`) and runs the plan on its reference inputs; the worst
+/// relative error over the outputs ([`plan_error_against`]).
+pub fn sync_plan_error(
+    f: &Fixture,
+    n: usize,
+    sizes: dfc::passes::specialize::SpecializeOptions,
+    split_batch: bool,
+) -> Result<f64> {
+    let tmp = tempfile::tempdir()?;
+    let out = tmp.path().join("plan");
+    dfc::emit::compile(&dfc::emit::CompileOptions {
+        bands: None,
+        model: f.model.clone(),
+        output: out.clone(),
+        gpus: n,
+        sizes,
+        mode: dfc::plan::Mode::Sync,
+        warmup: 4,
+        gn: Default::default(),
+        split_batch,
+        dump_after: None,
+    })
+    .with_context(|| format!("compiling {} for {n}", f.name))?;
+    plan_error_against(&out, f)
+}
+
 /// Runs the plan compiled into `plan` on `f`'s reference inputs (CPU runtime, 2 threads) and
 /// returns the worst relative error over the reference outputs; non-finite outputs fail.
 pub fn plan_error_against(plan: &Path, f: &Fixture) -> Result<f64> {
