@@ -313,15 +313,12 @@ pub fn compile_graph(opts: &CompileOptions) -> Result<(CompileReport, Option<Com
     let mut source = Some(graph);
     for (i, &band) in first_band.iter().enumerate() {
         // The last local graph takes the partitioned graph itself.
-        let mut g = match source.take() {
-            Some(g) if i + 1 == first_band.len() => g,
-            Some(g) => {
-                let copy = g.clone();
-                source = Some(g);
-                copy
-            }
-            None => return Err(Internal("no partitioned graph left".into()).into()),
+        let g = if i + 1 < first_band.len() {
+            source.clone()
+        } else {
+            source.take()
         };
+        let mut g = g.ok_or_else(|| Internal("no partitioned graph left".into()))?;
         cx.band = band;
         cx.local = None;
         let run = PassManager::from_names(&after_partition)?
@@ -637,7 +634,6 @@ fn emit(opts: &CompileOptions, c: &Compiled, parent: &Path) -> Result<Plan> {
     let weights = weights?;
     let (source_sha256, part_memory) =
         side.map_err(|_| Internal("the plan writer's second thread panicked".into()))??;
-    let shared_from_source = !taken.is_empty();
     // plan.json
     let g = &first.graph;
     let spatial = crate::passes::partition::spatial_input(g)
@@ -813,13 +809,8 @@ fn emit(opts: &CompileOptions, c: &Compiled, parent: &Path) -> Result<Plan> {
         bands: bands.clone(),
         row_step: c.row_step,
         levels: c.levels.clone(),
-        weights: if weights.is_some() {
-            weights
-        } else if shared_from_source {
-            taken.first().cloned()
-        } else {
-            None
-        },
+        // Ours, else the source's own (shared into the folder).
+        weights: weights.or_else(|| taken.first().cloned()),
         inputs,
         outputs,
         exchanges,

@@ -1967,67 +1967,41 @@ mod cost_tests {
 
     #[test]
     fn matrix_products_count_their_output_tiles() {
-        // [2,300,64] × [64,200]: a shared weight, so one 600×200 GEMM: ⌈600/128⌉·⌈200/128⌉ = 5·2
-        // tiles.
-        let c = cost(
-            "MatMul",
-            vec![],
-            17,
-            vec![f32t(&[2, 300, 64]), f32t(&[64, 200])],
-            vec![],
-        )
-        .unwrap();
-        assert_eq!(c.tiles, 10.0);
-        // [2,300,64] × [2,64,200]: two independent 300×200 products, 3·2 tiles each.
-        let c = cost(
-            "MatMul",
-            vec![],
-            17,
-            vec![f32t(&[2, 300, 64]), f32t(&[2, 64, 200])],
-            vec![],
-        )
-        .unwrap();
-        assert_eq!(c.tiles, 12.0);
-        // bhqd,bhkd->bhqk on [1,2,3,4]·[1,2,5,4]: one 3×5 tile per head.
-        let c = cost(
-            "Einsum",
-            vec![astr("equation", "bhqd,bhkd->bhqk")],
-            17,
-            vec![f32t(&[1, 2, 3, 4]), f32t(&[1, 2, 5, 4])],
-            vec![],
-        )
-        .unwrap();
-        assert_eq!(c.tiles, 2.0);
-        // The output's index order does not matter: bqd,bkd->qbk is b=2 products of 300×200.
-        let c = cost(
-            "Einsum",
-            vec![astr("equation", "bqd,bkd->qbk")],
-            17,
-            vec![f32t(&[2, 300, 4]), f32t(&[2, 200, 4])],
-            vec![],
-        )
-        .unwrap();
-        assert_eq!(c.tiles, 2.0 * 3.0 * 2.0);
-        // A matrix-vector product per batch: bij,bj->bi with b=2, i=4096 is 2·32 tiles.
-        let c = cost(
-            "Einsum",
-            vec![astr("equation", "bij,bj->bi")],
-            17,
-            vec![f32t(&[2, 4096, 8]), f32t(&[2, 8])],
-            vec![],
-        )
-        .unwrap();
-        assert_eq!(c.tiles, 64.0);
-        // An elementwise Einsum is no matrix product.
-        let c = cost(
-            "Einsum",
-            vec![astr("equation", "ij,ij->ij")],
-            17,
-            vec![f32t(&[4, 4]), f32t(&[4, 4])],
-            vec![],
-        )
-        .unwrap();
-        assert_eq!(c.tiles, 0.0);
+        let einsum = |eq: &str| vec![astr("equation", eq)];
+        let cases: [(&str, Vec<_>, &[&[i64]], f64); 6] = [
+            // A shared weight: one 600×200 GEMM, ⌈600/128⌉·⌈200/128⌉ = 5·2 tiles.
+            ("MatMul", vec![], &[&[2, 300, 64], &[64, 200]], 10.0),
+            // Two independent 300×200 products, 3·2 tiles each.
+            ("MatMul", vec![], &[&[2, 300, 64], &[2, 64, 200]], 12.0),
+            // One 3×5 tile per head.
+            (
+                "Einsum",
+                einsum("bhqd,bhkd->bhqk"),
+                &[&[1, 2, 3, 4], &[1, 2, 5, 4]],
+                2.0,
+            ),
+            // The output's index order does not matter: b=2 products of 300×200.
+            (
+                "Einsum",
+                einsum("bqd,bkd->qbk"),
+                &[&[2, 300, 4], &[2, 200, 4]],
+                2.0 * 3.0 * 2.0,
+            ),
+            // A matrix-vector product per batch: b=2, i=4096 is 2·32 tiles.
+            (
+                "Einsum",
+                einsum("bij,bj->bi"),
+                &[&[2, 4096, 8], &[2, 8]],
+                64.0,
+            ),
+            // An elementwise Einsum is no matrix product.
+            ("Einsum", einsum("ij,ij->ij"), &[&[4, 4], &[4, 4]], 0.0),
+        ];
+        for (op, attrs, inputs, tiles) in cases {
+            let types = inputs.iter().map(|d| f32t(d)).collect();
+            let c = cost(op, attrs, 17, types, vec![]).unwrap();
+            assert_eq!(c.tiles, tiles, "{op} {inputs:?}");
+        }
     }
 
     #[test]

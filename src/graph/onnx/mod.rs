@@ -152,15 +152,19 @@ pub fn decode(path: &Path, bytes: Bytes) -> Result<ModelProto, OnnxError> {
 /// Encodes `proto` and writes it to `path` atomically (a temporary file in the same folder,
 /// then a rename). Nothing is left behind on failure.
 pub fn save(proto: &ModelProto, path: &Path) -> Result<(), OnnxError> {
-    let size = proto.encoded_len();
+    within_protobuf_limit(proto.encoded_len(), path)?;
+    write_atomic(path, &proto.encode_to_vec())
+}
+
+/// Refuses a model of `size` encoded bytes that protobuf readers could not parse.
+fn within_protobuf_limit(size: usize, path: &Path) -> Result<(), OnnxError> {
     if size > PROTOBUF_LIMIT {
         return Err(OnnxError::TooLarge {
             path: path.to_path_buf(),
             size,
         });
     }
-    let buf = proto.encode_to_vec();
-    write_atomic(path, &buf)
+    Ok(())
 }
 
 /// A model encoded once and written many times, each copy with initializers of its own
@@ -214,12 +218,7 @@ impl EncodedModel {
     /// Writes the model with `extra` appended to its initializers to `path`, atomically.
     pub fn save_with(&self, extra: &[TensorProto], path: &Path) -> Result<(), OnnxError> {
         let bytes = self.encode_with(extra);
-        if bytes.len() > PROTOBUF_LIMIT {
-            return Err(OnnxError::TooLarge {
-                path: path.to_path_buf(),
-                size: bytes.len(),
-            });
-        }
+        within_protobuf_limit(bytes.len(), path)?;
         write_atomic(path, &bytes)
     }
 }
