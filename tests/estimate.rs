@@ -11,7 +11,7 @@ use dfc::passes::specialize::SpecializeOptions;
 use dfc::plan::{Mode, Plan};
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
 }
 
 fn compile_tiny(out: &Path, gpus: usize, mode: Mode) -> Result<Plan> {

@@ -542,7 +542,7 @@ fn write_record(out: &mut String, sc: &Scenario, rec: &Record) {
 }
 
 fn build_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins/tensorrt/build")
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("plugins/tensorrt/build")
 }
 
 #[test]

@@ -142,7 +142,7 @@ fn inspect_counts_match_the_onnx_package() -> Result<()> {
 #[test]
 fn inspect_recognizes_attention_and_group_norm() -> Result<()> {
     for fx in fixtures()? {
-        let r = dfc::cli::inspect::inspect_file(&fx.model)?;
+        let r = dfc::commands::inspect::inspect_file(&fx.model)?;
         let softmax = r.ops.get("Softmax").copied().unwrap_or(0);
         ensure!(
             r.self_attentions + r.cross_attentions == softmax && r.other_attentions == 0,

@@ -14,7 +14,7 @@ use std::ffi::OsStr;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail, ensure};
-use dfc::cli::specialize::specialize_file;
+use dfc::commands::specialize::specialize_file;
 use dfc::ir::Graph;
 use dfc::onnx::{self, ModelProto};
 use dfc::passes::specialize::SpecializeOptions;

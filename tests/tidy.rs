@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, ensure};
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
 }
 
 /// Every `.rs` file under `dir`, skipping build outputs.
@@ -74,7 +74,7 @@ fn dfc_deps(manifest: &str) -> Result<Vec<String>> {
 
 #[test]
 fn crate_dependencies_follow_the_layering() -> Result<()> {
-    let allowed: [(&str, &[&str]); 6] = [
+    let allowed: [(&str, &[&str]); 7] = [
         ("src/contract/Cargo.toml", &[]),
         ("src/graph/Cargo.toml", &[]),
         ("passes/Cargo.toml", &["dfc-contract", "dfc-graph"]),
@@ -83,6 +83,17 @@ fn crate_dependencies_follow_the_layering() -> Result<()> {
         (
             "src/runtime/Cargo.toml",
             &["dfc-contract", "dfc-graph", "dfc-plugins", "dfc-trt"],
+        ),
+        (
+            "src/cli/Cargo.toml",
+            &[
+                "dfc-contract",
+                "dfc-graph",
+                "dfc-passes",
+                "dfc-plugins",
+                "dfc-trt",
+                "dfc-runtime",
+            ],
         ),
     ];
     for (manifest, ok) in allowed {
@@ -94,5 +105,57 @@ fn crate_dependencies_follow_the_layering() -> Result<()> {
         }
     }
     ensure!(dfc_deps("passes/Cargo.toml")?.len() == 2);
+    Ok(())
+}
+
+/// The workspace members, from the root manifest.
+fn members() -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(root().join("Cargo.toml"))?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("members = ["))
+        .context("no members line in Cargo.toml")?;
+    Ok(line
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect())
+}
+
+#[test]
+fn every_crate_is_a_folder_of_its_own() -> Result<()> {
+    let members = members()?;
+    ensure!(members.len() >= 7, "members: {members:?}");
+    ensure!(
+        !root().join("src").join("lib.rs").exists() && !root().join("src").join("main.rs").exists(),
+        "src/ holds crate folders only"
+    );
+    // src/ holds only crate folders; no crate folder holds another crate.
+    for entry in std::fs::read_dir(root().join("src"))? {
+        let p = entry?.path();
+        let name = p.strip_prefix(root())?.display().to_string();
+        ensure!(p.is_dir(), "{name} is not a crate folder");
+        ensure!(
+            members.contains(&name),
+            "{name} is not a workspace member"
+        );
+    }
+    for a in &members {
+        ensure!(
+            root().join(a).join("lib.rs").exists(),
+            "{a}: the crate root is lib.rs in the crate's folder"
+        );
+        ensure!(
+            !root().join(a).join("mod.rs").exists(),
+            "{a}: a mod.rs crate root"
+        );
+        for b in &members {
+            ensure!(
+                a == b || !Path::new(b).starts_with(a),
+                "crate folder {a} contains crate {b}"
+            );
+        }
+    }
     Ok(())
 }

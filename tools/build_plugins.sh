@@ -96,8 +96,8 @@ wait_all
 
 # The TensorRT shim (dfc_trt.h): no CUDA code, so g++ only; TensorRT is dlopened, never linked.
 # TensorRT 11 and TensorRT-RTX 1.7 lay out their classes differently: one build per header set.
-shim_src="$src/shim/shim.cpp"
-shim_cxx=("${cxx[@]}" "${sys_cuda[@]}" -fvisibility=hidden)
+shim_src="$root/src/trt/shim/shim.cpp"
+shim_cxx=("${cxx[@]}" -I"$root/src/trt/shim" "${sys_cuda[@]}" -fvisibility=hidden)
 run "$out/libdfc_trt_shim.so" "$shim_src" -- "${shim_cxx[@]}" -isystem "$DFC_TRT_INCLUDE" -shared \
   "$shim_src" -o "$out/libdfc_trt_shim.so" -ldl -Wl,--no-undefined
 run "$out/libdfc_trt_shim_rtx.so" "$shim_src" -- "${shim_cxx[@]}" -DDFC_TRT_RTX -isystem "$DFC_TRTRTX_INCLUDE" \

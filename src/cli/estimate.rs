@@ -1,420 +1,424 @@
-//! `dfc estimate`: predicted latency and speedup of plans on GPUs that are not here (the model
-//! is [`crate::estimate`]'s): per rank, FLOPs and bytes of its graph on the GPU's roofline,
-//! exchange time on the link, the mode's schedule; `--png` plots speedup against GPU count,
-//! one line per resolution.
+//! A latency model of a plan on GPUs that are not here: per rank, the FLOPs and bytes of every
+//! node of its graph (the op rows' cost rules, [`crate::passes::cost`]) on a roofline of the
+//! GPU, the bytes it receives per step over the link, and the step schedule of the plan's mode.
+//!
+//! - **Compute.** Each node takes `max(FLOPs / (peak · fill), bytes / bandwidth) / efficiency
+//!   + launch`: the roofline with fp16 tensor-core peak and memory bandwidth from the GPU's
+//!   spec sheet ([`Gpu`]); the *wave fill* of a matrix-unit kernel (its output tiles spread
+//!   over the GPU's multiprocessors in waves, the last one partly empty: a band's thin GEMMs
+//!   leave most of an A100 idle, [`Gpu::wave_fill`]); a fixed time per launched kernel
+//!   ([`KERNEL_LAUNCH_S`], not fitted); and one efficiency factor for everything else a
+//!   roofline leaves out (tails, imperfect fusion), calibrated once on one published number
+//!   ([`CALIBRATED_EFFICIENCY`]).
+//! - **Exchanges.** Each slot costs `latency + bytes received / link bandwidth` ([`Link`]).
+//! - **Schedule.** Synchronous steps (every step in `sync` mode; step 0 and the warmup steps
+//!   in `displaced` mode) wait for every exchange: `compute + exchanges`. Stale steps overlap
+//!   the stale exchanges with compute: `max(compute, stale exchanges) + fresh exchanges`
+//!   (the latent's halo is fresh at every step). `naive` mode exchanges nothing. With the CFG
+//!   batch split over two groups, every step also swaps the band's half of the output with the
+//!   peer rank of the other group (blocking).
+//! - The slowest rank sets the step time (bands may be unequal).
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::estimate::{
-    CALIBRATED_EFFICIENCY, Estimate, Gpu, KERNEL_LAUNCH_S, LinkKind, Setup, calibrate, cost_plan,
-    estimate,
-};
-use crate::plan::Plan;
+use crate::ir::Graph;
+use crate::passes::cost::graph_cost;
+use crate::passes::ops::def::Cost;
+use crate::plan::{Mode, Plan};
 
-/// Arguments of `dfc estimate`.
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    /// Plan folders; a one-GPU plan of the same latent size is the baseline of the speedups.
-    #[arg(required = true)]
-    pub plans: Vec<PathBuf>,
-    /// GPU type: a100, h100, h200 or l40s.
-    #[arg(long, default_value = "a100")]
-    pub gpu: String,
-    /// Interconnect between the GPUs.
-    #[arg(long, value_enum, default_value = "nvlink")]
-    pub link: LinkKind,
-    /// Sampling steps.
-    #[arg(long, default_value_t = 50)]
-    pub steps: u32,
-    /// Roofline efficiency (default: the calibrated one).
-    #[arg(long, conflicts_with = "calibrate")]
-    pub efficiency: Option<f64>,
-    /// Fit the efficiency to a measurement of your own: the seconds the one-GPU plan among
-    /// PLANS takes for `--steps` steps on this GPU.
-    #[arg(long, value_name = "SECONDS")]
-    pub calibrate: Option<f64>,
-    /// Fixed microseconds per launched kernel.
-    #[arg(long, default_value_t = KERNEL_LAUNCH_S * 1e6)]
-    pub kernel_us: f64,
-    /// Print one JSON object instead of text.
-    #[arg(long)]
-    pub json: bool,
-    /// Write a plot of speedup against GPU count (one line per latent size) to this PNG.
-    #[arg(long, value_name = "PLOT")]
-    pub png: Option<PathBuf>,
+/// One GPU type: fp16 dense tensor-core peak, multiprocessors, memory bandwidth and size, link
+/// bandwidths.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Gpu {
+    pub name: &'static str,
+    /// Streaming multiprocessors (each runs one output tile of a matrix kernel at a time).
+    pub sms: u32,
+    /// Dense fp16 tensor-core FLOP/s (no sparsity).
+    pub fp16_flops: f64,
+    /// Memory bandwidth, bytes/s.
+    pub memory_bandwidth: f64,
+    /// Device memory, bytes.
+    pub memory_bytes: f64,
+    /// NVLink bandwidth per direction per GPU, bytes/s (`None`: no NVLink).
+    pub nvlink: Option<f64>,
+    /// PCIe bandwidth per direction, bytes/s.
+    pub pcie: f64,
 }
 
-/// One plan's estimate and its speedup.
-#[derive(Debug, Clone, Serialize)]
-pub struct Row {
-    pub plan: String,
-    #[serde(flatten)]
-    pub estimate: Estimate,
-    /// Over the one-GPU plan of the same latent size among the plans given.
-    pub speedup: Option<f64>,
+const G: f64 = 1e9;
+const T: f64 = 1e12;
+
+// Spec sheets (dense fp16 tensor core, memory bandwidth, interconnect per direction):
+// - A100 SXM4 80 GB (NVIDIA A100 datasheet, 2021): 312 TFLOPS fp16 tensor, 2,039 GB/s HBM2e,
+//   NVLink 3 600 GB/s total (300 GB/s each way), PCIe Gen4 x16 64 GB/s total (32 each way);
+//   108 SMs (NVIDIA Ampere architecture whitepaper).
+// - H100 SXM5 80 GB (NVIDIA H100 datasheet): 989.4 TFLOPS fp16 tensor dense (1,979 with
+//   sparsity), 3.35 TB/s HBM3, NVLink 4 900 GB/s total (450 each way), PCIe Gen5 128 GB/s
+//   total (64 each way); 132 SMs (Hopper architecture whitepaper).
+// - H200 SXM 141 GB (NVIDIA H200 datasheet): 989 TFLOPS fp16 dense, 4.8 TB/s HBM3e, NVLink
+//   900 GB/s, PCIe Gen5; the H100's 132 SMs.
+// - L40S 48 GB (NVIDIA L40S datasheet): 362.05 TFLOPS fp16 tensor dense (733 with sparsity),
+//   864 GB/s GDDR6, no NVLink, PCIe Gen4 x16 64 GB/s total (32 each way); 142 SMs.
+/// The GPU types `dfc estimate` knows.
+pub const GPUS: &[Gpu] = &[
+    Gpu {
+        name: "a100",
+        sms: 108,
+        fp16_flops: 312.0 * T,
+        memory_bandwidth: 2039.0 * G,
+        memory_bytes: 80.0 * G,
+        nvlink: Some(300.0 * G),
+        pcie: 32.0 * G,
+    },
+    Gpu {
+        name: "h100",
+        sms: 132,
+        fp16_flops: 989.4 * T,
+        memory_bandwidth: 3350.0 * G,
+        memory_bytes: 80.0 * G,
+        nvlink: Some(450.0 * G),
+        pcie: 64.0 * G,
+    },
+    Gpu {
+        name: "h200",
+        sms: 132,
+        fp16_flops: 989.4 * T,
+        memory_bandwidth: 4800.0 * G,
+        memory_bytes: 141.0 * G,
+        nvlink: Some(450.0 * G),
+        pcie: 64.0 * G,
+    },
+    Gpu {
+        name: "l40s",
+        sms: 142,
+        fp16_flops: 362.05 * T,
+        memory_bandwidth: 864.0 * G,
+        memory_bytes: 48.0 * G,
+        nvlink: None,
+        pcie: 32.0 * G,
+    },
+];
+
+/// Latency of one exchange over NVLink (an NCCL collective's start-up within one node,
+/// order of magnitude from nccl-tests' small-message times).
+pub const NVLINK_LATENCY_S: f64 = 10e-6;
+/// Latency of one exchange over PCIe (through the host bridge or a switch).
+pub const PCIE_LATENCY_S: f64 = 25e-6;
+
+/// Fixed time of one kernel beyond its roofline time: the launch-to-launch gap of kernels
+/// replayed from a CUDA graph plus a kernel's ramp-up and drain, a few microseconds on current
+/// GPUs. Taken as 2 µs a priori, not fitted; `dfc estimate --kernel-us` changes it. Nodes
+/// that move no data (views, shape queries) launch nothing.
+pub const KERNEL_LAUNCH_S: f64 = 2e-6;
+
+/// The roofline's efficiency for every GPU: the one number fitted to a measurement. With
+/// [`KERNEL_LAUNCH_S`] and the wave fill, it makes the synthetic SDXL graph
+/// (`tools/make_sdxl_shapes.py`, batch 2, 1024², one rank) take 5.02 s for 50 DDIM steps on an
+/// A100 (DistriFusion, Table 1, PyTorch with CUDA graphs). See [`calibrate`].
+pub const CALIBRATED_EFFICIENCY: f64 = 0.759;
+
+/// The interconnect between the GPUs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkKind {
+    Nvlink,
+    Pcie,
 }
 
-/// Estimates every plan of `args`.
-pub fn rows(args: &Args) -> Result<Vec<Row>> {
-    let gpu = Gpu::by_name(&args.gpu)?;
-    let link = gpu.link(args.link)?;
-    if args.steps == 0 {
-        bail!("--steps must be at least 1");
+/// Bandwidth and latency of the link one rank receives through.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Link {
+    pub kind: LinkKind,
+    /// Bytes/s each GPU receives.
+    pub bandwidth: f64,
+    /// Seconds per exchange.
+    pub latency: f64,
+}
+
+/// Errors of the estimate's inputs.
+#[derive(Debug, thiserror::Error)]
+pub enum EstimateError {
+    #[error("unknown GPU `{0}` (known: a100, h100, h200, l40s)")]
+    UnknownGpu(String),
+    #[error("{0} has no NVLink; use --link pcie")]
+    NoNvlink(&'static str),
+}
+
+impl Gpu {
+    /// The GPU named `name` (case-insensitive).
+    pub fn by_name(name: &str) -> Result<Gpu, EstimateError> {
+        GPUS.iter()
+            .find(|g| g.name.eq_ignore_ascii_case(name))
+            .copied()
+            .ok_or_else(|| EstimateError::UnknownGpu(name.to_string()))
     }
-    if !(args.kernel_us >= 0.0 && args.kernel_us.is_finite()) {
-        bail!(
-            "--kernel-us must be a non-negative number, not {}",
-            args.kernel_us
-        );
+
+    /// The link of `kind` between GPUs of this type.
+    pub fn link(&self, kind: LinkKind) -> Result<Link, EstimateError> {
+        Ok(match kind {
+            LinkKind::Nvlink => Link {
+                kind,
+                bandwidth: self.nvlink.ok_or(EstimateError::NoNvlink(self.name))?,
+                latency: NVLINK_LATENCY_S,
+            },
+            LinkKind::Pcie => Link {
+                kind,
+                bandwidth: self.pcie,
+                latency: PCIE_LATENCY_S,
+            },
+        })
     }
-    let kernel_s = args.kernel_us * 1e-6;
-    let mut plans = Vec::new();
-    for dir in &args.plans {
-        let plan = Plan::load(dir)?;
-        let costs = cost_plan(dir, &plan).with_context(|| format!("costing {}", dir.display()))?;
-        plans.push((dir, plan, costs));
-    }
-    let efficiency = match args.calibrate {
-        None => args.efficiency.unwrap_or(CALIBRATED_EFFICIENCY),
-        Some(seconds) => {
-            if !(seconds.is_finite() && seconds > 0.0) {
-                bail!("--calibrate takes the measured seconds, a positive number, not {seconds}");
-            }
-            let Some((_, _, costs)) = plans.iter().find(|(_, p, _)| p.world_size == 1) else {
-                bail!(
-                    "--calibrate needs a one-GPU plan among the plans (compile one with --gpus 1)"
-                );
-            };
-            calibrate(&costs[0], &gpu, args.steps, seconds, kernel_s).with_context(|| {
-                format!(
-                    "{seconds} s is less than the kernel launches alone take at --kernel-us {}",
-                    args.kernel_us
-                )
-            })?
+
+    /// The fraction of the multiprocessor-waves a kernel of `tiles` output tiles keeps busy:
+    /// `tiles / (⌈tiles / SMs⌉ · SMs)` (1 for kernels that are not tiled matrix products).
+    pub fn wave_fill(&self, tiles: f64) -> f64 {
+        if tiles <= 0.0 {
+            return 1.0;
         }
-    };
-    if !(efficiency > 0.0 && efficiency <= 1.0) {
-        match args.calibrate {
-            Some(seconds) => bail!(
-                "{seconds} s for {} steps is faster than this GPU's roofline allows for the one-GPU plan (fitted efficiency {efficiency:.3} > 1)",
-                args.steps
-            ),
-            None => bail!("--efficiency must be in (0, 1], not {efficiency}"),
-        }
+        let sms = f64::from(self.sms.max(1));
+        tiles / ((tiles / sms).ceil() * sms)
     }
-    let setup = Setup {
-        gpu,
-        link,
-        steps: args.steps,
-        efficiency,
-        kernel_s,
-    };
-    let mut out = Vec::new();
-    for (dir, plan, costs) in &plans {
-        out.push(Row {
-            plan: dir.display().to_string(),
-            estimate: estimate(plan, costs, &setup),
-            speedup: None,
-        });
+
+    /// Roofline time of a node of cost `c` at full efficiency, its arithmetic slowed by the
+    /// wave fill of its tiles.
+    pub fn roofline(&self, c: &Cost) -> f64 {
+        (c.flops / (self.fp16_flops * self.wave_fill(c.tiles)))
+            .max(c.bytes() / self.memory_bandwidth)
     }
-    let baselines: Vec<([i64; 2], f64)> = out
-        .iter()
-        .filter(|r| r.estimate.world_size == 1)
-        .map(|r| (r.estimate.latent, r.estimate.latency_s))
-        .collect();
-    for r in &mut out {
-        r.speedup = baselines
+}
+
+/// One rank's graph, costed.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RankCost {
+    pub rank: usize,
+    pub flops: f64,
+    pub bytes: f64,
+    /// Σ over nodes of the roofline time at full efficiency, for the GPU it was costed for
+    /// (filled by [`estimate`]).
+    pub nodes: usize,
+    /// Nodes no cost rule covered.
+    pub unknown_nodes: usize,
+    /// Nodes that launch a kernel (they move data or compute).
+    pub kernels: usize,
+    #[serde(skip)]
+    per_node: Vec<Cost>,
+}
+
+impl RankCost {
+    /// Costs every node of `g` as rank `rank`.
+    pub fn of_graph(rank: usize, g: &Graph) -> Result<Self> {
+        let c = graph_cost(g)?;
+        let total = c.total();
+        Ok(Self {
+            rank,
+            flops: total.flops,
+            bytes: total.bytes(),
+            nodes: c.nodes.len(),
+            unknown_nodes: c.unknown(),
+            kernels: c
+                .nodes
+                .iter()
+                .filter(|n| n.cost.bytes() > 0.0 || n.cost.flops > 0.0)
+                .count(),
+            per_node: c.nodes.iter().map(|n| n.cost).collect(),
+        })
+    }
+
+    /// Σ over nodes of the roofline time on `gpu` at full efficiency.
+    pub fn roofline(&self, gpu: &Gpu) -> f64 {
+        self.per_node.iter().map(|c| gpu.roofline(c)).sum()
+    }
+
+    /// Time of one evaluation of the graph: the roofline over `efficiency`, plus `kernel_s`
+    /// per launched kernel.
+    pub fn compute_s(&self, gpu: &Gpu, efficiency: f64, kernel_s: f64) -> f64 {
+        self.roofline(gpu) / efficiency + self.kernels as f64 * kernel_s
+    }
+}
+
+/// Reads and costs every rank graph of the plan folder `dir` (types only; weights unread).
+pub fn cost_plan(dir: &Path, plan: &Plan) -> Result<Vec<RankCost>> {
+    let mut out: Vec<RankCost> = Vec::with_capacity(plan.world_size);
+    for r in &plan.ranks {
+        // Ranks of one band in different groups run the same graph.
+        if let Some(same) = out
             .iter()
-            .find(|(l, _)| *l == r.estimate.latent)
-            .map(|(_, t)| t / r.estimate.latency_s);
+            .find(|c| plan.ranks[c.rank].band == r.band && plan.ranks[c.rank].rows == r.rows)
+        {
+            let mut c = same.clone();
+            c.rank = r.rank;
+            out.push(c);
+            continue;
+        }
+        let path = dir.join(&r.file);
+        let model =
+            crate::onnx::load(&path).with_context(|| format!("reading {}", path.display()))?;
+        let g = Graph::from_model(model.proto)
+            .with_context(|| format!("lifting {}", path.display()))?;
+        out.push(RankCost::of_graph(r.rank, &g)?);
     }
     Ok(out)
 }
 
-/// Runs the command.
-pub fn run(args: &Args) -> Result<()> {
-    let rows = rows(args)?;
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&rows).context("encoding the estimate")?
-        );
-    } else {
-        print!("{}", render(&rows));
-    }
-    if let Some(png) = &args.png {
-        plot(&rows)
-            .save(png)
-            .with_context(|| format!("writing {}", png.display()))?;
-    }
-    Ok(())
+/// The options of one estimate.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Setup {
+    pub gpu: Gpu,
+    pub link: Link,
+    /// Sampling steps (UNet evaluations; the CFG pair is one batch-2 evaluation).
+    pub steps: u32,
+    pub efficiency: f64,
+    /// Fixed seconds per launched kernel ([`KERNEL_LAUNCH_S`]).
+    pub kernel_s: f64,
 }
 
-/// The human-readable table.
-pub fn render(rows: &[Row]) -> String {
-    use std::fmt::Write;
-    let mut s = String::new();
-    if let Some(r) = rows.first() {
-        let e = &r.estimate;
-        let _ = writeln!(
-            s,
-            "{} with {:?}, {} steps, roofline efficiency {:.3}, {:.1} µs per kernel",
-            e.gpu,
-            e.link,
-            e.steps,
-            e.efficiency,
-            e.kernel_s * 1e6
-        );
-    }
-    let _ = writeln!(
-        s,
-        "{:>9} {:>4} {:>5} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9}  plan",
-        "latent",
-        "GPUs",
-        "split",
-        "mode",
-        "TFLOP/rk",
-        "comp ms",
-        "exch ms",
-        "sync ms",
-        "stale ms",
-        "latency s",
-        "speedup",
-        "mem GB"
-    );
-    for r in rows {
-        let e = &r.estimate;
-        let slow = e
-            .ranks
-            .iter()
-            .max_by(|a, b| a.stale_step_s.total_cmp(&b.stale_step_s));
-        let mem = e
-            .ranks
-            .iter()
-            .filter_map(|k| k.memory_bytes)
-            .max()
-            .map_or("-".to_string(), |m| format!("{:.2}", m as f64 / 1e9));
-        let _ = writeln!(
-            s,
-            "{:>9} {:>4} {:>5} {:>9} {:>10.2} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.2} {:>7} {:>9}  {}",
-            format!("{}x{}", e.latent[0], e.latent[1]),
-            e.world_size,
-            if e.split_batch { "yes" } else { "no" },
-            e.mode,
-            slow.map_or(0.0, |k| k.flops / 1e12),
-            slow.map_or(0.0, |k| k.compute_s * 1e3),
-            slow.map_or(0.0, |k| (k.stale_exchange_s + k.fresh_exchange_s) * 1e3
-                + 0.0),
-            e.sync_step_s * 1e3,
-            e.stale_step_s * 1e3,
-            e.latency_s,
-            r.speedup.map_or("-".to_string(), |x| format!("{x:.2}x")),
-            match e.fits {
-                Some(false) => format!("{mem} (!)"),
-                _ => mem,
-            },
-            r.plan,
-        );
-    }
-    s
+/// One rank's predicted times, seconds per step.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RankEstimate {
+    pub rank: usize,
+    pub flops: f64,
+    pub bytes: f64,
+    pub compute_s: f64,
+    /// Exchanges that may be stale (overlapped in stale steps).
+    pub stale_exchange_s: f64,
+    /// Exchanges fresh at every step (the latent's halo) and the CFG swap.
+    pub fresh_exchange_s: f64,
+    pub sync_step_s: f64,
+    pub stale_step_s: f64,
+    /// Weights, peak activations and stale buffers (from `plan.json`), bytes.
+    pub memory_bytes: Option<u64>,
 }
 
-// ---- the plot ----
+/// The predicted latency of a plan.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Estimate {
+    pub gpu: &'static str,
+    pub link: LinkKind,
+    pub world_size: usize,
+    pub latent: [i64; 2],
+    pub split_batch: bool,
+    pub mode: String,
+    pub steps: u32,
+    pub sync_steps: u32,
+    pub efficiency: f64,
+    pub kernel_s: f64,
+    pub ranks: Vec<RankEstimate>,
+    /// The slowest rank's step, synchronous and stale.
+    pub sync_step_s: f64,
+    pub stale_step_s: f64,
+    pub latency_s: f64,
+    /// Whether every rank's memory fits the GPU (`None` when the plan records no memory).
+    pub fits: Option<bool>,
+}
 
-const W: u32 = 720;
-const H: u32 = 480;
-const LEFT: i64 = 70;
-const RIGHT: i64 = 30;
-const TOP: i64 = 30;
-const BOTTOM: i64 = 60;
-const COLORS: [[u8; 3]; 6] = [
-    [31, 119, 180],
-    [214, 39, 40],
-    [44, 160, 44],
-    [148, 103, 189],
-    [255, 127, 14],
-    [23, 190, 207],
-];
-
-/// 3×5 glyphs of the characters the plot writes.
-fn glyph(c: char) -> [u8; 5] {
-    match c {
-        '0' => [7, 5, 5, 5, 7],
-        '1' => [2, 6, 2, 2, 7],
-        '2' => [7, 1, 7, 4, 7],
-        '3' => [7, 1, 7, 1, 7],
-        '4' => [5, 5, 7, 1, 1],
-        '5' => [7, 4, 7, 1, 7],
-        '6' => [7, 4, 7, 5, 7],
-        '7' => [7, 1, 1, 1, 1],
-        '8' => [7, 5, 7, 5, 7],
-        '9' => [7, 5, 7, 1, 7],
-        'x' => [0, 5, 2, 5, 0],
-        '.' => [0, 0, 0, 0, 2],
-        _ => [0; 5],
+/// Bytes of one element of the dtype named `name` (`f16` → 2).
+fn dtype_bytes(name: &str) -> f64 {
+    match name {
+        "f64" | "i64" | "u64" => 8.0,
+        "f32" | "i32" | "u32" => 4.0,
+        "f16" | "bf16" | "i16" | "u16" => 2.0,
+        _ => 1.0,
     }
 }
 
-struct Canvas(image::RgbImage);
-
-impl Canvas {
-    fn put(&mut self, x: i64, y: i64, c: [u8; 3]) {
-        if x >= 0 && y >= 0 && (x as u32) < W && (y as u32) < H {
-            self.0.put_pixel(x as u32, y as u32, image::Rgb(c));
-        }
-    }
-
-    fn line(
-        &mut self,
-        (x0, y0): (f64, f64),
-        (x1, y1): (f64, f64),
-        c: [u8; 3],
-        thick: i64,
-        dash: bool,
-    ) {
-        let n = ((x1 - x0).abs().max((y1 - y0).abs()).ceil() as i64).max(1);
-        for i in 0..=n {
-            if dash && (i / 6) % 2 == 1 {
-                continue;
-            }
-            let t = i as f64 / n as f64;
-            let (x, y) = (x0 + t * (x1 - x0), y0 + t * (y1 - y0));
-            for dx in -(thick / 2)..=thick / 2 {
-                for dy in -(thick / 2)..=thick / 2 {
-                    self.put(x.round() as i64 + dx, y.round() as i64 + dy, c);
-                }
-            }
-        }
-    }
-
-    fn text(&mut self, x: i64, y: i64, s: &str, c: [u8; 3]) {
-        const SCALE: i64 = 2;
-        for (k, ch) in s.chars().enumerate() {
-            let g = glyph(ch);
-            for (row, bits) in g.iter().enumerate() {
-                for col in 0..3 {
-                    if bits & (4 >> col) != 0 {
-                        for sx in 0..SCALE {
-                            for sy in 0..SCALE {
-                                self.put(
-                                    x + (k as i64 * 4 + col) * SCALE + sx,
-                                    y + row as i64 * SCALE + sy,
-                                    c,
-                                );
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Speedup against GPU count (both axes log₂), one line per latent size (labelled with the
-/// image size, 8 × the latent; plans splitting the CFG batch dashed in the same colour), the
-/// ideal (linear) speedup dashed in grey.
-pub fn plot(rows: &[Row]) -> image::RgbImage {
-    let mut lines: BTreeMap<(i64, bool), Vec<(usize, f64)>> = BTreeMap::new();
-    for r in rows {
-        if let Some(s) = r.speedup {
-            let key = (r.estimate.latent[0], r.estimate.split_batch);
-            lines
-                .entry(key)
-                .or_default()
-                .push((r.estimate.world_size, s));
-        }
-    }
-    // A split-batch line starts from the one-GPU plan of its size.
-    let starts: Vec<(i64, (usize, f64))> = lines
-        .iter()
-        .filter(|((_, split), _)| !split)
-        .filter_map(|((l, _), pts)| pts.iter().find(|p| p.0 == 1).map(|&p| (*l, p)))
-        .collect();
-    for (latent, p) in starts {
-        if let Some(v) = lines.get_mut(&(latent, true)) {
-            v.push(p);
-        }
-    }
-    let max_n = rows
-        .iter()
-        .map(|r| r.estimate.world_size)
-        .max()
-        .unwrap_or(1)
-        .max(2);
-    let max_s = max_n as f64;
-    let mut cv = Canvas(image::RgbImage::from_pixel(
-        W,
-        H,
-        image::Rgb([255, 255, 255]),
-    ));
-    let (x0, x1) = (LEFT as f64, (W as i64 - RIGHT) as f64);
-    let (y0, y1) = ((H as i64 - BOTTOM) as f64, TOP as f64);
-    let lx = max_s.log2();
-    let px = |n: usize| x0 + (n as f64).log2() / lx * (x1 - x0);
-    let py = |s: f64| y0 - s.max(1.0).log2() / lx * (y0 - y1);
-    let grey = [200, 200, 200];
-    let black = [0, 0, 0];
-    // Grid and ticks on powers of two.
-    let mut n = 1;
-    while n <= max_n {
-        let (x, y) = (px(n), py(n as f64));
-        cv.line((x, y0), (x, y1), [235, 235, 235], 1, false);
-        cv.line((x0, y), (x1, y), [235, 235, 235], 1, false);
-        cv.text(x as i64 - 4, y0 as i64 + 10, &n.to_string(), black);
-        let label = format!("{n}x");
-        cv.text(
-            LEFT - 14 - 8 * label.len() as i64,
-            y as i64 - 5,
-            &label,
-            black,
-        );
-        n *= 2;
-    }
-    cv.line((x0, y0), (x1, y0), black, 1, false);
-    cv.line((x0, y0), (x0, y1), black, 1, false);
-    cv.line((px(1), py(1.0)), (px(max_n), py(max_s)), grey, 2, true);
-    let latents: Vec<i64> = {
-        let mut v: Vec<i64> = lines.keys().map(|k| k.0).collect();
-        v.dedup();
-        v
+/// Predicts the latency of `plan` whose ranks cost `costs` ([`cost_plan`]).
+pub fn estimate(plan: &Plan, costs: &[RankCost], setup: &Setup) -> Estimate {
+    let link = setup.link;
+    let xfer = |bytes: u64| link.latency + bytes as f64 / link.bandwidth;
+    let sync_steps = match plan.mode {
+        Mode::Sync => setup.steps,
+        Mode::Displaced => setup.steps.min(plan.warmup + 1),
+        Mode::Naive => 0,
     };
-    for ((latent, split), pts) in lines.iter_mut() {
-        pts.sort_by_key(|p| p.0);
-        let i = latents.iter().position(|l| l == latent).unwrap_or(0);
-        let c = COLORS[i % COLORS.len()];
-        for w in pts.windows(2) {
-            cv.line(
-                (px(w[0].0), py(w[0].1)),
-                (px(w[1].0), py(w[1].1)),
-                c,
-                3,
-                *split,
-            );
-        }
-        for &(n, s) in pts.iter() {
-            for dx in -4..=4 {
-                for dy in -4..=4 {
-                    cv.put(px(n) as i64 + dx, py(s) as i64 + dy, c);
-                }
+    let ranks: Vec<RankEstimate> = costs
+        .iter()
+        .map(|c| {
+            let r = c.rank;
+            let compute = c.compute_s(&setup.gpu, setup.efficiency, setup.kernel_s);
+            let received = |fresh: bool| -> f64 {
+                plan.exchanges
+                    .iter()
+                    .filter(|e| e.always_fresh == fresh)
+                    .map(|e| xfer(e.bytes_received.get(r).copied().unwrap_or(0)))
+                    .sum()
+            };
+            let mut fresh = received(true);
+            if plan.split_batch {
+                // The peer of the other group sends this band's other CFG half of the output.
+                let band = plan.ranks.get(r).map_or(0, |s| s.band);
+                let out: f64 = plan
+                    .outputs
+                    .iter()
+                    .map(|o| {
+                        o.local_shape(band).iter().product::<i64>() as f64 * dtype_bytes(&o.dtype)
+                    })
+                    .sum();
+                fresh += link.latency + out / link.bandwidth;
             }
-        }
-        if *split {
-            continue;
-        }
-        // Legend: colour, then the image size (8 × latent).
-        let ly = TOP + 10 + 22 * i as i64;
-        cv.line(
-            (x0 + 20.0, ly as f64 + 5.0),
-            (x0 + 50.0, ly as f64 + 5.0),
-            c,
-            3,
-            false,
-        );
-        cv.text(LEFT + 60, ly, &(8 * *latent).to_string(), black);
+            let stale = received(false);
+            let (sync_step, stale_step) = match plan.mode {
+                Mode::Naive => (compute + fresh, compute + fresh),
+                _ => (compute + stale + fresh, compute.max(stale) + fresh),
+            };
+            RankEstimate {
+                rank: r,
+                flops: c.flops,
+                bytes: c.bytes,
+                compute_s: compute,
+                stale_exchange_s: stale,
+                fresh_exchange_s: fresh,
+                sync_step_s: sync_step,
+                stale_step_s: stale_step,
+                memory_bytes: plan.memory.get(r).map(|m| m.total()),
+            }
+        })
+        .collect();
+    let sync_step = ranks.iter().map(|r| r.sync_step_s).fold(0.0, f64::max);
+    let stale_step = ranks.iter().map(|r| r.stale_step_s).fold(0.0, f64::max);
+    let latency =
+        f64::from(sync_steps) * sync_step + f64::from(setup.steps - sync_steps) * stale_step;
+    let fits = if plan.memory.is_empty() {
+        None
+    } else {
+        Some(
+            plan.memory
+                .iter()
+                .all(|m| (m.total() as f64) <= setup.gpu.memory_bytes),
+        )
+    };
+    Estimate {
+        gpu: setup.gpu.name,
+        link: link.kind,
+        world_size: plan.world_size,
+        latent: plan.latent,
+        split_batch: plan.split_batch,
+        mode: plan.mode.name().to_string(),
+        steps: setup.steps,
+        sync_steps,
+        efficiency: setup.efficiency,
+        kernel_s: setup.kernel_s,
+        ranks,
+        sync_step_s: sync_step,
+        stale_step_s: stale_step,
+        latency_s: latency,
+        fits,
     }
-    cv.0
+}
+
+/// The efficiency that makes a one-rank plan costing `cost` take `seconds` for `steps` steps
+/// on `gpu` with `kernel_s` per kernel: the roofline time over the measured time less the
+/// launches. `None` when the launches alone take longer than `seconds`.
+pub fn calibrate(
+    cost: &RankCost,
+    gpu: &Gpu,
+    steps: u32,
+    seconds: f64,
+    kernel_s: f64,
+) -> Option<f64> {
+    let steps = f64::from(steps);
+    let roofline_s = seconds - steps * cost.kernels as f64 * kernel_s;
+    (roofline_s > 0.0).then(|| steps * cost.roofline(gpu) / roofline_s)
 }

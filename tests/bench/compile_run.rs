@@ -50,7 +50,7 @@ fn main() -> anyhow::Result<()> {
         .filter(|a| !a.starts_with("--"))
         .collect();
     let iterations: usize = args.first().map(|s| s.parse()).transpose()?.unwrap_or(15);
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
     let tmp = tempfile::tempdir()?;
 
     let largest = root.join("models/sdxl_tiny_dynamic.onnx");

@@ -13,7 +13,7 @@ use dfc::runtime::{SessionOptions, run_model};
 
 /// The repository root (where `models/` lives).
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
 }
 
 /// One runnable fixture: a model and its `.io.npz` (inputs and reference outputs).

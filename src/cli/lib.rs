@@ -5,9 +5,10 @@
 //! geometry, seeded RNG) and the graph layer ([`onnx`], [`ir`], [`tensor`], [`error`]) at the
 //! bottom; the compiler ([`passes`], driven by [`emit`]) on the graph; the exchange operators
 //! ([`plugins`]) on the contract; the runtime ([`runtime`], with [`trt`] for TensorRT) on
-//! plugins and TensorRT, never on the passes. The command-line front end ([`cli`]) sits on top.
+//! plugins and TensorRT, never on the passes. The command-line front end ([`commands`], one
+//! module per command) sits on top; the `dfc` executable is `main.rs` beside this file.
 
-pub mod cli;
+pub mod commands;
 pub mod emit;
 pub mod estimate;
 

@@ -22,7 +22,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 
-use crate::cli::Internal;
+use crate::commands::Internal;
 use crate::contract::exchange::ExchangeKind;
 use crate::plan::{EngineSpec, PLAN_FILE, Plan, RankSpec};
 use crate::trt::{BuildFlags, IoSpec, ShimCode, TensorRt, TrtError};

@@ -1,4 +1,4 @@
-//! The `dfc` executable; everything lives in [`dfc::cli`].
+//! The `dfc` executable; everything lives in [`dfc::commands`].
 
 // The compiler allocates many small strings and vectors; mimalloc makes a large compile
 // measurably faster than the system allocator (BENCHMARKS.md).
@@ -13,5 +13,5 @@ fn main() -> std::process::ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    dfc::cli::main_with_args(std::env::args_os())
+    dfc::commands::main_with_args(std::env::args_os())
 }
