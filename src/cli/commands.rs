@@ -14,6 +14,7 @@ pub mod launch;
 pub mod passes;
 pub mod run;
 pub mod specialize;
+pub mod triton;
 pub mod unet;
 pub mod verify;
 
@@ -57,6 +58,8 @@ pub enum Command {
     /// Sample with the original model and with patch-parallel plans from one seed; report
     /// PSNR/SSIM against the original and write the images side by side.
     Compare(compare::Args),
+    /// Write a Triton Inference Server model repository that serves a plan (backend `dfc`).
+    Triton(triton::Args),
     /// Start one `dfc run --backend tensorrt` process per GPU (and meet the other nodes).
     Launch(launch::Args),
     /// A rank process that makes no communicator (tests of `dfc launch`).
@@ -120,6 +123,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Compare(args) => compare::run(args),
         Command::Build(args) => build::run(args),
         Command::Estimate(args) => estimate::run(args),
+        Command::Triton(args) => triton::run(args),
         Command::Launch(args) => launch::run(args),
         Command::RankProbe(args) => launch::probe(args),
     }

@@ -25,6 +25,7 @@ pub mod plan_exec;
 pub mod rng;
 pub mod sampler;
 pub mod sampling;
+pub mod serving;
 pub mod session;
 
 pub use executor::UnetExecutor;

@@ -59,6 +59,9 @@ pub enum SampleError {
     /// The options do not fit the plan.
     #[error("{0}")]
     Options(String),
+    /// The caller stopped the loop (see [`sample_until`]).
+    #[error("cancelled after {done} of {steps} steps")]
+    Cancelled { done: usize, steps: usize },
     /// A backend other than the CPU executor failed (e.g. the GPU executor).
     #[error(transparent)]
     Backend(Box<dyn std::error::Error + Send + Sync>),
@@ -178,6 +181,32 @@ fn roles(plan: &Plan) -> Result<Roles<'_>, SampleError> {
     })
 }
 
+/// The plan's conditioning inputs: every input but the latent and the timestep, in the plan's
+/// order (what `dfc run --inputs` and a served request provide).
+pub fn conditioning_inputs(plan: &Plan) -> Result<Vec<&TensorSpec>, SampleError> {
+    let Roles {
+        latent, timestep, ..
+    } = roles(plan)?;
+    Ok(plan
+        .inputs
+        .iter()
+        .filter(|s| s.name != latent.name && s.name != timestep.name)
+        .collect())
+}
+
+/// The plan's latent input (NCHW, split into bands along H).
+pub fn latent_spec(plan: &Plan) -> Result<&TensorSpec, SampleError> {
+    Ok(roles(plan)?.latent)
+}
+
+/// The batch of the plan's latent input (both CFG halves).
+pub fn latent_batch(plan: &Plan) -> Result<usize, SampleError> {
+    Ok(latent_spec(plan)?
+        .shape
+        .first()
+        .map_or(0, |&b| b.max(0) as usize))
+}
+
 /// One local rank's share of the loop.
 struct RankState {
     /// The rank (index into the plan's ranks).
@@ -250,6 +279,21 @@ pub fn sample<E: UnetExecutor>(
     cond: &[(String, HostTensor)],
     options: &SampleOptions,
     mut progress: impl FnMut(usize),
+) -> Result<Sampled, SampleError> {
+    sample_until(exec, cond, options, |done| {
+        progress(done);
+        true
+    })
+}
+
+/// [`sample`], stopped early with [`SampleError::Cancelled`] when `go_on` (called after every
+/// step with the number of steps done) returns false. Only for executors that run every rank
+/// (a multi-process run must stop all its processes together).
+pub fn sample_until<E: UnetExecutor>(
+    exec: &mut E,
+    cond: &[(String, HostTensor)],
+    options: &SampleOptions,
+    mut go_on: impl FnMut(usize) -> bool,
 ) -> Result<Sampled, SampleError> {
     let plan = exec.plan().clone();
     let local = exec.local_ranks();
@@ -439,7 +483,9 @@ pub fn sample<E: UnetExecutor>(
             s.sampler.step(i, g, &mut s.x)?;
         }
         step_seconds.push(start.elapsed().as_secs_f64());
-        progress(i + 1);
+        if !go_on(i + 1) && i + 1 < steps {
+            return Err(SampleError::Cancelled { done: i + 1, steps });
+        }
     }
     let xs = exec.all_bands(states.into_iter().map(|s| s.x).collect())?;
     if xs.len() != placements.len() {
