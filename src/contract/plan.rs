@@ -46,38 +46,7 @@ impl Mode {
     }
 }
 
-/// How GroupNorm statistics are exchanged in the stale steps of displaced mode (warmup steps
-/// and sync mode always all-reduce fresh statistics). The names are the paper's ablation.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum GnMode {
-    /// Paper Eq. 2: the previous step's group mean plus this band's change since then,
-    /// `mean_j(s_j(t−1)) + s_i(t) − s_i(t−1)`; where the estimated variance is negative, the
-    /// band's own statistics.
-    #[default]
-    Corrected,
-    /// The previous step's statistics of the other bands with this band's fresh ones,
-    /// `(Σ_{j≠i} s_j(t−1) + s_i(t)) / N`.
-    Stale,
-    /// A blocking all-reduce of this step's statistics (exact GroupNorm) at every step.
-    Sync,
-    /// Every band normalizes with its own statistics (no exchange).
-    Separate,
-}
-
-impl GnMode {
-    /// The name used on the command line and in `plan.json`.
-    pub const fn name(self) -> &'static str {
-        match self {
-            GnMode::Corrected => "corrected",
-            GnMode::Stale => "stale",
-            GnMode::Sync => "sync",
-            GnMode::Separate => "separate",
-        }
-    }
-}
-
-pub use super::exchange::ExchangeKind;
+pub use super::exchange::{ExchangeKind, GnMode};
 
 /// How a full-size model input or output maps onto ranks.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
