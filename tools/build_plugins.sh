@@ -2,14 +2,16 @@
 # Builds the TensorRT plugin library (plugins/tensorrt), the TensorRT shims that `dfc build`
 # loads (libdfc_trt_shim.so for TensorRT 11, libdfc_trt_shim_rtx.so for TensorRT-RTX 1.7) and
 # the tools, with warnings as errors,
-# for sm_80, sm_90 and sm_100, then runs the host tests, the host reference against the CPU
+# for every GPU a TensorRT serves (sm_75 and sm_86/89/120 for TensorRT-RTX's RTX cards, sm_80/90/100
+# for full TensorRT's datacenter GPUs) plus PTX of the newest for later GPUs, checks the
+# architectures with cuobjdump, then runs the host tests, the host reference against the CPU
 # operators' vectors (vectors_check; skips until `cargo test --test exchange_vectors` wrote them)
 # and the GPU harness (which skips without a CUDA device). Outputs go to plugins/tensorrt/build/.
 # Exit status != 0 when anything fails to compile or a test fails.
 #
 #   tools/build_plugins.sh            set up the toolchain if needed (tools/setup_cuda.sh), build, test
 #   DFC_BUILD_JOBS=N                  parallel compile jobs (default 1)
-#   DFC_PLUGIN_ARCHS="80 90 100"      SM architectures
+#   DFC_PLUGIN_ARCHS="75 80 86 89 90 100 120"   SM architectures (PTX for the last)
 # Run it under `flock /tmp/dfc-build.lock` on shared machines.
 set -euo pipefail
 start=$(date +%s)
@@ -18,9 +20,9 @@ cache="${DFC_CACHE:-$HOME/.cache/dfc}"
 src="$root/plugins/tensorrt"
 out="$src/build"
 jobs="${DFC_BUILD_JOBS:-1}"
-archs="${DFC_PLUGIN_ARCHS:-80 90 100}"
+archs="${DFC_PLUGIN_ARCHS:-75 80 86 89 90 100 120}"
 
-if [ ! -f "$cache/env.sh" ] || ! bash -c "source '$cache/env.sh' && test -x \"\$DFC_NVCC\" && test -f \"\$DFC_TRT_INCLUDE/NvInferRuntime.h\""; then
+if [ ! -f "$cache/env.sh" ] || ! bash -c "source '$cache/env.sh' && test -x \"\$DFC_NVCC\" && test -x \"\${DFC_CUOBJDUMP:-}\" && test -f \"\$DFC_TRT_INCLUDE/NvInferRuntime.h\""; then
   "$root/tools/setup_cuda.sh"
 fi
 # shellcheck disable=SC1091
@@ -29,14 +31,20 @@ mkdir -p "$out/obj"
 
 gencode=()
 for a in $archs; do gencode+=(-gencode "arch=compute_$a,code=sm_$a"); done
+newest="${archs##* }"
+gencode+=(-gencode "arch=compute_$newest,code=compute_$newest")
 cxx=(g++ -std=c++17 -O2 -fPIC -Wall -Wextra -Werror -I"$src/include" -I"$src/src")
 sys_cuda=(-isystem "$DFC_CUDA_INCLUDE")
 nvcc=("$DFC_NVCC" -std=c++17 -O2 -Werror all-warnings -Xcompiler -fPIC,-Wall,-Wextra,-Werror
   "${gencode[@]}" -I"$src/include" -I"$src/src")
 links=(-L"$DFC_CUDA_LIB" -L"$DFC_NCCL_LIB" -l:libcudart.so.13 -l:libnccl.so.2)
 
-# Rebuild an object only when its source or any header changed.
+# Rebuild an object only when its source or any header changed, or the architectures did.
 headers=("$src"/include/*.h "$src"/src/*.h)
+if [ "$(cat "$out/.archs" 2>/dev/null)" != "$archs" ]; then
+  rm -f "$out"/obj/* "$out"/*.so "$out"/dfc_gpu_harness
+  echo "$archs" > "$out/.archs"
+fi
 stale() { # stale <output> <inputs...>
   local o="$1"; shift
   [ -f "$o" ] || return 0
@@ -119,6 +127,19 @@ for sym in getCreators setLoggerFinder dfc_context_create dfc_context_set_step d
     echo "build_plugins: $lib does not export $sym" >&2; exit 1
   fi
 done
+
+# Machine code for every architecture asked for, and PTX for the newest (cuobjdump reads them).
+elf="$("$DFC_CUOBJDUMP" --list-elf "$lib")"
+ptx="$("$DFC_CUOBJDUMP" --list-ptx "$lib")"
+for a in $archs; do
+  if ! grep -q "\.sm_$a\." <<<"$elf"; then
+    echo "build_plugins: $lib has no machine code for sm_$a" >&2; exit 1
+  fi
+done
+if ! grep -q "\.sm_$newest\." <<<"$ptx"; then
+  echo "build_plugins: $lib has no PTX for compute_$newest" >&2; exit 1
+fi
+echo "build_plugins: $lib holds sm_${archs// /, sm_} and PTX of compute_$newest"
 
 status=0
 "$out/host_tests" || status=1

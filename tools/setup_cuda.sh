@@ -6,7 +6,7 @@
 #   cuda-venv/   nvcc 13 + CUDA runtime headers/libcudart + CCCL + NCCL headers (PyPI wheels),
 #                TensorRT-RTX 1.7 libraries and bindings, onnx (for the probe)
 #   trtx-sys/    the trtx-sys crate's source: TensorRT 11.4 and TensorRT-RTX 1.3-1.7 headers
-#   env.sh       exports DFC_NVCC, DFC_CUDA_INCLUDE, DFC_CUDA_LIB, DFC_NCCL_INCLUDE,
+#   env.sh       exports DFC_NVCC, DFC_CUOBJDUMP, DFC_CUDA_INCLUDE, DFC_CUDA_LIB, DFC_NCCL_INCLUDE,
 #                DFC_NCCL_LIB, DFC_TRT_INCLUDE, DFC_TRTRTX_INCLUDE, DFC_TRTRTX_LIB, DFC_PY,
 #                DFC_RTX_LD_LIBRARY_PATH
 #   rtx-links/   libtensorrt_rtx.so -> .so.1 (the RTX parser dlopens the unversioned name)
@@ -24,6 +24,9 @@ NVCC_VER=13.0.88
 CUDART_VER=13.0.96
 CCCL_VER=13.0.85
 NCCL_VER=2.28.9
+# cuobjdump reads the plugin library's architectures back; PyPI has it from 13.2 on (it reads
+# what nvcc 13.0 writes).
+CUOBJDUMP_VER=13.2.51
 RTX_VER=1.7.1.116
 ONNX_VER=1.19.1
 TRTX_SYS_VER=0.9.1+rtx1.7
@@ -47,6 +50,7 @@ have nvidia-nvvm "$NVCC_VER" || pkgs+=("nvidia-nvvm==$NVCC_VER")
 have nvidia-cuda-runtime "$CUDART_VER" || pkgs+=("nvidia-cuda-runtime==$CUDART_VER")
 have nvidia-cuda-cccl "$CCCL_VER" || pkgs+=("nvidia-cuda-cccl==$CCCL_VER")
 have nvidia-nccl-cu13 "$NCCL_VER" || pkgs+=("nvidia-nccl-cu13==$NCCL_VER")
+have nvidia-cuda-cuobjdump "$CUOBJDUMP_VER" || pkgs+=("nvidia-cuda-cuobjdump==$CUOBJDUMP_VER")
 if [ "$want_rtx" = 1 ]; then
   have tensorrt-rtx-cu13-libs "$RTX_VER" || pkgs+=("tensorrt-rtx-cu13-libs==$RTX_VER")
   have tensorrt-rtx-cu13-bindings "$RTX_VER" || pkgs+=("tensorrt-rtx-cu13-bindings==$RTX_VER")
@@ -97,6 +101,7 @@ fi
 cat > "$cache/env.sh" <<ENV
 # Written by tools/setup_cuda.sh
 export DFC_NVCC="$nvcc_bin"
+export DFC_CUOBJDUMP="$cu13/bin/cuobjdump"
 export DFC_CUDA_HOME="$(dirname "$(dirname "$nvcc_bin")")"
 export DFC_CUDA_INCLUDE="$cuda_inc"
 export DFC_CCCL_INCLUDE="$cccl_inc"
@@ -111,6 +116,6 @@ export DFC_PY="$venv/bin/python"
 export DFC_RTX_LD_LIBRARY_PATH="$rtx_links:$cuda_lib:$nccl_lib:$rtx_lib"
 ENV
 cat "$cache/env.sh"
-for v in "$nvcc_bin" "$cuda_inc/cuda_runtime_api.h" "$cuda_lib" "$nccl_inc/nccl.h" "$trt_inc/NvInferPluginBase.h"; do
+for v in "$nvcc_bin" "$cu13/bin/cuobjdump" "$cuda_inc/cuda_runtime_api.h" "$cuda_lib" "$nccl_inc/nccl.h" "$trt_inc/NvInferPluginBase.h"; do
   if [ -z "$v" ] || [ ! -e "$v" ]; then echo "setup_cuda: missing a toolchain part (see above)" >&2; exit 1; fi
 done
