@@ -1,7 +1,8 @@
 //! The dfc backend inside a real Triton Inference Server (2.51, from PyPI's nvidia-pytriton
 //! wheel; `tools/setup_triton.sh` installs it): a plan of the trained `models/shapes` UNet on
 //! two ranks, served by two instances, checked by `tests/serving/client.py` (tritonclient over
-//! HTTP and gRPC) against `dfc run`'s latents for the same seeds; then a model folder whose
+//! HTTP and gRPC) against `dfc run`'s latents for the same seeds, and a 32×32 plan with the tiny
+//! VAE decoder against `dfc run --vae --png`'s latent and image; a model folder whose
 //! plan changed fails to load with the file named, and the server shuts down cleanly with a
 //! request in flight. Skipped, with the reason, where the server is not installed.
 
@@ -45,7 +46,10 @@ fn triton_venv() -> Result<PathBuf, String> {
 fn server_binary(venv: &Path) -> Option<PathBuf> {
     let lib = std::fs::read_dir(venv.join("lib")).ok()?;
     lib.flatten()
-        .map(|e| e.path().join("site-packages/pytriton/tritonserver/bin/tritonserver"))
+        .map(|e| {
+            e.path()
+                .join("site-packages/pytriton/tritonserver/bin/tritonserver")
+        })
         .find(|p| p.is_file())
 }
 
@@ -55,9 +59,7 @@ fn free_ports() -> Result<u16> {
         let l = TcpListener::bind("127.0.0.1:0")?;
         let base = l.local_addr()?.port();
         drop(l);
-        if base < 65000
-            && (1..3).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok())
-        {
+        if base < 65000 && (1..3).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
             return Ok(base);
         }
     }
@@ -68,7 +70,11 @@ fn free_ports() -> Result<u16> {
 fn http_status(port: u16, path: &str) -> Option<u16> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     text.split_whitespace().nth(1)?.parse().ok()
@@ -89,7 +95,13 @@ impl Drop for Server {
 }
 
 impl Server {
-    fn start(venv: &Path, repo: &Path, backends: &Path, log: PathBuf, extra: &[&str]) -> Result<Self> {
+    fn start(
+        venv: &Path,
+        repo: &Path,
+        backends: &Path,
+        log: PathBuf,
+        extra: &[&str],
+    ) -> Result<Self> {
         let port = free_ports()?;
         let ort = dfc::runtime::find_onnxruntime()?.path;
         let file = std::fs::File::create(&log)?;
@@ -249,7 +261,54 @@ fn a_stock_triton_server_serves_a_plan_like_dfc_run() -> Result<()> {
             &p(&refs.join(file)),
         ])?;
     }
+    // A 32×32 plan served with the tiny VAE decoder (its input is 4×32×32).
+    let plan32 = dir.join("plan32");
+    let vae = root().join("models/vae_decoder_tiny.onnx");
+    run_ok(&[
+        "compile".as_ref(),
+        "models/shapes/unet.onnx".as_ref(),
+        "--gpus".as_ref(),
+        "2".as_ref(),
+        "--batch".as_ref(),
+        "2".as_ref(),
+        "--height".as_ref(),
+        "32".as_ref(),
+        "--width".as_ref(),
+        "32".as_ref(),
+        "--dim".as_ref(),
+        "sequence=4".as_ref(),
+        "-o".as_ref(),
+        &p(&plan32),
+    ])?;
+    run_ok(&[
+        "run".as_ref(),
+        &p(&plan32),
+        "--inputs".as_ref(),
+        &p(&cond_path),
+        "--steps".as_ref(),
+        STEPS.as_ref(),
+        "--guidance".as_ref(),
+        GUIDANCE.as_ref(),
+        "--seed".as_ref(),
+        "4".as_ref(),
+        "--vae".as_ref(),
+        &p(&vae),
+        "--png".as_ref(),
+        &p(&refs.join("vae.png")),
+        "-o".as_ref(),
+        &p(&refs.join("vae.npz")),
+    ])?;
     let repo = dir.join("repo");
+    run_ok(&[
+        "triton".as_ref(),
+        &p(&plan32),
+        "-o".as_ref(),
+        &p(&repo),
+        "--name".as_ref(),
+        "shapes_vae".as_ref(),
+        "--vae".as_ref(),
+        &p(&vae),
+    ])?;
     for (name, instances) in [("shapes", "2"), ("stale", "1")] {
         run_ok(&[
             "triton".as_ref(),
@@ -278,6 +337,7 @@ fn a_stock_triton_server_serves_a_plan_like_dfc_run() -> Result<()> {
         &["--exit-on-error=false", "--strict-readiness=false"],
     )?;
     server.wait_ready("shapes")?;
+    server.wait_ready("shapes_vae")?;
     ensure!(
         http_status(server.port, "/v2/models/stale/ready") != Some(200),
         "the model with a changed rank file is ready:\n{}",
@@ -298,7 +358,18 @@ fn a_stock_triton_server_serves_a_plan_like_dfc_run() -> Result<()> {
         .arg(&cond_path)
         .arg("--refs")
         .arg(&refs)
-        .args(["--steps", STEPS, "--guidance", GUIDANCE, "--max-steps", MAX_STEPS])
+        .args([
+            "--steps",
+            STEPS,
+            "--guidance",
+            GUIDANCE,
+            "--max-steps",
+            MAX_STEPS,
+        ])
+        .args(["--vae-model", "shapes_vae", "--vae-ref"])
+        .arg(refs.join("vae.npz"))
+        .arg("--vae-image-out")
+        .arg(dir.join("served.rgb"))
         .output()
         .context("running tests/serving/client.py")?;
     print!("{}", String::from_utf8_lossy(&out.stdout));
@@ -307,6 +378,16 @@ fn a_stock_triton_server_serves_a_plan_like_dfc_run() -> Result<()> {
         "the client's checks failed:\n{}\n--- server log ---\n{}",
         String::from_utf8_lossy(&out.stderr),
         server.log_text()
+    );
+    // The served image is the one `dfc run --png` wrote.
+    let png = image::open(refs.join("vae.png"))?.to_rgb8();
+    let served = std::fs::read(dir.join("served.rgb"))?;
+    ensure!(
+        png.as_raw() == &served,
+        "the served image ({} bytes) differs from dfc run's {}x{} PNG",
+        served.len(),
+        png.width(),
+        png.height()
     );
     let log = server.log_text();
     let cancelled = log
@@ -347,7 +428,10 @@ fn shutdown_with_a_request_in_flight(mut server: Server, python: &Path, cond: &P
     // Wait until the request is running, then ask the server to stop.
     let start = Instant::now();
     while !server.log_text().contains("request ``: step 1 of 12") {
-        ensure!(start.elapsed() < Duration::from_secs(60), "the last request never started");
+        ensure!(
+            start.elapsed() < Duration::from_secs(60),
+            "the last request never started"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     // SAFETY: a plain signal to our own child process.

@@ -67,6 +67,9 @@ def main():
     p.add_argument("--steps", type=int, required=True)
     p.add_argument("--guidance", type=float, required=True)
     p.add_argument("--max-steps", type=int, required=True)
+    p.add_argument("--vae-model", help="a model served with a VAE (32×32 plan, seed 4)")
+    p.add_argument("--vae-ref", help="dfc run's latent for it")
+    p.add_argument("--vae-image-out", help="where to write the served image's bytes")
     args = p.parse_args()
     cond = dict(np.load(args.cond))
     refs = {k: np.load(f"{args.refs}/seed{k}.npz")["latent"] for k in range(8)}
@@ -166,6 +169,16 @@ def main():
     # The instance is free again and serves the next request.
     r = hc.infer(m, inputs(http, cond, 7, steps, g))
     same("after cancellation", r.as_numpy("latent"), refs[7])
+    # 6. A model with a VAE answers the latent and the image.
+    if args.vae_model:
+        r = hc.infer(args.vae_model, inputs(http, cond, 4, steps, g))
+        same("VAE model latent", r.as_numpy("latent"), np.load(args.vae_ref)["latent"])
+        image = r.as_numpy("image")
+        if image is None or image.dtype != np.uint8 or image.ndim != 4 or image.shape[-1] != 3:
+            fail(f"VAE model image: {None if image is None else (image.dtype, image.shape)}")
+        with open(args.vae_image_out, "wb") as f:
+            f.write(image.tobytes())
+        print(f"client: VAE model answered latent and image {image.shape}")
     print("client: all checks passed")
 
 
