@@ -112,3 +112,55 @@ fn tensorrt_backend_with_an_engine_but_no_gpu_names_what_is_missing() -> Result<
     ensure!(err.contains("no CUDA driver"), "reason: {err}");
     Ok(())
 }
+
+/// `ncclGetUniqueId` starts a bootstrap listener thread that keeps running NCCL's code in the
+/// launcher; the library must stay loaded. A peer connecting to the listener the id names (its
+/// socket address follows the 8-byte magic) must find it alive and the process must survive.
+#[test]
+fn the_nccl_bootstrap_listener_outlives_the_id() -> Result<()> {
+    #[cfg(not(feature = "gpu"))]
+    {
+        println!("skipped: built without the `gpu` feature");
+        Ok(())
+    }
+    #[cfg(feature = "gpu")]
+    {
+        use std::io::Write;
+        use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+        use std::time::Duration;
+
+        use dfc::runtime::gpu::NcclIds;
+        use dfc::runtime::launch::IdSource;
+
+        let ids = match NcclIds::find() {
+            Ok(ids) => ids,
+            Err(e) => {
+                println!("skipped: {e}");
+                return Ok(());
+            }
+        };
+        let id = ids.unique_id()?;
+        let family = u16::from_ne_bytes([id[8], id[9]]);
+        let port = u16::from_be_bytes([id[10], id[11]]);
+        let ip = match i32::from(family) {
+            libc::AF_INET => IpAddr::V4(Ipv4Addr::new(id[12], id[13], id[14], id[15])),
+            libc::AF_INET6 => {
+                let b: [u8; 16] = id[16..32].try_into()?;
+                IpAddr::V6(Ipv6Addr::from(b))
+            }
+            other => anyhow::bail!("the NCCL id holds no socket address (family {other})"),
+        };
+        let addr = SocketAddr::new(ip, port);
+        for _ in 0..3 {
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                .with_context(|| format!("connecting to NCCL's bootstrap listener at {addr}"))?;
+            // Not NCCL's handshake: the listener reads, rejects and goes on listening.
+            let _ = s.write_all(&[0u8; 64]);
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        // A second id from the same loaded library still works.
+        ensure!(ids.unique_id()? != id, "two ids are equal");
+        println!("NCCL's bootstrap listener at {addr} took 3 connections; the process lives");
+        Ok(())
+    }
+}

@@ -39,12 +39,25 @@ impl NcclIds {
     }
 }
 
+/// `libnccl.so.2` as this process loaded it, never unloaded: `ncclGetUniqueId` starts a
+/// bootstrap listener thread that runs NCCL's code for as long as the process lives (the ranks
+/// connect to it), so closing the library would unmap code that thread executes.
+static NCCL_LIBRARY: std::sync::OnceLock<libloading::Library> = std::sync::OnceLock::new();
+
+/// The process's one `libnccl.so.2` (loaded from `path` on first use).
+fn nccl_library(path: &std::path::Path) -> Result<&'static libloading::Library, String> {
+    if let Some(lib) = NCCL_LIBRARY.get() {
+        return Ok(lib);
+    }
+    // SAFETY: loading NCCL runs its initializers only.
+    let lib = unsafe { libloading::Library::new(path) }.map_err(|e| e.to_string())?;
+    Ok(NCCL_LIBRARY.get_or_init(|| lib))
+}
+
 impl IdSource for NcclIds {
     fn unique_id(&self) -> Result<Vec<u8>, LaunchError> {
         let fail = |e: String| LaunchError::Id(format!("{}: {e}", self.lib.display()));
-        // SAFETY: loading NCCL runs its initializers only.
-        let lib =
-            unsafe { libloading::Library::new(&self.lib) }.map_err(|e| fail(e.to_string()))?;
+        let lib = nccl_library(&self.lib).map_err(fail)?;
         // SAFETY: ncclGetUniqueId(ncclUniqueId*) -> ncclResult_t, the id being 128 bytes.
         let get: libloading::Symbol<unsafe extern "C" fn(*mut u8) -> i32> =
             unsafe { lib.get(b"ncclGetUniqueId\0") }.map_err(|e| fail(e.to_string()))?;
