@@ -660,7 +660,7 @@ mod fixture_tests {
 
     fn fixtures() -> Vec<PathBuf> {
         let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../models"));
-        let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
             .map(|r| r.flatten().map(|e| e.path()).collect())
             .unwrap_or_default();
         v.push(dir.join("sd15_tiny_external").join("model.onnx"));

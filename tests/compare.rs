@@ -110,14 +110,7 @@ fn run_decodes_with_a_vae_and_refuses_a_model_that_is_not_one() -> Result<()> {
     require_ort()?;
     let tmp = tempfile::tempdir()?;
     let plan = tmp.path().join("plan");
-    let o = dfc(&[
-        "compile".as_ref(),
-        root().join("models/sd15_tiny.onnx").as_os_str(),
-        "--gpus".as_ref(),
-        "2".as_ref(),
-        "-o".as_ref(),
-        plan.as_os_str(),
-    ])?;
+    let o = dfc_compile(root().join("models/sd15_tiny.onnx"), 2, &plan, &[])?;
     ensure!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let io = root().join("models/sd15_tiny.io.npz");
     let run = |vae: &std::path::Path, out: &std::path::Path, png: &std::path::Path| {

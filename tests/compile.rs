@@ -337,14 +337,7 @@ fn refusals_list_every_offending_node_and_write_nothing() -> Result<()> {
     let model = tmp.path().join("bad.onnx");
     hand_made(&model)?;
     let out = tmp.path().join("plan");
-    let run = dfc(&[
-        "compile".as_ref(),
-        model.as_os_str(),
-        "--gpus".as_ref(),
-        "2".as_ref(),
-        "-o".as_ref(),
-        out.as_os_str(),
-    ])?;
+    let run = dfc_compile(&model, 2, &out, &[])?;
     let err = String::from_utf8_lossy(&run.stderr);
     ensure!(run.status.code() == Some(1), "exit {:?}: {err}", run.status);
     for want in [
@@ -365,16 +358,8 @@ fn any_gpu_count_up_to_the_row_step_compiles_and_others_say_what_works() -> Resu
     let tmp = tempfile::tempdir()?;
     let out = tmp.path().join("plan");
     let model = root().join("models/sd15_tiny.onnx");
-    let arg = |s: &'static str| std::ffi::OsStr::new(s);
     // 32 latent rows, levels 32 / 16 / 8: boundaries on multiples of 4, so up to 8 GPUs.
-    let run = dfc(&[
-        arg("compile"),
-        model.as_os_str(),
-        arg("--gpus"),
-        arg("3"),
-        arg("-o"),
-        out.as_os_str(),
-    ])?;
+    let run = dfc_compile(&model, 3, &out, &[])?;
     let text = String::from_utf8_lossy(&run.stdout);
     ensure!(
         run.status.success(),
@@ -392,14 +377,7 @@ fn any_gpu_count_up_to_the_row_step_compiles_and_others_say_what_works() -> Resu
     );
     // Nine GPUs: more bands than 4-row steps.
     let nine = tmp.path().join("nine");
-    let run = dfc(&[
-        arg("compile"),
-        model.as_os_str(),
-        arg("--gpus"),
-        arg("9"),
-        arg("-o"),
-        nine.as_os_str(),
-    ])?;
+    let run = dfc_compile(&model, 9, &nine, &[])?;
     let err = String::from_utf8_lossy(&run.stderr);
     ensure!(run.status.code() == Some(1), "exit {:?}: {err}", run.status);
     ensure!(
@@ -409,16 +387,7 @@ fn any_gpu_count_up_to_the_row_step_compiles_and_others_say_what_works() -> Resu
     );
     ensure!(!nine.exists());
     // A hand-set band list off the row step names the step and lists that would work.
-    let run = dfc(&[
-        arg("compile"),
-        model.as_os_str(),
-        arg("--gpus"),
-        arg("3"),
-        arg("--bands"),
-        arg("10,12,10"),
-        arg("-o"),
-        nine.as_os_str(),
-    ])?;
+    let run = dfc_compile(&model, 3, &nine, &["--bands", "10,12,10"])?;
     let err = String::from_utf8_lossy(&run.stderr);
     ensure!(run.status.code() == Some(1), "exit {:?}: {err}", run.status);
     ensure!(
@@ -564,17 +533,8 @@ fn split_batch_puts_the_cfg_halves_on_two_groups() -> Result<()> {
 fn dump_after_stops_and_writes_nothing() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let out = tmp.path().join("plan");
-    let run = dfc(&[
-        "compile".as_ref(),
-        root().join("models/sd15_tiny.onnx").as_os_str(),
-        "--gpus".as_ref(),
-        "2".as_ref(),
-        "--dump-after".as_ref(),
-        "partition".as_ref(),
-        "--timings".as_ref(),
-        "-o".as_ref(),
-        out.as_os_str(),
-    ])?;
+    let model = root().join("models/sd15_tiny.onnx");
+    let run = dfc_compile(&model, 2, &out, &["--dump-after", "partition", "--timings"])?;
     let text = String::from_utf8_lossy(&run.stdout);
     ensure!(
         run.status.success(),
@@ -585,16 +545,7 @@ fn dump_after_stops_and_writes_nothing() -> Result<()> {
     ensure!(text.contains("--- layouts ---") && text.contains("halo(axis 2, top 1, bottom 1)"));
     ensure!(text.contains("canonicalize") && text.contains(" ms"));
     ensure!(!out.exists());
-    let bad = dfc(&[
-        "compile".as_ref(),
-        root().join("models/sd15_tiny.onnx").as_os_str(),
-        "--gpus".as_ref(),
-        "2".as_ref(),
-        "--dump-after".as_ref(),
-        "nope".as_ref(),
-        "-o".as_ref(),
-        out.as_os_str(),
-    ])?;
+    let bad = dfc_compile(&model, 2, &out, &["--dump-after", "nope"])?;
     let err = String::from_utf8_lossy(&bad.stderr);
     if !(bad.status.code() == Some(1) && err.contains("valid passes")) {
         bail!("{err}");

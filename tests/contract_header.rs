@@ -1,6 +1,7 @@
 //! The TensorRT plugins include `plugins/tensorrt/include/dfc_contract.h`, rendered from
 //! `dfc::contract::exchange`: this test fails when the committed header and the Rust contract
-//! disagree. `DFC_BLESS=1 cargo test --test contract_header` rewrites the header.
+//! disagree. `INSTA_UPDATE=always cargo test --test contract_header` rewrites the header: the
+//! same switch as the insta snapshots (`tests/golden.rs`), so one command blesses everything.
 
 use std::path::Path;
 
@@ -11,7 +12,8 @@ use dfc::contract::exchange::{C_HEADER_PATH, c_header};
 fn committed_header_is_the_rendered_contract() -> Result<()> {
     let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join(C_HEADER_PATH);
     let want = c_header();
-    if std::env::var_os("DFC_BLESS").is_some() {
+    // insta's switch: `always` overwrites every snapshot (here: the header) and passes.
+    if std::env::var("INSTA_UPDATE").is_ok_and(|v| v == "always") {
         std::fs::write(&path, &want).with_context(|| format!("writing {}", path.display()))?;
         println!("blessed {}", path.display());
         return Ok(());
@@ -20,7 +22,7 @@ fn committed_header_is_the_rendered_contract() -> Result<()> {
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     ensure!(
         got == want,
-        "{} differs from the Rust contract; run `DFC_BLESS=1 cargo test --test contract_header` \
+        "{} differs from the Rust contract; run `INSTA_UPDATE=always cargo test --test contract_header` \
          and rebuild the plugins.\n--- rendered ---\n{want}",
         path.display()
     );

@@ -155,14 +155,7 @@ fn fused_operator_graphs_are_refused_listing_every_fused_node() -> Result<()> {
     }
     let tmp = tempfile::tempdir()?;
     let out = tmp.path().join("plan");
-    let run = dfc(&[
-        "compile".as_ref(),
-        model.as_os_str(),
-        "--gpus".as_ref(),
-        "2".as_ref(),
-        "-o".as_ref(),
-        out.as_os_str(),
-    ])?;
+    let run = dfc_compile(&model, 2, &out, &[])?;
     let err = String::from_utf8_lossy(&run.stderr);
     ensure!(run.status.code() == Some(1), "exit {:?}: {err}", run.status);
     ensure!(

@@ -2,25 +2,19 @@
 //! without the `gpu` feature) it must exit 1 with the reason, never panic; with a GPU and
 //! engines it samples (that part needs a GPU machine and prints `skipped` here).
 
+mod common;
+
 use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
-
-fn root() -> std::path::PathBuf {
-    std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
-}
+use common::{dfc_compile, root};
 
 #[test]
 fn tensorrt_backend_without_a_gpu_exits_1_with_the_reason() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let plan = tmp.path().join("plan");
+    let o = dfc_compile("models/sd15_tiny.onnx", 1, &plan, &[]).context("dfc compile")?;
     let dfc = env!("CARGO_BIN_EXE_dfc");
-    let o = Command::new(dfc)
-        .current_dir(root())
-        .args(["compile", "models/sd15_tiny.onnx", "--gpus", "1", "-o"])
-        .arg(&plan)
-        .output()
-        .context("dfc compile")?;
     ensure!(
         o.status.success(),
         "compile: {}",
@@ -73,12 +67,8 @@ fn tensorrt_backend_with_an_engine_but_no_gpu_names_what_is_missing() -> Result<
     }
     let tmp = tempfile::tempdir()?;
     let plan = tmp.path().join("plan");
+    let o = dfc_compile("models/sd15_tiny.onnx", 1, &plan, &[])?;
     let dfc = env!("CARGO_BIN_EXE_dfc");
-    let o = Command::new(dfc)
-        .current_dir(root())
-        .args(["compile", "models/sd15_tiny.onnx", "--gpus", "1", "-o"])
-        .arg(&plan)
-        .output()?;
     ensure!(
         o.status.success(),
         "compile: {}",

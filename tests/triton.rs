@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use common::{dfc, root};
+use common::{dfc, dfc_compile, root};
 use dfc::runtime::{HostTensor, read_npz, write_npz};
 
 const STEPS: &str = "3";
@@ -152,6 +152,20 @@ impl Server {
     }
 }
 
+/// `dfc compile` of the trained `models/shapes` UNet for 2 GPUs, batch 2 and a 4-token text,
+/// with `extra` options, into `out`; fails with its stderr.
+fn compile_ok(out: &Path, extra: &[&str]) -> Result<()> {
+    let mut options = vec!["--batch", "2", "--dim", "sequence=4"];
+    options.extend(extra);
+    let o = dfc_compile("models/shapes/unet.onnx", 2, out, &options)?;
+    ensure!(
+        o.status.success(),
+        "dfc compile failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    Ok(())
+}
+
 fn run_ok(args: &[&std::ffi::OsStr]) -> Result<()> {
     let out = dfc(args)?;
     ensure!(
@@ -218,22 +232,7 @@ fn a_stock_triton_server_serves_a_plan_like_dfc_run() -> Result<()> {
     write_npz(&cond_path, &cond)?;
     let plan = dir.join("plan");
     let p = |p: &Path| p.as_os_str().to_owned();
-    run_ok(&[
-        "compile".as_ref(),
-        "models/shapes/unet.onnx".as_ref(),
-        "--gpus".as_ref(),
-        "2".as_ref(),
-        "--batch".as_ref(),
-        "2".as_ref(),
-        "--height".as_ref(),
-        "64".as_ref(),
-        "--width".as_ref(),
-        "64".as_ref(),
-        "--dim".as_ref(),
-        "sequence=4".as_ref(),
-        "-o".as_ref(),
-        &p(&plan),
-    ])?;
+    compile_ok(&plan, &["--height", "64", "--width", "64"])?;
     // dfc run's latents: seeds 0..7 (DDIM) and seed 0 with Euler.
     let refs = dir.join("refs");
     std::fs::create_dir(&refs)?;
@@ -264,22 +263,7 @@ fn a_stock_triton_server_serves_a_plan_like_dfc_run() -> Result<()> {
     // A 32×32 plan served with the tiny VAE decoder (its input is 4×32×32).
     let plan32 = dir.join("plan32");
     let vae = root().join("models/vae_decoder_tiny.onnx");
-    run_ok(&[
-        "compile".as_ref(),
-        "models/shapes/unet.onnx".as_ref(),
-        "--gpus".as_ref(),
-        "2".as_ref(),
-        "--batch".as_ref(),
-        "2".as_ref(),
-        "--height".as_ref(),
-        "32".as_ref(),
-        "--width".as_ref(),
-        "32".as_ref(),
-        "--dim".as_ref(),
-        "sequence=4".as_ref(),
-        "-o".as_ref(),
-        &p(&plan32),
-    ])?;
+    compile_ok(&plan32, &["--height", "32", "--width", "32"])?;
     run_ok(&[
         "run".as_ref(),
         &p(&plan32),
@@ -420,7 +404,7 @@ fn shutdown_with_a_request_in_flight(mut server: Server, python: &Path, cond: &P
         port = server.port,
         cond = cond.display()
     );
-    let mut client = Command::new(python)
+    let client = Command::new(python)
         .args(["-c", &script])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -17,19 +17,8 @@ use sha2::{Digest, Sha256};
 /// Compiles `model` (under `models/`) for `gpus` ranks into `out`.
 fn compile(model: &str, gpus: usize, sync: bool, out: &Path) -> Result<()> {
     let model = common::root().join("models").join(model);
-    let gpus = gpus.to_string();
-    let mut args: Vec<&OsStr> = vec![
-        "compile".as_ref(),
-        model.as_os_str(),
-        "--gpus".as_ref(),
-        gpus.as_ref(),
-        "-o".as_ref(),
-        out.as_os_str(),
-    ];
-    if sync {
-        args.extend([OsStr::new("--mode"), OsStr::new("sync")]);
-    }
-    let o = common::dfc(&args)?;
+    let mode: &[&str] = if sync { &["--mode", "sync"] } else { &[] };
+    let o = common::dfc_compile(&model, gpus, out, mode)?;
     ensure!(
         o.status.success(),
         "dfc compile failed: {}",

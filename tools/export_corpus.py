@@ -39,10 +39,8 @@ and stays well under 2 MB.
 from __future__ import annotations
 
 import argparse
-import io
 import math
 import os
-import zipfile
 
 import numpy as np
 import onnx
@@ -50,6 +48,8 @@ import onnxruntime as ort
 from onnx import TensorProto as T
 from onnx import helper as h
 from onnx import numpy_helper as nh
+
+from npz_io import save_npz
 
 BATCH = 2
 CH = 32
@@ -60,18 +60,6 @@ CTX = 32
 TEMB = 64
 GROUPS = 8
 TIMESTEP = 500.0
-
-
-def save_npz(path: str, arrays: dict) -> None:
-    """np.savez-compatible, uncompressed, with fixed zip timestamps (byte-reproducible)."""
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
-        for key in arrays:
-            buf = io.BytesIO()
-            np.lib.format.write_array(buf, np.ascontiguousarray(arrays[key]), allow_pickle=False)
-            info = zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_STORED
-            info.external_attr = 0o644 << 16
-            zf.writestr(info, buf.getvalue())
 
 
 class Builder:

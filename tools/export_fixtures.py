@@ -41,15 +41,15 @@ the same package versions (see tools/requirements-export.txt).
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import re
 import sys
 import tempfile
-import zipfile
 from collections import Counter
 
 import numpy as np
+
+from npz_io import save_npz
 
 SEED = 0
 BATCH = 2  # CFG pair (uncond, cond)
@@ -120,18 +120,6 @@ UNET_DYNAMIC_AXES = {
 # --------------------------------------------------------------------------- utils
 def log(*a):
     print(*a, flush=True)
-
-
-def save_npz(path: str, arrays: dict) -> None:
-    """np.savez-compatible, uncompressed, with fixed zip timestamps (byte-reproducible)."""
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
-        for key in arrays:
-            buf = io.BytesIO()
-            np.lib.format.write_array(buf, np.ascontiguousarray(arrays[key]), allow_pickle=False)
-            info = zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_STORED
-            info.external_attr = 0o644 << 16
-            zf.writestr(info, buf.getvalue())
 
 
 def param_count(module) -> int:

@@ -66,6 +66,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import export_fixtures as fx  # noqa: E402
+from npz_io import save_npz  # noqa: E402
 
 # The LDM UNet: CompVis openaimodel with model_channels 32, channel_mult (1, 1),
 # num_res_blocks 1, attention at both levels, 4 heads, context_dim 32.
@@ -485,7 +486,7 @@ def main(argv=None) -> int:
         feeds = {k: v.astype(np.float16) for k, v in fp32_inputs.items()} if fp16_io else dict(fp32_inputs)
         runs = path if reference_model is None else reference_model.SerializeToString()
         outs = fx.run_ort(runs, feeds, ort)
-        fx.save_npz(os.path.join(args.out, name + ".io.npz"), {**feeds, **outs})
+        save_npz(os.path.join(args.out, name + ".io.npz"), {**feeds, **outs})
         err = float(np.max(np.abs(outs["out_sample"].astype(np.float32) - ref)))
         if err > tol:
             raise RuntimeError(f"{name}: ORT output differs from its source by {err} > {tol}")

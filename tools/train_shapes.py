@@ -54,14 +54,14 @@ Typical use (from the repository root)::
 from __future__ import annotations
 
 import argparse
-import io
 import math
 import os
 import sys
 import time
-import zipfile
 
 import numpy as np
+
+from npz_io import save_npz
 
 SHAPES = ["circle", "square", "triangle", "ring"]
 COLORS = {  # main-shape colours (class colours)
@@ -175,18 +175,6 @@ def make_batch(rng: np.random.Generator, n: int, size: int):
 
 
 # --------------------------------------------------------------------------- utils
-def save_npz(path: str, arrays: dict) -> None:
-    """np.savez-compatible, uncompressed, fixed zip timestamps (byte-reproducible)."""
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
-        for key in arrays:
-            buf = io.BytesIO()
-            np.lib.format.write_array(buf, np.ascontiguousarray(arrays[key]), allow_pickle=False)
-            info = zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_STORED
-            info.external_attr = 0o644 << 16
-            zf.writestr(info, buf.getvalue())
-
-
 def to_uint8(x):
     """[n,4,S,S] in [-1,1] -> [n,S,S,3] uint8 (RGB channels)."""
     rgb = np.clip((x[:, :3] + 1) / 2, 0, 1)

@@ -231,6 +231,10 @@ impl<'a> OpCx<'a> {
     }
 }
 
+/// The most elements constant folding creates in one tensor, and the most a rewrite reads
+/// from one constant (the default of [`crate::PassOptions::max_fold_elements`]).
+pub const MAX_FOLD_ELEMENTS: usize = 1 << 20;
+
 /// Whether `v` is a constant: an initializer that is not also a (overridable) graph input.
 pub fn is_constant(g: &Graph, v: ValueId) -> bool {
     g.value(v).init.is_some() && !g.inputs.contains(&v)

@@ -219,8 +219,8 @@ pub const C_HEADER_PATH: &str = "plugins/tensorrt/include/dfc_contract.h";
 pub fn c_header() -> String {
     let mut s = String::new();
     s += "/* The exchange operators' contract (DESIGN §3), generated from the Rust contract module\n";
-    s += " * `dfc::contract`. Do not edit: `DFC_BLESS=1 cargo test --test contract_header` rewrites it,\n";
-    s += " * and that test fails whenever this file and the Rust side disagree. */\n";
+    s += " * `dfc::contract`. Do not edit: `INSTA_UPDATE=always cargo test --test contract_header`\n";
+    s += " * rewrites it, and that test fails whenever this file and the Rust side disagree. */\n";
     s += "#ifndef DFC_CONTRACT_H\n#define DFC_CONTRACT_H\n\n";
     s += "/* ONNX domain of the exchange operators (TensorRT plugin namespace) and their version. */\n";
     s += &format!("#define DFC_DOMAIN \"{DOMAIN}\"\n");

@@ -6,11 +6,39 @@
 //! ([`super::PlanExecutor`]) runs all of them as threads of one process; the GPU executor runs
 //! the one rank of its process (`dfc launch` starts one process per GPU). Every per-rank vector
 //! of this trait (feeds, outputs, bands) follows [`UnetExecutor::local_ranks`]'s order.
+//!
+//! [`SampleError`] is what the loop reports: a backend's own error (the CPU executor's
+//! [`ExecError`], any other backend's boxed), the samplers', and the loop's own. It lives here,
+//! with the trait whose methods return it, so that backends depend on this module and never on
+//! the loop ([`super::sampling`] re-exports it).
+
+use thiserror::Error;
 
 use super::host::{HostTensor, NamedTensors};
 use super::plan_exec::{ExecError, PlanExecutor};
-use super::sampling::SampleError;
+use super::sampler::SamplerError;
 use crate::plan::Plan;
+
+/// Errors of the sampling loop.
+#[derive(Debug, Error)]
+pub enum SampleError {
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    #[error(transparent)]
+    Sampler(#[from] SamplerError),
+    /// The plan does not fit the sampling loop's conventions.
+    #[error("this plan cannot be sampled: {0}")]
+    Plan(String),
+    /// The options do not fit the plan.
+    #[error("{0}")]
+    Options(String),
+    /// The caller stopped the loop (see [`super::sampling::sample_until`]).
+    #[error("cancelled after {done} of {steps} steps")]
+    Cancelled { done: usize, steps: usize },
+    /// A backend other than the CPU executor failed (e.g. the GPU executor).
+    #[error(transparent)]
+    Backend(Box<dyn std::error::Error + Send + Sync>),
+}
 
 /// A backend of the sampling loop (see the module documentation).
 pub trait UnetExecutor {

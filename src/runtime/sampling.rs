@@ -30,14 +30,11 @@ use std::ops::Range;
 
 use half::f16;
 use ndarray::{ArrayD, IxDyn};
-use thiserror::Error;
 
+pub use super::executor::SampleError;
 use super::executor::UnetExecutor;
 use super::host::{HostTensor, NamedTensors};
-use super::plan_exec::ExecError;
-use super::sampler::{
-    Sampler, SamplerConfig, SamplerError, guide, latent_noise, put_rows, take_rows,
-};
+use super::sampler::{Sampler, SamplerConfig, guide, latent_noise, put_rows, take_rows};
 use crate::plan::{Mode, Plan, TensorSpec};
 
 /// Name of the latent input (diffusers' UNets); without it, the one 4-D input split into bands.
@@ -45,27 +42,6 @@ pub const LATENT_INPUT: &str = "sample";
 /// Name of the timestep input (diffusers' UNets); without it, the one input of rank ≤ 1 that is
 /// not split into bands.
 pub const TIMESTEP_INPUT: &str = "timestep";
-
-/// Errors of the sampling loop.
-#[derive(Debug, Error)]
-pub enum SampleError {
-    #[error(transparent)]
-    Exec(#[from] ExecError),
-    #[error(transparent)]
-    Sampler(#[from] SamplerError),
-    /// The plan does not fit the sampling loop's conventions.
-    #[error("this plan cannot be sampled: {0}")]
-    Plan(String),
-    /// The options do not fit the plan.
-    #[error("{0}")]
-    Options(String),
-    /// The caller stopped the loop (see [`sample_until`]).
-    #[error("cancelled after {done} of {steps} steps")]
-    Cancelled { done: usize, steps: usize },
-    /// A backend other than the CPU executor failed (e.g. the GPU executor).
-    #[error(transparent)]
-    Backend(Box<dyn std::error::Error + Send + Sync>),
-}
 
 /// What to sample.
 #[derive(Debug, Clone, PartialEq)]

@@ -5,6 +5,10 @@
 //! count), every instance an [`InstanceState`] (the loaded [`Instance`]). Triton never runs
 //! one instance's `execute` on two threads at once, so an instance's state needs no lock.
 
+// The entry points' signatures are Triton's (safe `extern "C"` functions); Triton passes live
+// handles, which they hand back to Triton's own API.
+#![allow(clippy::not_unsafe_ptr_arg_deref)]
+
 use std::ffi::{CStr, CString, c_char, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -206,6 +207,28 @@ pub fn dfc(args: &[&std::ffi::OsStr]) -> Result<Output> {
         .current_dir(root())
         .output()
         .context("starting the dfc binary")
+}
+
+/// Runs `dfc compile MODEL --gpus N -o OUT` through the built binary, with the options in
+/// `extra` after them (e.g. `["--mode", "sync"]`); a relative `model` is under the repository
+/// root. The caller checks the exit status.
+pub fn dfc_compile(
+    model: impl AsRef<Path>,
+    gpus: usize,
+    out: &Path,
+    extra: &[&str],
+) -> Result<Output> {
+    let gpus = gpus.to_string();
+    let mut args: Vec<&OsStr> = vec![
+        "compile".as_ref(),
+        model.as_ref().as_os_str(),
+        "--gpus".as_ref(),
+        gpus.as_ref(),
+        "-o".as_ref(),
+        out.as_os_str(),
+    ];
+    args.extend(extra.iter().map(OsStr::new));
+    dfc(&args)
 }
 
 #[allow(unused_imports)]

@@ -1,6 +1,6 @@
 /* The exchange operators' contract (DESIGN §3), generated from the Rust contract module
- * `dfc::contract`. Do not edit: `DFC_BLESS=1 cargo test --test contract_header` rewrites it,
- * and that test fails whenever this file and the Rust side disagree. */
+ * `dfc::contract`. Do not edit: `INSTA_UPDATE=always cargo test --test contract_header`
+ * rewrites it, and that test fails whenever this file and the Rust side disagree. */
 #ifndef DFC_CONTRACT_H
 #define DFC_CONTRACT_H
 

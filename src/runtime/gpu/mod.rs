@@ -40,11 +40,10 @@ pub use nccl::NcclIds;
 
 use self::nccl::Comm;
 use self::plugin::{PluginContext, PluginLib, Transport};
-use super::executor::UnetExecutor;
+use super::bands::{BandError, split_for_plan};
+use super::executor::{SampleError, UnetExecutor};
 use super::host::{HostTensor, NamedTensors};
 use super::launch::{LaunchError, RankEnv, watch_for_abort};
-use super::plan_exec::{ExecError, split_for_plan};
-use super::sampling::SampleError;
 use crate::plan::{Plan, PlanError};
 use crate::trt::{Engine, IoSpec, TensorRt, TrtError};
 
@@ -513,7 +512,7 @@ impl UnetExecutor for GpuExecutor {
         skip: &[&str],
     ) -> Result<Vec<NamedTensors>, GpuError> {
         let mut all = split_for_plan(&self.plan, inputs, skip)
-            .map_err(|e: ExecError| GpuError::Mismatch(e.to_string()))?;
+            .map_err(|e: BandError| GpuError::Mismatch(e.to_string()))?;
         if self.rank >= all.len() {
             return Err(GpuError::Mismatch(format!(
                 "no inputs for rank {}",

@@ -9,6 +9,7 @@ use std::time::Instant;
 use ndarray::ArrayD;
 
 use super::request::{Job, Settings};
+use crate::bands::BandError;
 use crate::image::VaeDecoder;
 use crate::plan::Plan;
 use crate::plan_exec::{ExecError, ExecOptions, PlanExecutor};
@@ -77,7 +78,7 @@ impl Instance {
             threads,
             ..ExecOptions::default()
         };
-        let exec = PlanExecutor::load(dir, exec_options.clone())
+        let exec = PlanExecutor::load(dir, exec_options)
             .map_err(|e| format!("loading the plan {}: {}", dir.display(), chain(&e)))?;
         let plan = exec.plan().clone();
         super::request::conditioning(&plan)?;
@@ -148,9 +149,9 @@ impl Instance {
             Err(e @ (SampleError::Options(_) | SampleError::Plan(_) | SampleError::Sampler(_))) => {
                 return Err(RunFailure::Request(chain(&e)));
             }
-            Err(SampleError::Exec(
-                e @ (ExecError::Input { .. } | ExecError::MissingInput { .. }),
-            )) => {
+            Err(SampleError::Exec(ExecError::Bands(
+                e @ (BandError::Input { .. } | BandError::MissingInput { .. }),
+            ))) => {
                 return Err(RunFailure::Request(chain(&e)));
             }
             Err(e) => return Err(self.failed(chain(&e))),
@@ -179,7 +180,7 @@ impl Instance {
     }
 
     fn reload(&mut self) -> Result<(), String> {
-        let exec = PlanExecutor::load(&self.dir, self.exec_options.clone())
+        let exec = PlanExecutor::load(&self.dir, self.exec_options)
             .map_err(|e| format!("loading the plan {}: {}", self.dir.display(), chain(&e)))?;
         self.exec = Some(exec);
         Ok(())
