@@ -5,10 +5,6 @@
 //! count), every instance an [`InstanceState`] (the loaded [`Instance`]). Triton never runs
 //! one instance's `execute` on two threads at once, so an instance's state needs no lock.
 
-// The entry points' signatures are Triton's (safe `extern "C"` functions); Triton passes live
-// handles, which they hand back to Triton's own API.
-#![allow(clippy::not_unsafe_ptr_arg_deref)]
-
 use std::ffi::{CStr, CString, c_char, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
@@ -235,8 +231,11 @@ fn check_config(config: &serde_json::Value, instance: &Instance) -> TResult<()> 
 }
 
 /// Triton asks which backend API this library speaks.
+///
+/// # Safety
+/// Called by Triton only, with the live handle(s) its backend API passes to this entry point.
 #[unsafe(no_mangle)]
-pub extern "C" fn TRITONBACKEND_Initialize(
+pub unsafe extern "C" fn TRITONBACKEND_Initialize(
     backend: *mut TRITONBACKEND_Backend,
 ) -> *mut TRITONSERVER_Error {
     entry(|| {
@@ -272,16 +271,22 @@ pub extern "C" fn TRITONBACKEND_Initialize(
 }
 
 /// Nothing to free: the backend keeps no global state.
+///
+/// # Safety
+/// Called by Triton only, with the live handle(s) its backend API passes to this entry point.
 #[unsafe(no_mangle)]
-pub extern "C" fn TRITONBACKEND_Finalize(
+pub unsafe extern "C" fn TRITONBACKEND_Finalize(
     _backend: *mut TRITONBACKEND_Backend,
 ) -> *mut TRITONSERVER_Error {
     ptr::null_mut()
 }
 
 /// Reads the model's configuration, checks its folder against the manifest, keeps the state.
+///
+/// # Safety
+/// Called by Triton only, with the live handle(s) its backend API passes to this entry point.
 #[unsafe(no_mangle)]
-pub extern "C" fn TRITONBACKEND_ModelInitialize(
+pub unsafe extern "C" fn TRITONBACKEND_ModelInitialize(
     model: *mut TRITONBACKEND_Model,
 ) -> *mut TRITONSERVER_Error {
     entry(|| {
@@ -354,8 +359,11 @@ pub extern "C" fn TRITONBACKEND_ModelInitialize(
 }
 
 /// Frees the model's state.
+///
+/// # Safety
+/// Called by Triton only, with the live handle(s) its backend API passes to this entry point.
 #[unsafe(no_mangle)]
-pub extern "C" fn TRITONBACKEND_ModelFinalize(
+pub unsafe extern "C" fn TRITONBACKEND_ModelFinalize(
     model: *mut TRITONBACKEND_Model,
 ) -> *mut TRITONSERVER_Error {
     entry(|| {
@@ -372,8 +380,11 @@ pub extern "C" fn TRITONBACKEND_ModelFinalize(
 }
 
 /// Loads every rank of the plan (and the VAE) for this instance.
+///
+/// # Safety
+/// Called by Triton only, with the live handle(s) its backend API passes to this entry point.
 #[unsafe(no_mangle)]
-pub extern "C" fn TRITONBACKEND_ModelInstanceInitialize(
+pub unsafe extern "C" fn TRITONBACKEND_ModelInstanceInitialize(
     instance: *mut TRITONBACKEND_ModelInstance,
 ) -> *mut TRITONSERVER_Error {
     entry(|| {
@@ -430,8 +441,11 @@ pub extern "C" fn TRITONBACKEND_ModelInstanceInitialize(
 }
 
 /// Frees the instance's ranks.
+///
+/// # Safety
+/// Called by Triton only, with the live handle(s) its backend API passes to this entry point.
 #[unsafe(no_mangle)]
-pub extern "C" fn TRITONBACKEND_ModelInstanceFinalize(
+pub unsafe extern "C" fn TRITONBACKEND_ModelInstanceFinalize(
     instance: *mut TRITONBACKEND_ModelInstance,
 ) -> *mut TRITONSERVER_Error {
     entry(|| {
@@ -451,8 +465,11 @@ pub extern "C" fn TRITONBACKEND_ModelInstanceFinalize(
 }
 
 /// Serves `requests` one after another; every request gets one response and is released.
+///
+/// # Safety
+/// Called by Triton only, with the live handle(s) its backend API passes to this entry point.
 #[unsafe(no_mangle)]
-pub extern "C" fn TRITONBACKEND_ModelInstanceExecute(
+pub unsafe extern "C" fn TRITONBACKEND_ModelInstanceExecute(
     instance: *mut TRITONBACKEND_ModelInstance,
     requests: *mut *mut TRITONBACKEND_Request,
     request_count: u32,
