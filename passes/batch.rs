@@ -1,6 +1,8 @@
-//! Halving a static batch for `--split-batch`: a model exported with its batch fixed to the
-//! full classifier-free-guidance pair (batch 2: unconditional and conditional) is rewritten
-//! into the graph one CFG group runs, on half the batch.
+//! `halve-batch`: halving a static batch for `--split-batch`. A model exported with its batch
+//! fixed to the full classifier-free-guidance pair (batch 2: unconditional and conditional) is
+//! rewritten into the graph one CFG group runs, on half the batch. The pass halves the batch
+//! its spatial input is fixed to ([`fixed_batch`]) and leaves a graph whose batch is symbolic
+//! unchanged (`bind-inputs` binds that one to the half directly).
 //!
 //! The batch is followed through the graph the way `partition` follows the image rows: every
 //! graph input whose dim 0 is the full batch is split in two on axis 0, and each node's
@@ -26,11 +28,11 @@ use std::collections::HashMap;
 
 use anyhow::Result;
 
-use super::NodeIssue;
 use super::ops::layout::{Layout, Need, Part, PartCx, Verdict};
 use super::ops::registry::partition_of;
 use super::ops::{OpCx, default_opset, is_constant, load_constant};
 use super::propagate::FALLBACK_OPSET;
+use super::{NodeIssue, Pass, PassContext};
 use crate::contract::Bands;
 use crate::ir::{Dim, Graph, NodeId, Phase, TensorType, ValueId, ValueType};
 use crate::onnx::ExternalStore;
@@ -58,6 +60,32 @@ fn issue(node: &str, op: &str, message: String) -> NodeIssue {
         node: node.to_string(),
         op: op.to_string(),
         message,
+    }
+}
+
+/// The spatial input and the batch its dim 0 is fixed to, when it is fixed.
+pub fn fixed_batch(g: &Graph) -> Option<(ValueId, i64)> {
+    let v = g.spatial_input()?;
+    let b = g.value(v).tensor_type()?.shape.as_ref()?.first()?.fixed()?;
+    Some((v, b))
+}
+
+/// See the module documentation.
+pub struct HalveBatch;
+
+impl Pass for HalveBatch {
+    fn name(&self) -> &'static str {
+        "halve-batch"
+    }
+    fn description(&self) -> &'static str {
+        "halve a batch fixed to the CFG pair into one CFG group's graph (--split-batch), listing the constructs that mix the halves"
+    }
+    fn run(&self, g: &mut Graph, cx: &mut PassContext) -> Result<bool> {
+        let Some((_, full)) = fixed_batch(g) else {
+            return Ok(false);
+        };
+        halve_batch(g, &cx.store, full)?;
+        Ok(true)
     }
 }
 
@@ -335,6 +363,28 @@ mod tests {
             "{dump}"
         );
         assert!(dump.contains("f32[4,2,4]"), "{dump}");
+        Ok(())
+    }
+
+    #[test]
+    fn the_pass_halves_a_fixed_batch_and_leaves_a_symbolic_one() -> Result<()> {
+        let f = DataType::FLOAT;
+        let relu = |batch: &str| {
+            model(
+                vec![node("Relu", "relu", &["x"], &["y"])],
+                vec![vi("x", f, &[batch, "4", "8", "8"])],
+                vec![vi("y", f, &[batch, "4", "8", "8"])],
+                vec![],
+                17,
+            )
+        };
+        let mut cx = PassContext::new(ExternalStore::new(std::env::temp_dir()));
+        let mut g = typed(relu("2"))?;
+        assert!(HalveBatch.run(&mut g, &mut cx)?);
+        let dump = g.dump();
+        assert!(dump.contains("x: f32[batch,4,8,8]"), "{dump}");
+        let mut g = relu("b");
+        assert!(!HalveBatch.run(&mut g, &mut cx)?);
         Ok(())
     }
 

@@ -15,8 +15,8 @@
 //!
 //! **Invariant:** after this pass every node of domain `com.microsoft` has a row in the
 //! operator registry (the graph is not changed; the pass fails instead). Rejects every other
-//! such node in one error that names each node, its operator and the standard ONNX form to
-//! export instead.
+//! such node in one error, one line per operator: how many nodes use it, the first two of them
+//! by name, and the standard ONNX form to export instead.
 
 use anyhow::Result;
 
@@ -46,10 +46,41 @@ pub struct FusedNode {
 )]
 pub struct FusedOpsError(pub Vec<FusedNode>);
 
+/// How many node names each operator's line shows.
+const EXAMPLES: usize = 2;
+
+/// One line per operator, in the order of their first node: `` `a` (op): instead `` for a
+/// single node, `` `a`, `b` and 3 more (op, 5 nodes): instead `` for several.
 fn list(nodes: &[FusedNode]) -> String {
-    nodes
-        .iter()
-        .map(|n| format!("  `{}` ({ORT_DOMAIN}:{}): {}", n.node, n.op, n.instead))
+    let mut ops: Vec<(&FusedNode, Vec<&str>)> = Vec::new();
+    for n in nodes {
+        match ops.iter_mut().find(|(first, _)| first.op == n.op) {
+            Some((_, names)) => names.push(&n.node),
+            None => ops.push((n, vec![&n.node])),
+        }
+    }
+    ops.iter()
+        .map(|(first, names)| {
+            let shown: Vec<String> = names
+                .iter()
+                .take(EXAMPLES)
+                .map(|n| format!("`{n}`"))
+                .collect();
+            let more = match names.len().saturating_sub(EXAMPLES) {
+                0 => String::new(),
+                k => format!(" and {k} more"),
+            };
+            let count = match names.len() {
+                1 => String::new(),
+                k => format!(", {k} nodes"),
+            };
+            format!(
+                "  {}{more} ({ORT_DOMAIN}:{}{count}): {}",
+                shown.join(", "),
+                first.op,
+                first.instead
+            )
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -103,7 +134,7 @@ impl Pass for RejectFused {
         "reject-fused"
     }
     fn description(&self) -> &'static str {
-        "refuse ONNX Runtime fused operators (com.microsoft) but Gelu, SkipLayerNormalization, MultiHeadAttention, GroupNorm and SkipGroupNorm, listing each with its unfused form"
+        "refuse ONNX Runtime fused operators (com.microsoft) but Gelu, SkipLayerNormalization, MultiHeadAttention, GroupNorm and SkipGroupNorm, listed by operator with their unfused forms"
     }
     fn run(&self, g: &mut Graph, _cx: &mut PassContext) -> Result<bool> {
         let fused = fused_nodes(g);
@@ -154,6 +185,48 @@ mod tests {
         // ONNX Runtime's GroupNorm has a row (canonicalize rewrites it): not listed.
         assert!(!text.contains("gn0"), "{text}");
         assert!(e.downcast_ref::<FusedOpsError>().is_some());
+    }
+
+    #[test]
+    fn fused_nodes_are_listed_once_per_operator() {
+        let f = DataType::FLOAT;
+        let ms = |mut n: crate::onnx::proto::NodeProto| {
+            n.domain = Some(ORT_DOMAIN.into());
+            n
+        };
+        let mut nodes = vec![ms(node("NhwcConv", "conv0", &["x", "w"], &["t0"]))];
+        for i in 0..5 {
+            let (a, b) = (format!("t{i}"), format!("t{}", i + 1));
+            nodes.push(ms(node(
+                "BiasSplitGelu",
+                &format!("ff{i}"),
+                &[&a, "bias"],
+                &[&b],
+            )));
+        }
+        nodes.push(ms(node("BiasAdd", "bias0", &["t5", "bias", "t5"], &["y0"])));
+        nodes.push(ms(node("BiasAdd", "bias1", &["y0", "bias", "y0"], &["y"])));
+        let mut g = model(
+            nodes,
+            vec![vi("x", f, &["1", "4", "4", "8"])],
+            vec![vi("y", f, &["?", "?", "?", "?"])],
+            vec![],
+            17,
+        );
+        let mut cx = PassContext::new(ExternalStore::new(std::env::temp_dir()));
+        let e = RejectFused.run(&mut g, &mut cx).expect_err("refused");
+        let text = e.to_string();
+        let lines: Vec<&str> = text.lines().skip(1).collect();
+        assert_eq!(
+            lines,
+            [
+                "  `conv0` (com.microsoft:NhwcConv): Conv on NCHW tensors",
+                "  `ff0`, `ff1` and 3 more (com.microsoft:BiasSplitGelu, 5 nodes): Add of the bias, Split in two halves, Gelu (or its Erf form) and Mul",
+                "  `bias0`, `bias1` (com.microsoft:BiasAdd, 2 nodes): Add (bias, then skip)",
+            ],
+            "{text}"
+        );
+        assert!(text.starts_with("8 node(s)"), "{text}");
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! named pass.
 //!
 //! Operator knowledge (shape rules, evaluation) lives in tables in [`ops`], one module per
-//! operator family; [`propagate`] is the engine that applies it over a graph.
+//! operator family; [`propagate`] is the engine that applies it over a graph. [`driver`] compiles
+//! a model into a plan folder by running the `compile` pipelines of [`PIPELINES`];
+//! [`analysis`] answers questions about a model by the same rules without changing it.
 
 // The layers below, under the names the passes use.
 pub(crate) use crate as passes;
@@ -16,10 +18,12 @@ pub use dfc_contract as contract;
 pub use dfc_contract::plan;
 pub use dfc_graph::{error, internal, ir, onnx, tensor};
 
+pub mod analysis;
 pub mod batch;
 pub mod canonicalize;
 pub mod cost;
 pub mod dce;
+pub mod driver;
 pub mod fold_constants;
 pub mod fused;
 pub mod infer_shapes;
@@ -194,6 +198,7 @@ pub static REGISTRY: &[&dyn Pass] = &[
     &dce::DeadCode,
     &specialize::RequireStatic,
     &canonicalize::Canonicalize,
+    &batch::HalveBatch,
     &partition::PartitionPass,
     &localize::LocalTypes,
     &localize::LowerGroupNorm,
@@ -201,12 +206,28 @@ pub static REGISTRY: &[&dyn Pass] = &[
 ];
 
 /// Every pipeline: name → pass names, in order.
+///
+/// The compiler ([`driver`]) runs `compile` on the whole graph, then `compile-band` once per
+/// distinct band height on a copy of the partitioned graph; with `--split-batch` and a batch
+/// fixed to the CFG pair, `split-batch` first turns the model into the graph of one CFG group.
 pub static PIPELINES: &[(&str, &[&str])] = &[
     ("infer", &["infer-shapes"]),
     ("simplify", &["fold-constants", "dce"]),
     (
         "specialize",
         &["bind-inputs", "fold-constants", "dce", "require-static"],
+    ),
+    (
+        "split-batch",
+        &[
+            "reject-fused",
+            "bind-inputs",
+            "fold-constants",
+            "dce",
+            "require-static",
+            "canonicalize",
+            "halve-batch",
+        ],
     ),
     (
         "compile",
@@ -218,12 +239,29 @@ pub static PIPELINES: &[(&str, &[&str])] = &[
             "require-static",
             "canonicalize",
             "partition",
-            "local-types",
-            "lower-group-norm",
-            "insert-exchanges",
         ],
     ),
+    (
+        "compile-band",
+        &["local-types", "lower-group-norm", "insert-exchanges"],
+    ),
 ];
+
+/// The passes of pipeline `name` (see [`PIPELINES`]).
+pub fn pipeline(name: &str) -> Result<&'static [&'static str], PassError> {
+    PIPELINES
+        .iter()
+        .find(|(p, _)| *p == name)
+        .map(|(_, names)| *names)
+        .ok_or_else(|| PassError::UnknownPipeline {
+            name: name.to_string(),
+            valid: PIPELINES
+                .iter()
+                .map(|(p, _)| *p)
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
 
 /// Errors of the pass manager.
 #[derive(Debug, thiserror::Error)]
@@ -323,17 +361,7 @@ pub struct PassManager {
 impl PassManager {
     /// The passes of pipeline `name` (see [`PIPELINES`]).
     pub fn pipeline(name: &str) -> Result<Self, PassError> {
-        let (_, names) = PIPELINES.iter().find(|(p, _)| *p == name).ok_or_else(|| {
-            PassError::UnknownPipeline {
-                name: name.to_string(),
-                valid: PIPELINES
-                    .iter()
-                    .map(|(p, _)| *p)
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            }
-        })?;
-        Self::from_names(names)
+        Self::from_names(pipeline(name)?)
     }
 
     /// An explicit list of passes.

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail, ensure};
-use dfc::emit::{CompileOptions, compile};
 use dfc::ir::{DataType, Graph, NodeId, ValueId};
+use dfc::passes::driver::{CompileOptions, compile};
 use dfc::passes::specialize::{SpecializeOptions, specialize};
 use dfc::plan::{Mode, Plan};
 

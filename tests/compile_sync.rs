@@ -9,8 +9,8 @@
 mod common;
 
 use anyhow::{Context, Result, ensure};
-use dfc::emit::{CompileOptions, compile};
 use dfc::passes::BandRequest;
+use dfc::passes::driver::{CompileOptions, compile};
 use dfc::passes::specialize::SpecializeOptions;
 use dfc::plan::Mode;
 use dfc::runtime::host::{HostTensor, difference};

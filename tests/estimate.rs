@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use dfc::emit::{CompileOptions, compile};
 use dfc::estimate::{Gpu, Link, LinkKind, Setup, calibrate, cost_plan, estimate};
 use dfc::ir::{DataType, Graph};
+use dfc::passes::driver::{CompileOptions, compile};
 use dfc::passes::specialize::SpecializeOptions;
 use dfc::plan::{Mode, Plan};
 

@@ -9,7 +9,7 @@
 mod common;
 
 use anyhow::{Context, Result};
-use dfc::emit::{CompileOptions, compile_graph};
+use dfc::passes::driver::{CompileOptions, compile};
 use dfc::plan::Mode;
 
 use common::*;
@@ -27,7 +27,7 @@ fn dump_after(pass: &str) -> Result<String> {
         split_batch: false,
         dump_after: Some(pass.to_string()),
     };
-    let (report, _) = compile_graph(&opts)?;
+    let report = compile(&opts)?;
     Ok(report.dump.context("no dump")?.1)
 }
 

@@ -1,4 +1,5 @@
-//! Golden text dumps of small hand-built graphs, one snapshot per pass of the `compile` pipeline,
+//! Golden text dumps of small hand-built graphs, one snapshot per pass of the `compile` and
+//! `compile-band` pipelines (the whole graph's passes, then one band's),
 //! each showing the graph before and after that pass (a pass that leaves the graph as it was says
 //! `unchanged`), plus the `plan.json` of one small model compiled in `displaced` and in `naive`
 //! mode (source path and digest redacted).
@@ -16,14 +17,14 @@
 use std::fmt::Write;
 
 use anyhow::{Context, Result};
-use dfc::emit::{CompileOptions, compile};
 use dfc::ir::{DataType, Graph};
 use dfc::onnx::ExternalStore;
 use dfc::onnx::proto::{
     AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto,
 };
+use dfc::passes::driver::{CompileOptions, compile};
 use dfc::passes::specialize::SpecializeOptions;
-use dfc::passes::{BandRequest, PassContext, PassManager};
+use dfc::passes::{BandRequest, PassContext, PassManager, pipeline};
 use dfc::plan::Mode;
 use dfc::tensor::Tensor;
 
@@ -322,12 +323,12 @@ impl Default for Setup {
     }
 }
 
-/// The passes of the `compile` pipeline, in order.
+/// The passes of the `compile` pipeline, then those of `compile-band`, in order.
 fn compile_passes() -> Result<Vec<&'static str>> {
-    Ok(PassManager::pipeline("compile")?.pass_names())
+    Ok([pipeline("compile")?, pipeline("compile-band")?].concat())
 }
 
-/// The graph after running the `compile` pipeline on `proto` up to `pass` (`None`: the graph
+/// The graph after running the compile pipelines on `proto` up to `pass` (`None`: the graph
 /// as lifted), with the pass context.
 fn run_until(proto: ModelProto, setup: &Setup, pass: Option<&str>) -> Result<(Graph, PassContext)> {
     let mut g = Graph::from_model(proto)?;
@@ -337,8 +338,16 @@ fn run_until(proto: ModelProto, setup: &Setup, pass: Option<&str>) -> Result<(Gr
     cx.partition_options.bands = BandRequest::Count(setup.bands);
     cx.partition_options.mode = setup.mode;
     cx.band = setup.band;
-    if let Some(pass) = pass {
+    let Some(pass) = pass else {
+        return Ok((g, cx));
+    };
+    if pipeline("compile")?.contains(&pass) {
         PassManager::pipeline("compile")?
+            .stop_after(pass)?
+            .run(&mut g, &mut cx)?;
+    } else {
+        PassManager::pipeline("compile")?.run(&mut g, &mut cx)?;
+        PassManager::pipeline("compile-band")?
             .stop_after(pass)?
             .run(&mut g, &mut cx)?;
     }

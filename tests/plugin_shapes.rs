@@ -10,7 +10,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, ensure};
-use dfc::emit::{CompileOptions, compile};
+use dfc::passes::driver::{CompileOptions, compile};
 use dfc::plan::{ExchangeKind, Mode, Plan};
 
 use common::*;

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use dfc::emit::{CompileOptions, compile};
+use dfc::passes::driver::{CompileOptions, compile};
 use dfc::passes::specialize::SpecializeOptions;
 use dfc::plan::Mode;
 use dfc::plugins::Jitter;

@@ -54,7 +54,8 @@ struct CaseConfig {
 }
 
 fn reference() -> Result<Reference> {
-    let path = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("tests/sampler_reference.json");
+    let path = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        .join("tests/sampler_reference.json");
     let text = std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))
 }

@@ -1,7 +1,8 @@
 //! Small checks that keep the structure honest: every Rust module says what it is (a `//!`
 //! doc), no module is mounted from another folder with `#[path]`, and the crates' manifests
 //! keep the layering (the compiler and the operators never depend on the runtime or the CLI's
-//! crates; the runtime never on the compiler).
+//! crates; the runtime never on the compiler), and the compiler has one owner of its passes
+//! (no `PassManager` outside the passes crate).
 
 use std::path::{Path, PathBuf};
 
@@ -74,12 +75,13 @@ fn dfc_deps(manifest: &str) -> Result<Vec<String>> {
 
 #[test]
 fn crate_dependencies_follow_the_layering() -> Result<()> {
-    let allowed: [(&str, &[&str]); 7] = [
+    let allowed: [(&str, &[&str]); 8] = [
         ("src/contract/Cargo.toml", &[]),
         ("src/graph/Cargo.toml", &[]),
         ("passes/Cargo.toml", &["dfc-contract", "dfc-graph"]),
         ("plugins/Cargo.toml", &["dfc-contract"]),
         ("src/trt/Cargo.toml", &[]),
+        ("src/triton/Cargo.toml", &["dfc-runtime"]),
         (
             "src/runtime/Cargo.toml",
             &["dfc-contract", "dfc-graph", "dfc-plugins", "dfc-trt"],
@@ -136,10 +138,7 @@ fn every_crate_is_a_folder_of_its_own() -> Result<()> {
         let p = entry?.path();
         let name = p.strip_prefix(root())?.display().to_string();
         ensure!(p.is_dir(), "{name} is not a crate folder");
-        ensure!(
-            members.contains(&name),
-            "{name} is not a workspace member"
-        );
+        ensure!(members.contains(&name), "{name} is not a workspace member");
     }
     for a in &members {
         ensure!(
@@ -157,5 +156,43 @@ fn every_crate_is_a_folder_of_its_own() -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// The passes crate owns the compile: everything above it calls its driver
+/// (`passes::driver::compile`) or its analyses, never the pass manager, so which passes run in
+/// which order is decided once, by `passes::PIPELINES`.
+#[test]
+fn only_the_passes_crate_runs_passes() -> Result<()> {
+    let mut files = Vec::new();
+    rust_files(&root().join("src"), &mut files)?;
+    ensure!(files.len() > 20, "only {} files found", files.len());
+    let mut users = Vec::new();
+    for f in &files {
+        if std::fs::read_to_string(f)?.contains("PassManager") {
+            users.push(f.strip_prefix(root())?.display().to_string());
+        }
+    }
+    ensure!(
+        users.is_empty(),
+        "PassManager used outside the passes crate (call passes::driver instead): {users:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn no_import_cycle_between_modules() -> Result<()> {
+    let out = std::process::Command::new("python3")
+        .arg(root().join("tools/module_graph.py"))
+        .arg(root())
+        .arg("--check")
+        .output()
+        .context("running tools/module_graph.py (needs python3)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success() && text.contains("import cycles between modules: 0"),
+        "tools/module_graph.py found import cycles:\n{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(())
 }

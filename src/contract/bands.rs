@@ -119,19 +119,73 @@ impl Bands {
     /// band gets `⌊units/n⌋` steps of rows and the first `units mod n` bands one more (the
     /// last band absorbs a remainder of `height` that is not a whole step).
     pub fn even(height: i64, n: usize, step: i64) -> Result<Self, BandError> {
-        Self::weighted(height, &vec![1.0; n], step)
+        let (units, rest) = Self::units(height, n, step)?;
+        let step = step.max(1);
+        let (q, r) = (units / n as i64, units % n as i64);
+        let mut heights: Vec<i64> = (0..n as i64)
+            .map(|i| (q + i64::from(i < r)) * step)
+            .collect();
+        heights[n - 1] += rest;
+        Self::from_heights(&heights)
     }
 
-    /// Bands sized in proportion to `weights` (one per band; e.g. relative GPU speeds), on
-    /// multiples of `step` rows, every band at least one step. Rounding is by largest
-    /// remainder, ties to the bands nearer the top, so equal weights give [`Bands::even`].
+    /// Bands for GPUs of relative speeds `weights` (one per band), on multiples of `step`
+    /// rows, every band at least one step: a band of `rows` takes `rows / weight`, and the
+    /// bands are those whose slowest band takes the least time. Among the lists that reach
+    /// it, the most even one (least sum of squared heights; ties go to the bands nearer the
+    /// top), so equal weights give [`Bands::even`]. The remainder of `height` that is not a
+    /// whole step stays on the last band and counts in its time.
     pub fn weighted(height: i64, weights: &[f64], step: i64) -> Result<Self, BandError> {
-        let n = weights.len();
-        if n == 0 {
-            return Err(BandError::Empty);
-        }
         if weights.iter().any(|w| !w.is_finite() || *w <= 0.0) {
             return Err(BandError::Weights(weights.to_vec()));
+        }
+        let n = weights.len();
+        let (units, rest) = Self::units(height, n, step)?;
+        let step = step.max(1);
+        let extra = |i: usize| if i == n - 1 { rest } else { 0 };
+        let time = |i: usize, k: i64| (k * step + extra(i)) as f64 / weights[i];
+        // The most units band `i` may hold within time `t` (a relative tolerance keeps a
+        // band whose time is `t` itself, whatever the rounding of the division).
+        let cap = |i: usize, t: f64| -> i64 {
+            let rows = t * weights[i] * (1.0 + 1e-9) - extra(i) as f64;
+            ((rows / step as f64).floor() as i64).min(units)
+        };
+        let caps = |t: f64| -> Option<Vec<i64>> {
+            let c: Vec<i64> = (0..n).map(|i| cap(i, t)).collect();
+            (c.iter().all(|&k| k >= 1) && c.iter().sum::<i64>() >= units).then_some(c)
+        };
+        // The least slowest-band time is one band's time at some number of units: the
+        // smallest candidate within which every band fits (feasibility grows with the time).
+        let mut candidates: Vec<f64> = (0..n)
+            .flat_map(|i| (1..=units).map(move |k| (i, k)))
+            .map(|(i, k)| time(i, k))
+            .collect();
+        candidates.sort_by(f64::total_cmp);
+        candidates.dedup();
+        let first = candidates.partition_point(|&t| caps(t).is_none());
+        let limits = candidates
+            .get(first)
+            .and_then(|&t| caps(t))
+            .ok_or_else(|| BandError::Weights(weights.to_vec()))?;
+        // Within the limits, each further unit goes to the shortest band (the top one among
+        // equals): the least sum of squares for a convex, separable cost.
+        let mut got = vec![1i64; n];
+        for _ in n as i64..units {
+            let next = (0..n)
+                .filter(|&i| got[i] < limits[i])
+                .min_by_key(|&i| (got[i] * step + extra(i), i))
+                .ok_or_else(|| BandError::Weights(weights.to_vec()))?;
+            got[next] += 1;
+        }
+        let heights: Vec<i64> = (0..n).map(|i| got[i] * step + extra(i)).collect();
+        Self::from_heights(&heights)
+    }
+
+    /// Whole steps of `height` and the rows left over, checked to give `n` bands one step
+    /// each.
+    fn units(height: i64, n: usize, step: i64) -> Result<(i64, i64), BandError> {
+        if n == 0 {
+            return Err(BandError::Empty);
         }
         let step = step.max(1);
         let units = height / step;
@@ -143,29 +197,7 @@ impl Bands {
                 hint: counts_hint(height, step),
             });
         }
-        // Every band gets one unit; the rest is shared by weight.
-        let spare = units - n as i64;
-        let total: f64 = weights.iter().sum();
-        let exact: Vec<f64> = weights.iter().map(|w| spare as f64 * w / total).collect();
-        let mut got: Vec<i64> = exact.iter().map(|e| e.floor() as i64).collect();
-        let mut left = spare - got.iter().sum::<i64>();
-        let mut order: Vec<usize> = (0..n).collect();
-        order.sort_by(|&a, &b| {
-            let (ra, rb) = (exact[a] - exact[a].floor(), exact[b] - exact[b].floor());
-            rb.partial_cmp(&ra)
-                .unwrap_or(std::cmp::Ordering::Equal)
-                .then(a.cmp(&b))
-        });
-        for &i in &order {
-            if left == 0 {
-                break;
-            }
-            got[i] += 1;
-            left -= 1;
-        }
-        let mut heights: Vec<i64> = got.iter().map(|u| (u + 1) * step).collect();
-        heights[n - 1] += height - units * step;
-        Self::from_heights(&heights)
+        Ok((units, height - units * step))
     }
 
     /// Checks that these bands cover `height` rows with every boundary on a multiple of
@@ -361,6 +393,36 @@ mod tests {
         assert!(h[2] < h[0] && h.iter().all(|x| x % 4 == 0), "{h:?}");
         assert_eq!(b, Bands::weighted(128, &[2.0, 2.0, 1.6], 4)?);
         assert!(Bands::weighted(128, &[1.0, 0.0], 4).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn weights_minimise_the_slowest_band_time() -> Result<(), BandError> {
+        // Time of a band is rows / weight: 20, 20, 8 take at most 20 (8 / 0.5 = 16).
+        assert_eq!(
+            Bands::weighted(48, &[1.0, 1.0, 0.5], 4)?.heights(),
+            vec![20, 20, 8]
+        );
+        assert_eq!(
+            Bands::weighted(48, &[0.5, 1.0, 1.0], 4)?.heights(),
+            vec![8, 20, 20]
+        );
+        // A remainder that is not a whole step stays on the last band and counts in its time.
+        assert_eq!(
+            Bands::weighted(50, &[1.0, 1.0, 1.0], 4)?.heights(),
+            vec![16, 16, 18]
+        );
+        for step in [1, 2, 4, 8] {
+            for h in step..=160 {
+                for n in 1..=((h / step) as usize).min(9) {
+                    assert_eq!(
+                        Bands::weighted(h, &vec![0.3; n], step)?,
+                        Bands::even(h, n, step)?,
+                        "{h} rows, {n} bands, step {step}"
+                    );
+                }
+            }
+        }
         Ok(())
     }
 

@@ -1,8 +1,9 @@
 //! Host tensors: the element types dfc feeds to and reads from models (f32, f16, i64), and
-//! their `.npz` files (NumPy's `np.savez` format, uncompressed).
+//! their `.npz` files (NumPy's `np.savez` format, uncompressed; NumPy's default float64 and
+//! int32 are converted to f32 and i64 on reading).
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, Cursor, Read, Write};
 use std::path::Path;
 
 use half::f16;
@@ -111,12 +112,19 @@ pub enum NpzError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Format { path: String, message: String },
 }
 
 /// Reads every array of an `.npz` file, in the file's order. Supported element types: f32,
-/// f16, i64 (other types are an error naming the array and its NumPy descriptor).
+/// f16, i64, and NumPy's defaults f64 (narrowed to f32) and i32 (widened to i64); other types
+/// are an error naming the array and its NumPy descriptor.
 pub fn read_npz(path: &Path) -> Result<Vec<(String, HostTensor)>, NpzError> {
     let p = path.display().to_string();
     let io = |source| NpzError::Io {
@@ -156,26 +164,35 @@ fn read_one<R: Read + std::io::Seek>(
         Err(_) => {}
     }
     match npz.by_name::<_, IxDyn>(name) {
-        Ok(a) => Ok(HostTensor::I64(a)),
+        Ok(a) => return Ok(HostTensor::I64(a)),
+        Err(e) if !wrong_type(&e) => return Err(e.to_string()),
+        Err(_) => {}
+    }
+    // NumPy's defaults, narrowed to what models take (as ONNX Runtime's users expect).
+    match npz.by_name::<ndarray::OwnedRepr<f64>, IxDyn>(name) {
+        Ok(a) => return Ok(HostTensor::F32(a.mapv(|v| v as f32))),
+        Err(e) if !wrong_type(&e) => return Err(e.to_string()),
+        Err(_) => {}
+    }
+    match npz.by_name::<ndarray::OwnedRepr<i32>, IxDyn>(name) {
+        Ok(a) => Ok(HostTensor::I64(a.mapv(i64::from))),
         Err(ReadNpzError::Npy(ReadNpyError::WrongDescriptor(d))) => Err(format!(
-            "unsupported element type {d} (dfc reads float32, float16 and int64)"
+            "unsupported element type {d} (dfc reads float32, float16 and int64, and converts \
+             float64 to float32 and int32 to int64)"
         )),
         Err(e) => Err(e.to_string()),
     }
 }
 
-/// Writes `arrays` to `path` as an uncompressed `.npz` (readable by `numpy.load`).
+/// Writes `arrays` to `path` as an uncompressed `.npz` (readable by `numpy.load`), through a
+/// temporary file and a rename: `path` is replaced only once the archive is complete.
 pub fn write_npz(path: &Path, arrays: &[(String, HostTensor)]) -> Result<(), NpzError> {
     let p = path.display().to_string();
     let fmt = |e: ndarray_npy::WriteNpzError| NpzError::Format {
         path: p.clone(),
         message: e.to_string(),
     };
-    let file = File::create(path).map_err(|source| NpzError::Io {
-        path: p.clone(),
-        source,
-    })?;
-    let mut npz = NpzWriter::new(BufWriter::new(file));
+    let mut npz = NpzWriter::new(Cursor::new(Vec::new()));
     for (name, t) in arrays {
         match t {
             HostTensor::F32(a) => npz.add_array(name.as_str(), a).map_err(fmt)?,
@@ -183,10 +200,14 @@ pub fn write_npz(path: &Path, arrays: &[(String, HostTensor)]) -> Result<(), Npz
             HostTensor::I64(a) => npz.add_array(name.as_str(), a).map_err(fmt)?,
         }
     }
-    let mut w = npz.finish().map_err(fmt)?;
-    w.flush()
-        .map_err(|source| NpzError::Io { path: p, source })?;
-    Ok(())
+    let bytes = npz.finish().map_err(fmt)?.into_inner();
+    crate::onnx::write_atomic(path, &bytes).map_err(|e| match e {
+        crate::onnx::OnnxError::Write { source, .. } => NpzError::Write { path: p, source },
+        other => NpzError::Format {
+            path: p,
+            message: other.to_string(),
+        },
+    })
 }
 
 /// `half::f16` as a NumPy `float16` element (`ndarray-npy` has no f16 support of its own).
@@ -251,5 +272,31 @@ impl WritableElement for NpyF16 {
     fn write_slice<W: Write>(slice: &[Self], mut writer: W) -> Result<(), WriteDataError> {
         let bytes: Vec<u8> = slice.iter().flat_map(|v| v.0.to_ne_bytes()).collect();
         writer.write_all(&bytes).map_err(WriteDataError::Io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// NumPy's default types (float64, and int32 on some platforms) are read as the types
+    /// models take, as ONNX Runtime's Python users expect.
+    #[test]
+    fn float64_and_int32_are_converted_on_reading() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("numpy.npz");
+        let mut npz = NpzWriter::new(File::create(&path)?);
+        let doubles = ArrayD::from_shape_vec(IxDyn(&[2, 2]), vec![0.5f64, -1.25, 3.0, 1e-3])?;
+        let ints = ArrayD::from_shape_vec(IxDyn(&[3]), vec![7i32, -2, 0])?;
+        npz.add_array("context", &doubles)?;
+        npz.add_array("ids", &ints)?;
+        npz.finish()?;
+        let read = read_npz(&path)?;
+        assert_eq!(read.len(), 2);
+        assert_eq!(read[0].0, "context");
+        assert_eq!(read[0].1, HostTensor::F32(doubles.mapv(|v| v as f32)));
+        assert_eq!(read[1].0, "ids");
+        assert_eq!(read[1].1, HostTensor::I64(ints.mapv(i64::from)));
+        Ok(())
     }
 }

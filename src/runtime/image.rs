@@ -4,7 +4,7 @@
 //! no decoder, by reading its first three channels as RGB in [-1, 1] ([`latent_images`]: exact
 //! for pixel-space models such as `models/shapes`, a preview for SD latents). Images are f32
 //! RGB in [0, 1]. [`psnr`] and [`ssim`] compare two of them (data range 1); [`grid`] lays
-//! panels out for a PNG.
+//! panels out for a PNG, magnified by a `--zoom` ([`zoom_for`]).
 
 use std::path::Path;
 
@@ -137,8 +137,48 @@ pub fn latent_images(latent: &ArrayD<f32>) -> Result<Vec<Image>, ImageError> {
 pub struct VaeDecoder {
     session: ModelSession,
     input: String,
+    /// The input's declared dimensions (`None`: symbolic or unknown); `None` when the model
+    /// declares no shape.
+    input_dims: Option<Vec<Option<i64>>>,
     scale: f32,
     path: String,
+}
+
+/// The declared dimensions of the graph input `name` of the model at `path` (`None` for a
+/// symbolic one); `None` when they cannot be read (ONNX Runtime then finds out at run time).
+fn declared_dims(path: &Path, name: &str) -> Option<Vec<Option<i64>>> {
+    use crate::onnx::proto::{tensor_shape_proto::dimension::Value, type_proto};
+    let model = crate::onnx::load(path).ok()?;
+    let info = model
+        .proto
+        .graph
+        .as_ref()?
+        .input
+        .iter()
+        .find(|i| i.name() == name)?;
+    let Some(type_proto::Value::TensorType(t)) = info.r#type.as_ref()?.value.as_ref() else {
+        return None;
+    };
+    Some(
+        t.shape
+            .as_ref()?
+            .dim
+            .iter()
+            .map(|d| match &d.value {
+                Some(Value::DimValue(v)) if *v > 0 => Some(*v),
+                _ => None,
+            })
+            .collect(),
+    )
+}
+
+/// `[1, 4, ?, ?]`.
+fn dims_text(dims: &[Option<i64>]) -> String {
+    let parts: Vec<String> = dims
+        .iter()
+        .map(|d| d.map_or("?".to_string(), |v| v.to_string()))
+        .collect();
+    format!("[{}]", parts.join(", "))
 }
 
 impl VaeDecoder {
@@ -166,6 +206,7 @@ impl VaeDecoder {
             )));
         };
         Ok(Self {
+            input_dims: declared_dims(path, input),
             input: input.clone(),
             session,
             scale,
@@ -173,9 +214,41 @@ impl VaeDecoder {
         })
     }
 
+    /// Checks that a latent of `shape` (`[n, C, H, W]`) fits the decoder's input where the
+    /// decoder declares static sizes: it is fed one image at a time, `[1, C, H, W]`. For
+    /// checking before any sampling.
+    pub fn check_latent(&self, shape: &[usize]) -> Result<(), ImageError> {
+        let [_, c, h, w] = *shape else {
+            return Err(ImageError::Shape(format!(
+                "latent of shape {shape:?}, not NCHW"
+            )));
+        };
+        let fed = [1, c, h, w];
+        let Some(dims) = &self.input_dims else {
+            return Ok(());
+        };
+        let fits = dims.len() == fed.len()
+            && dims
+                .iter()
+                .zip(fed)
+                .all(|(d, f)| d.is_none_or(|d| usize::try_from(d) == Ok(f)));
+        if fits {
+            return Ok(());
+        }
+        Err(ImageError::Shape(format!(
+            "the VAE decoder {} takes `{}` of shape {}, but the latent gives it {:?} (one \
+             image at a time); use the VAE that matches the UNet's latent channels and size",
+            self.path,
+            self.input,
+            dims_text(dims),
+            fed
+        )))
+    }
+
     /// Decodes the latent `[n, C, H, W]` into `n` images.
     pub fn decode(&mut self, latent: &ArrayD<f32>) -> Result<Vec<Image>, ImageError> {
         let [n, ..] = nchw(latent)?;
+        self.check_latent(latent.shape())?;
         let scaled = latent.mapv(|v| v / self.scale);
         let mut images = Vec::with_capacity(n);
         for i in 0..n {
@@ -306,17 +379,39 @@ pub fn ssim(a: &Image, b: &Image) -> Result<f64, ImageError> {
     Ok(total / (3 * ow * oh) as f64)
 }
 
+/// The most pixels [`grid`] makes (a 16k × 16k image).
+pub const MAX_PIXELS: usize = 1 << 28;
+
 /// Lays out `rows` of panels (all of one size) in a grid with `gap` pixels of gray between
-/// them, each panel magnified `zoom` times (nearest neighbour).
+/// them, each panel magnified `zoom` times (nearest neighbour); at most [`MAX_PIXELS`].
 pub fn grid(rows: &[Vec<Image>], zoom: usize, gap: usize) -> Result<Image, ImageError> {
     let first = rows
         .first()
         .and_then(|r| r.first())
         .ok_or_else(|| ImageError::Shape("no panels to lay out".into()))?;
-    let (pw, ph) = (first.width * zoom.max(1), first.height * zoom.max(1));
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let width = cols * pw + (cols + 1) * gap;
-    let height = rows.len() * ph + (rows.len() + 1) * gap;
+    let side = |panel: usize, count: usize| {
+        panel
+            .checked_mul(zoom.max(1))
+            .and_then(|p| p.checked_mul(count))
+            .and_then(|p| p.checked_add((count + 1) * gap))
+    };
+    let too_large = || {
+        ImageError::Shape(format!(
+            "{} × {} panels of {}x{} pixels magnified {zoom} times are larger than {} pixels; \
+             use a smaller zoom",
+            rows.len(),
+            cols,
+            first.width,
+            first.height,
+            MAX_PIXELS
+        ))
+    };
+    let (width, height) = match (side(first.width, cols), side(first.height, rows.len())) {
+        (Some(w), Some(h)) if w.checked_mul(h).is_some_and(|n| n <= MAX_PIXELS) => (w, h),
+        _ => return Err(too_large()),
+    };
+    let (pw, ph) = (first.width * zoom.max(1), first.height * zoom.max(1));
     let mut out = Image {
         width,
         height,
@@ -339,9 +434,21 @@ pub fn grid(rows: &[Vec<Image>], zoom: usize, gap: usize) -> Result<Image, Image
     Ok(out)
 }
 
-/// The images side by side in one row (no gaps).
-pub fn side_by_side(images: &[Image]) -> Result<Image, ImageError> {
-    grid(&[images.to_vec()], 1, 0)
+/// The images side by side in one row (no gaps), each magnified `zoom` times.
+pub fn side_by_side(images: &[Image], zoom: usize) -> Result<Image, ImageError> {
+    grid(&[images.to_vec()], zoom, 0)
+}
+
+/// Panels this tall or taller are not magnified by an automatic zoom.
+pub const AUTO_ZOOM_HEIGHT: usize = 128;
+
+/// The magnification of panels `height` pixels high for a `--zoom` of `zoom`: `zoom` itself,
+/// or for 0 the least whole factor that makes them [`AUTO_ZOOM_HEIGHT`] pixels high or more.
+pub fn zoom_for(zoom: usize, height: usize) -> usize {
+    match zoom {
+        0 => AUTO_ZOOM_HEIGHT.div_ceil(height.max(1)).max(1),
+        z => z,
+    }
 }
 
 #[cfg(test)]
@@ -418,6 +525,18 @@ mod tests {
     }
 
     #[test]
+    fn zoom_is_bounded_and_automatic_at_zero() {
+        assert_eq!(zoom_for(0, 64), 2);
+        assert_eq!(zoom_for(0, 100), 2);
+        assert_eq!(zoom_for(0, 128), 1);
+        assert_eq!(zoom_for(3, 64), 3);
+        let a = flat(64, 64, 0.5);
+        assert!(side_by_side(std::slice::from_ref(&a), usize::MAX).is_err());
+        assert!(side_by_side(std::slice::from_ref(&a), 1000).is_err());
+        assert_eq!(side_by_side(&[a.clone(), a], 2).unwrap().width, 256);
+    }
+
+    #[test]
     fn grid_places_zoomed_panels() {
         let a = flat(1, 1, 0.0);
         let b = flat(1, 1, 1.0);
@@ -431,7 +550,7 @@ mod tests {
         assert_eq!(px(5, 2), 1.0);
         assert_eq!(px(6, 2), 0.5);
         assert_eq!(
-            side_by_side(&[a, b]).unwrap().rgb,
+            side_by_side(&[a, b], 1).unwrap().rgb,
             vec![0.0, 0.0, 0.0, 1.0, 1.0, 1.0]
         );
     }

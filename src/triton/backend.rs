@@ -9,7 +9,7 @@ use std::ffi::{CStr, CString, c_char, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::ptr;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use dfc_runtime::serving::repo::{MANIFEST_FILE, Manifest};
 use dfc_runtime::serving::{
@@ -117,10 +117,15 @@ fn log(level: TRITONSERVER_LogLevel, message: &str) {
     }
 }
 
+/// Now on the clock Triton's statistics use (`CLOCK_MONOTONIC`, ns).
 fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid out-parameter.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    (t.tv_sec as u64).wrapping_mul(1_000_000_000) + t.tv_nsec as u64
 }
 
 /// What a model keeps between its instances' calls.

@@ -172,8 +172,8 @@ unsafe extern "C" {
         instance: *mut TRITONBACKEND_ModelInstance,
         state: *mut *mut c_void,
     ) -> *mut TRITONSERVER_Error;
-    /// Records one request's success and its execution and compute times (ns since the
-    /// epoch).
+    /// Records one request's success and its execution and compute times (`CLOCK_MONOTONIC`
+    /// ns; ignored when `success` is false).
     pub fn TRITONBACKEND_ModelInstanceReportStatistics(
         instance: *mut TRITONBACKEND_ModelInstance,
         request: *mut TRITONBACKEND_Request,

@@ -6,7 +6,7 @@
 //! engine (TensorRT-RTX builds without a GPU). [`TensorRt::load_engine`] and [`Engine`] are the
 //! GPU runtime's side: deserialize, bind device buffers, enqueue.
 //!
-//! The shim's C ABI is `plugins/tensorrt/include/dfc_trt.h`. Two shims exist because TensorRT 11
+//! The shim's C ABI is `src/trt/shim/dfc_trt.h`. Two shims exist because TensorRT 11
 //! and TensorRT-RTX 1.7 lay out their C++ classes differently; the one matching the library's
 //! kind is chosen by file name ([`find::Kind`]).
 //!

@@ -13,7 +13,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use dfc::emit::{CompileOptions, compile};
+use dfc::passes::driver::{CompileOptions, compile};
 use dfc::passes::specialize::SpecializeOptions;
 use dfc::plan::Mode;
 use dfc::runtime::plan_exec::{ExecOptions, PlanExecutor};

@@ -245,7 +245,7 @@ pub fn sync_plan_error(
 ) -> Result<f64> {
     let tmp = tempfile::tempdir()?;
     let out = tmp.path().join("plan");
-    dfc::emit::compile(&dfc::emit::CompileOptions {
+    dfc::passes::driver::compile(&dfc::passes::driver::CompileOptions {
         bands: None,
         model: f.model.clone(),
         output: out.clone(),

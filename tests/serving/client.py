@@ -148,6 +148,10 @@ def main():
         fail(f"statistics: {ok['count']} successes, {failed['count']} failures")
     if not (s["inference_stats"]["compute_infer"]["ns"] > 0 and s["execution_count"] >= 12):
         fail(f"statistics: {s}")
+    # Queue time is Triton's enqueue to the backend's execution start: both on one clock.
+    queue = s["inference_stats"]["queue"]
+    if not 0 <= queue["ns"] <= queue["count"] * 60e9:
+        fail(f"statistics: queue time {queue} (the backend's timestamps are on another clock)")
     metrics = urllib.request.urlopen(f"http://localhost:{int(args.http) + 2}/metrics").read().decode()
     if f'nv_inference_count{{model="{m}"' not in metrics:
         fail("metrics: no nv_inference_count for the model")

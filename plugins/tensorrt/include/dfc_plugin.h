@@ -5,7 +5,9 @@
  * are always exchanged fresh), then before every evaluation of the rank's engine calls
  * dfc_context_set_step(ctx, step, stale) on the thread that will call enqueueV3. The plugins'
  * enqueue finds that thread's current context (the last one set_step/make_current was called
- * with on the thread), or else the process's only context.
+ * with on the thread), or else the process's only context. In a process with no context at all
+ * (TensorRT timing the plugins while it builds an engine) they run local-only: no
+ * communication, zero rows where peers' data would go, the local statistics.
  *
  * Every function returns DFC_OK (0) or an error code; dfc_last_error() then describes the
  * latest failure of the calling thread. Nothing throws across this ABI. */
@@ -71,7 +73,9 @@ int dfc_context_make_current(dfc_context* ctx);
 /* Waits until the context's communication stream is idle (end of a run, before destroy). */
 int dfc_context_synchronize(dfc_context* ctx);
 /* Marks the context (and, for the single-device transport, its whole group) failed: waiting
- * and later exchanges return DFC_ERR_ABORTED. With NCCL the runtime aborts its communicator. */
+ * and later exchanges return DFC_ERR_ABORTED. With NCCL the runtime aborts its communicator.
+ * Any thread, any time; take-once: the first call's reason is kept (and reaches the
+ * transport), later calls return DFC_OK and change nothing. */
 int dfc_context_abort(dfc_context* ctx, const char* reason);
 int dfc_context_destroy(dfc_context* ctx);
 

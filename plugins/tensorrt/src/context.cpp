@@ -53,7 +53,12 @@ Status Context::init(std::unique_ptr<Transport> transport) {
     if (size_ > kMaxRanks) return {DFC_ERR_INVALID, "groups of more than 64 ranks are not supported"};
     transport_ = std::move(transport);
     DFC_CUDA(cudaGetDevice(&device_));
-    DFC_CUDA(cudaStreamCreateWithFlags(&comm_, cudaStreamNonBlocking));
+    // The communication stream: non-blocking (no implicit order with the legacy stream) and at
+    // the device's highest priority, so that a collective's kernels are scheduled ahead of the
+    // compute kernels they overlap with in stale steps (a late collective delays every rank).
+    int leastPriority = 0, greatestPriority = 0;
+    DFC_CUDA(cudaDeviceGetStreamPriorityRange(&leastPriority, &greatestPriority));
+    DFC_CUDA(cudaStreamCreateWithPriority(&comm_, cudaStreamNonBlocking, greatestPriority));
     return {};
 }
 
@@ -72,7 +77,7 @@ Context::~Context() {
 }
 
 Status Context::setStep(uint64_t step, bool stale) {
-    if (aborted_) return {DFC_ERR_ABORTED, "context aborted: " + abortReason_};
+    if (abort_.raised()) return {DFC_ERR_ABORTED, "context aborted: " + abort_.reason()};
     std::lock_guard<std::mutex> lk(mu_);
     step_ = step;
     stale_ = stale && step > 0;
@@ -85,11 +90,13 @@ Status Context::synchronize() {
 }
 
 void Context::abort(std::string const& reason) {
-    if (!aborted_.exchange(true)) abortReason_ = reason;
-    if (transport_) transport_->abort(reason);
+    // The reason is published before the flag (AbortFlag::raise); only the first abort reaches
+    // the transport.
+    if (abort_.raise(reason) && transport_) transport_->abort(abort_.reason());
 }
 
-Status Context::slotFor(OpAttrs const& a, size_t sendBytes, size_t boardBytes, SlotBuffers*& out) {
+Status Context::slotFor(OpAttrs const& a, size_t sendBytes, size_t boardBytes, cudaStream_t stream,
+    SlotBuffers*& out) {
     auto it = slots_.find(a.slot);
     if (it != slots_.end()) {
         SlotBuffers& sb = it->second;
@@ -103,6 +110,15 @@ Status Context::slotFor(OpAttrs const& a, size_t sendBytes, size_t boardBytes, S
         out = &sb;
         return {};
     }
+    // First use: allocate, and clear on the enqueue stream (never the legacy default stream,
+    // which is not ordered with the non-blocking communication stream). The clears precede, in
+    // `stream` order, the `ready` event every collective on these buffers waits for. Cleared send
+    // buffers are what makes the padding of unequal all-gathers zero: packs write only the band.
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    DFC_CUDA(cudaStreamIsCapturing(stream, &capture));
+    if (capture != cudaStreamCaptureStatusNone)
+        return {DFC_ERR_STATE, opLabel(a) + ": first use of the slot inside CUDA graph capture (its buffers would "
+                                            "be cleared at every replay): run one step uncaptured first"};
     SlotBuffers sb;
     sb.kind = a.kind;
     sb.sendBytes = sendBytes;
@@ -110,6 +126,7 @@ Status Context::slotFor(OpAttrs const& a, size_t sendBytes, size_t boardBytes, S
     Status st;
     auto fail = [&](cudaError_t e, char const* what) {
         st = cudaFail(e, what);
+        cudaStreamSynchronize(stream);  // clears already enqueued on the buffers freed below
         for (int p = 0; p < 2; ++p) {
             if (sb.send[p]) cudaFree(sb.send[p]);
             if (sb.board[p]) cudaFree(sb.board[p]);
@@ -123,8 +140,10 @@ Status Context::slotFor(OpAttrs const& a, size_t sendBytes, size_t boardBytes, S
         if (e != cudaSuccess) return fail(e, "cudaMalloc (send buffer)");
         e = cudaMalloc(&sb.board[p], boardBytes > 0 ? boardBytes : 1);
         if (e != cudaSuccess) return fail(e, "cudaMalloc (receive buffer)");
-        e = cudaMemset(sb.board[p], 0, boardBytes > 0 ? boardBytes : 1);
-        if (e != cudaSuccess) return fail(e, "cudaMemset");
+        e = cudaMemsetAsync(sb.send[p], 0, sendBytes > 0 ? sendBytes : 1, stream);
+        if (e != cudaSuccess) return fail(e, "cudaMemsetAsync (send buffer)");
+        e = cudaMemsetAsync(sb.board[p], 0, boardBytes > 0 ? boardBytes : 1, stream);
+        if (e != cudaSuccess) return fail(e, "cudaMemsetAsync (receive buffer)");
         for (cudaEvent_t* ev : {&sb.ready[p], &sb.done[p], &sb.read[p]}) {
             e = cudaEventCreateWithFlags(ev, cudaEventDisableTiming);
             if (e != cudaSuccess) return fail(e, "cudaEventCreate");
@@ -152,7 +171,7 @@ Status Context::publish(SlotBuffers& sb, int p, cudaStream_t stream, Pack pack, 
 
 Status Context::run(OpAttrs const& a, std::vector<int64_t> const& dims, int32_t dtype, void const* x, void* y,
     cudaStream_t stream) {
-    if (aborted_) return {DFC_ERR_ABORTED, opLabel(a) + ": context aborted: " + abortReason_};
+    if (abort_.raised()) return {DFC_ERR_ABORTED, opLabel(a) + ": context aborted: " + abort_.reason()};
     std::vector<int64_t> outDims;
     std::string err = outputShape(a, dims, outDims);
     if (!err.empty()) return {DFC_ERR_INVALID, err};
@@ -186,7 +205,7 @@ Status Context::runHalo(OpAttrs const& a, std::vector<int64_t> const& dims, size
     size_t toUp = static_cast<size_t>(L.sendToUp()) * es, toDown = static_cast<size_t>(L.sendToDown()) * es;
     size_t fromUp = static_cast<size_t>(L.recvFromUp()) * es, fromDown = static_cast<size_t>(L.recvFromDown()) * es;
     SlotBuffers* sb = nullptr;
-    Status st = slotFor(a, toUp + toDown, fromUp + fromDown, sb);
+    Status st = slotFor(a, toUp + toDown, fromUp + fromDown, stream, sb);
     if (!st.ok()) return st;
     uint64_t step = step_;
     int p = parityOf(step);
@@ -234,7 +253,7 @@ Status Context::runHalo(OpAttrs const& a, std::vector<int64_t> const& dims, size
 // `stale`, first checks that the previous step's board may be read. Returns the slot and parity.
 Status Context::allGatherSlot(OpAttrs const& a, void const* x, size_t bytes, size_t slotBytes,
     cudaStream_t stream, bool stale, SlotBuffers*& sb, int& p) {
-    Status st = slotFor(a, slotBytes, slotBytes * static_cast<size_t>(size_), sb);
+    Status st = slotFor(a, slotBytes, slotBytes * static_cast<size_t>(size_), stream, sb);
     if (!st.ok()) return st;
     uint64_t step = step_;
     p = parityOf(step);
@@ -331,8 +350,9 @@ Status Context::runStats(OpAttrs const& a, std::vector<int64_t> const& dims, voi
     return {};
 }
 
-Context* currentContext(std::string& why) {
+Context* currentContext(std::string& why, bool* noneExists) {
     std::lock_guard<std::mutex> lk(gRegistryMu);
+    if (noneExists != nullptr) *noneExists = gRegistry.empty();
     if (tCurrent != nullptr && gRegistry.count(tCurrent) != 0) return tCurrent;
     if (gRegistry.size() == 1) return *gRegistry.begin();
     why = gRegistry.empty() ? "no dfc context exists in this process (dfc_context_create)"
@@ -341,6 +361,30 @@ Context* currentContext(std::string& why) {
 }
 
 void makeCurrent(Context* ctx) { tCurrent = ctx; }
+
+Status runLocalOnly(OpAttrs const& a, std::vector<int64_t> const& dims, int32_t dtype, void const* x, void* y,
+    cudaStream_t stream) {
+    size_t es = elementSize(a.kind, dtype);
+    if (es == 0) return {DFC_ERR_INVALID, opLabel(a) + ": unsupported element type"};
+    LocalOnly L;
+    std::string err = localOnlyLayout(a, dims, L);
+    if (!err.empty()) return {DFC_ERR_INVALID, err};
+    size_t rowB = static_cast<size_t>(L.s.inner) * es;
+    size_t pitch = static_cast<size_t>(L.outRows) * rowB;
+    size_t height = static_cast<size_t>(L.s.outer);
+    if (pitch == 0 || height == 0) return {};
+    char* yb = static_cast<char*>(y);
+    if (L.offset > 0)  // zero rows above x's
+        DFC_CUDA(cudaMemset2DAsync(yb, pitch, 0, static_cast<size_t>(L.offset) * rowB, height, stream));
+    if (L.rowsAfter() > 0)  // zero rows below
+        DFC_CUDA(cudaMemset2DAsync(yb + static_cast<size_t>(L.offset + L.s.rows) * rowB, pitch, 0,
+            static_cast<size_t>(L.rowsAfter()) * rowB, height, stream));
+    size_t width = static_cast<size_t>(L.s.rows) * rowB;
+    if (width > 0)
+        DFC_CUDA(cudaMemcpy2DAsync(yb + static_cast<size_t>(L.offset) * rowB, pitch, x, width, width, height,
+            cudaMemcpyDeviceToDevice, stream));
+    return {};
+}
 
 }  // namespace dfc
 
@@ -356,14 +400,25 @@ struct dfc_local_group {
 namespace {
 thread_local std::string tLastError;
 
-int fail(int code, std::string msg) {
-    tLastError = std::move(msg);
+// Neither overload throws: the message is swapped in, or copied under a catch (an
+// unrecordable message leaves "").
+int fail(int code, std::string msg) noexcept {
+    tLastError.swap(msg);
+    return code;
+}
+int fail(int code, char const* msg) noexcept {
+    try {
+        tLastError = msg;
+    } catch (...) {
+        tLastError.clear();
+    }
     return code;
 }
 int report(dfc::Status const& st) { return st.ok() ? DFC_OK : fail(st.code, st.message); }
 
+// Every C entry point runs its body in here: no exception crosses the ABI.
 template <typename F>
-int guarded(F f) {
+int guarded(F f) noexcept {
     try {
         return f();
     } catch (std::bad_alloc const&) {

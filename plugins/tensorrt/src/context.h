@@ -39,6 +39,8 @@ public:
 
     Status setStep(uint64_t step, bool stale);
     Status synchronize();
+    // Take-once: the first call records `reason` and aborts the transport; later calls change
+    // nothing. Callable from any thread, concurrently with run().
     void abort(std::string const& reason);
 
     // One exchange operator on `stream`; dtype is DFC_DTYPE_*.
@@ -49,7 +51,9 @@ public:
     int32_t size() const { return size_; }
 
 private:
-    Status slotFor(OpAttrs const& a, size_t sendBytes, size_t boardBytes, SlotBuffers*& out);
+    // The slot's buffers; at its first use allocated and cleared on `stream` (refused while
+    // `stream` is being captured).
+    Status slotFor(OpAttrs const& a, size_t sendBytes, size_t boardBytes, cudaStream_t stream, SlotBuffers*& out);
     // The exchange of one step: send[p] <- pack (on `stream`), comm: collective into board[p].
     template <typename Pack, typename Collective>
     Status publish(SlotBuffers& sb, int p, cudaStream_t stream, Pack pack, Collective collective);
@@ -74,13 +78,19 @@ private:
     std::map<int64_t, SlotBuffers> slots_;
     std::atomic<uint64_t> step_{0};
     std::atomic<bool> stale_{false};
-    std::atomic<bool> aborted_{false};
-    std::string abortReason_;
+    AbortFlag abort_;  // take-once; reason published before the flag (host.h)
 };
 
 // Context lookup for the plugins: the calling thread's current context, else the process's
-// only one. Null (with a reason) otherwise.
-Context* currentContext(std::string& why);
+// only one. Null (with a reason) otherwise; `noneExists` (if given) tells whether the process
+// has no context at all (the plugins then run local-only) rather than several, none current.
+Context* currentContext(std::string& why, bool* noneExists = nullptr);
+
+// One operator without a context and without communication (TensorRT timing a plugin while it
+// builds an engine in a process that created no context): the output of localOnlyLayout
+// (host.h), zero rows by cudaMemset2DAsync and x's rows by one cudaMemcpy2DAsync, all on `stream`.
+Status runLocalOnly(OpAttrs const& a, std::vector<int64_t> const& dims, int32_t dtype, void const* x, void* y,
+    cudaStream_t stream);
 void makeCurrent(Context* ctx);
 
 // dtype (DFC_DTYPE_*) element size, 0 if unsupported for the op.

@@ -206,6 +206,60 @@ std::string bandWeights(std::vector<int64_t> const& rows, std::vector<double>& w
     return "";
 }
 
+std::string localOnlyLayout(OpAttrs const& a, std::vector<int64_t> const& dims, LocalOnly& out) {
+    std::vector<int64_t> outDims;
+    std::string err = outputShape(a, dims, outDims);
+    if (!err.empty()) return err;
+    LocalOnly L;
+    if (a.kind == OpKind::Stats) {
+        int64_t n = 1;
+        for (int64_t d : dims) n *= d;
+        L.s.rows = n;
+        L.outRows = n;
+        out = L;
+        return "";
+    }
+    AxisRule rule;
+    err = axisRule(a, static_cast<int32_t>(dims.size()), rule);
+    if (!err.empty()) return err;
+    L.s = splitAt(dims, rule.axis);
+    L.outRows = outDims[static_cast<size_t>(rule.axis)];
+    if (a.kind == OpKind::Halo) {
+        L.offset = a.top;
+    } else {
+        GatherLayout G;
+        G.parts = a.parts;
+        for (size_t j = 0; j < a.parts.size() && L.band < 0; ++j)
+            if (a.parts[j] == L.s.rows) L.band = static_cast<int64_t>(j);
+        if (L.band < 0) return describe(a) + ": the input's rows are none of the parts";  // outputShape checked
+        L.offset = G.offset(static_cast<size_t>(L.band));
+    }
+    out = L;
+    return "";
+}
+
+template <typename T>
+std::vector<T> refLocalOnly(LocalOnly const& L, std::vector<T> const& x) {
+    std::vector<T> y(static_cast<size_t>(L.s.outer * L.outRows * L.s.inner), T{});
+    int64_t run = L.s.rows * L.s.inner;
+    for (int64_t o = 0; o < L.s.outer; ++o)
+        for (int64_t k = 0; k < run; ++k)
+            y[static_cast<size_t>((o * L.outRows + L.offset) * L.s.inner + k)] = x[static_cast<size_t>(o * run + k)];
+    return y;
+}
+
+bool AbortFlag::raise(std::string const& reason) noexcept {
+    int expected = kLive;
+    if (!state_.compare_exchange_strong(expected, kClaimed, std::memory_order_acq_rel)) return false;
+    try {
+        reason_ = reason.empty() ? std::string("aborted") : reason;
+    } catch (...) {
+        reason_.clear();  // out of memory: an empty reason, still a published abort
+    }
+    state_.store(kRaised, std::memory_order_release);
+    return true;
+}
+
 std::string SlotSteps::canReadStale(uint64_t step) const {
     if (step == 0) return "step 0 has no previous step to read stale data from";
     int64_t want = static_cast<int64_t>(step) - 1;
@@ -298,5 +352,7 @@ template std::vector<float> refGather<float>(std::vector<std::vector<float>> con
     std::vector<std::vector<int64_t>> const&, int32_t);
 template std::vector<uint16_t> refGather<uint16_t>(std::vector<std::vector<uint16_t>> const&,
     std::vector<std::vector<int64_t>> const&, int32_t);
+template std::vector<float> refLocalOnly<float>(LocalOnly const&, std::vector<float> const&);
+template std::vector<uint16_t> refLocalOnly<uint16_t>(LocalOnly const&, std::vector<uint16_t> const&);
 
 }  // namespace dfc

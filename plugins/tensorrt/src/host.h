@@ -5,6 +5,7 @@
 #ifndef DFC_TRT_HOST_H
 #define DFC_TRT_HOST_H
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -127,6 +128,48 @@ struct SlotSteps {
     // Whether a stale read at `step` finds the previous step's data: "" if so.
     std::string canReadStale(uint64_t step) const;
     void wrote(uint64_t step) { boardStep[parityOf(step)] = static_cast<int64_t>(step); }
+};
+
+// ---- local-only output (no dfc context in the process) ----
+
+// What an operator writes when it runs without any dfc context (TensorRT timing a plugin while
+// it builds an engine): no communication, deterministic, the output's shape. y is x's rows placed
+// at `offset` on the axis, zero elsewhere:
+//  halo:   offset = top: zero rows above and below the band (a rank alone in its group);
+//  gather: offset = the offset of the band whose part x's rows equal (the first such band when
+//          several parts are equal), every other band's rows zero;
+//  stats:  y = x, the local statistics (s = [1, numel, 1], offset 0).
+struct LocalOnly {
+    Split s;              // x around the axis
+    int64_t outRows = 0;  // y's extent on the axis
+    int64_t offset = 0;   // first row of x's rows in y
+    int64_t band = -1;    // gather: the band x is placed as; else -1
+    int64_t rowsAfter() const { return outRows - offset - s.rows; }  // zero rows below x's
+};
+// The layout for input dims `dims`; "" on success (the same checks as outputShape).
+std::string localOnlyLayout(OpAttrs const& a, std::vector<int64_t> const& dims, LocalOnly& out);
+// Host reference of the local-only output (the plugin writes exactly this).
+template <typename T>
+std::vector<T> refLocalOnly(LocalOnly const& L, std::vector<T> const& x);
+
+// ---- abort ----
+
+// A context's abort state, shared by the thread that aborts (e.g. the runtime's watchdog) and
+// the threads that enqueue. Take-once: the first raise() claims the abort, writes the reason and
+// only then publishes the flag (release); readers acquire the flag before they read the reason,
+// so whoever sees the abort sees its whole reason, and the reason never changes afterwards.
+// Only the winning raise() returns true (its caller aborts the transport, once).
+class AbortFlag {
+public:
+    bool raise(std::string const& reason) noexcept;
+    bool raised() const noexcept { return state_.load(std::memory_order_acquire) == kRaised; }
+    // The reason once raised() (else ""); may throw std::bad_alloc like any string copy.
+    std::string reason() const { return raised() ? reason_ : std::string(); }
+
+private:
+    enum : int { kLive = 0, kClaimed = 1, kRaised = 2 };
+    std::atomic<int> state_{kLive};
+    std::string reason_;  // written once, by the claiming raise(), before kRaised is published
 };
 
 // ---- host reference (every band's data in one process) ----

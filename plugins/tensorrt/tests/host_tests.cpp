@@ -1,9 +1,11 @@
 // Host unit tests of the plugin library's CUDA-free logic: serialization round trip, shape
 // rules, halo/gather geometry against hand-built tensors, the weighted statistics modes and
 // the step parity bookkeeping. Plain checks; exit status 1 on any failure.
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "host.h"
@@ -216,6 +218,102 @@ void testNames() {
     CHECK(gnModeValid(DFC_GN_SEPARATE) && !gnModeValid(7));
 }
 
+std::vector<float> iota(size_t n, float start) {
+    std::vector<float> v(n);
+    for (size_t i = 0; i < n; ++i) v[i] = start + float(i);
+    return v;
+}
+
+// The no-context (local-only) output: the shape outputShape gives, x's rows at the band's offset,
+// zero elsewhere; halo equals a one-band group's halo, gather a gather whose other bands are zero.
+void testLocalOnly() {
+    std::string err;
+    for (int64_t top : {0, 1, 2})
+        for (int64_t bottom : {0, 1, 2}) {
+            OpAttrs a = halo(4, 1, top, bottom);
+            std::vector<int64_t> dims = {2, 3, 3};
+            LocalOnly L;
+            CHECK(localOnlyLayout(a, dims, L).empty());
+            CHECK(L.offset == top && L.outRows == 3 + top + bottom && L.rowsAfter() == bottom && L.band == -1);
+            CHECK(L.s.outer == 2 && L.s.rows == 3 && L.s.inner == 3);
+            std::vector<float> x = iota(18, 1.0f);
+            std::vector<float> y = refLocalOnly(L, x);
+            CHECK(y == refHalo<float>({x}, {dims}, 1, top, bottom, 0));
+            std::vector<int64_t> out = shape(a, dims);
+            CHECK(static_cast<int64_t>(y.size()) == out[0] * out[1] * out[2]);
+        }
+    LocalOnly L;
+    CHECK(localOnlyLayout(halo(0, -2, 1, 1), {1, 4, 2, 8}, L).empty());
+    CHECK(L.s.outer == 4 && L.s.rows == 2 && L.s.inner == 8 && L.outRows == 4 && L.offset == 1);
+    // Gather, parts 4 | 3 | 4: a 3-row input is band 1, at row 4 of 11.
+    std::vector<int64_t> dims = {2, 3, 5};
+    CHECK(localOnlyLayout(gather(1, 1, {4, 3, 4}), dims, L).empty());
+    CHECK(L.band == 1 && L.offset == 4 && L.outRows == 11 && L.rowsAfter() == 4);
+    std::vector<float> x = iota(30, 1.0f);
+    std::vector<float> y = refLocalOnly(L, x);
+    std::vector<float> z4(2 * 4 * 5, 0.0f);
+    CHECK(y == refGather<float>({z4, x, z4}, {{2, 4, 5}, dims, {2, 4, 5}}, 1));
+    // A 4-row input is band 0 (the first band of that part), at row 0; band 2 stays zero.
+    CHECK(localOnlyLayout(gather(1, -2, {4, 3, 4}), {2, 4, 5}, L).empty());
+    CHECK(L.band == 0 && L.offset == 0 && L.outRows == 11 && L.rowsAfter() == 7);
+    CHECK(localOnlyLayout(gather(1, 1, {2, 2, 3}), {1, 3, 1}, L).empty());
+    CHECK(L.band == 2 && L.offset == 4 && L.rowsAfter() == 0);
+    CHECK((refLocalOnly(L, std::vector<float>{7, 8, 9}) == std::vector<float>{0, 0, 0, 0, 7, 8, 9}));
+    err = localOnlyLayout(gather(1, 1, {4, 3, 4}), {2, 5, 5}, L);
+    CHECK(err.find("none of the parts") != std::string::npos);
+    // Stats: the local statistics as they are.
+    CHECK(localOnlyLayout(stats(2), {2, 32, 2}, L).empty());
+    CHECK(L.s.outer == 1 && L.s.rows == 128 && L.s.inner == 1 && L.outRows == 128 && L.offset == 0);
+    x = iota(128, -3.5f);
+    CHECK(refLocalOnly(L, x) == x);
+    err = localOnlyLayout(halo(0, 1, 4, 0), {2, 3, 3}, L);
+    CHECK(err.find("larger than the band") != std::string::npos);
+}
+
+// The context's abort state: a thread that sees the abort reads its whole reason (the reason is
+// written before the flag is published); the first abort wins and only it may abort the
+// transport.
+void testAbort() {
+    AbortFlag f;
+    CHECK(!f.raised() && f.reason().empty());
+    CHECK(f.raise("first"));
+    CHECK(!f.raise("second"));  // take-once: the transport is not aborted twice
+    CHECK(f.raised() && f.reason() == "first");
+    // Readers racing a writer: whoever sees the flag must see the complete reason.
+    int torn = 0;
+    for (int trial = 0; trial < 2000; ++trial) {
+        std::string reason(2048 + trial % 7, char('a' + trial % 26));
+        AbortFlag g;
+        std::string seen;
+        std::atomic<bool> spinning{false};
+        std::thread reader([&] {
+            spinning = true;
+            while (!g.raised()) {
+            }
+            seen = g.reason();
+        });
+        while (!spinning) {
+        }
+        g.raise(reason);
+        reader.join();
+        if (seen != reason) ++torn;
+    }
+    if (torn != 0) std::fprintf(stderr, "abort: %d of 2000 readers saw a torn reason\n", torn);
+    CHECK(torn == 0);
+    // Concurrent aborts: exactly one wins and its reason stays.
+    for (int trial = 0; trial < 200; ++trial) {
+        AbortFlag h;
+        int won[4] = {0, 0, 0, 0};
+        std::vector<std::thread> ts;
+        for (int t = 0; t < 4; ++t) ts.emplace_back([&, t] { won[t] = h.raise("reason " + std::to_string(t)) ? 1 : 0; });
+        for (std::thread& t : ts) t.join();
+        int n = 0, who = -1;
+        for (int t = 0; t < 4; ++t)
+            if (won[t]) n += 1, who = t;
+        CHECK(n == 1 && h.reason() == "reason " + std::to_string(who));
+    }
+}
+
 }  // namespace
 
 int main() {
@@ -225,6 +323,8 @@ int main() {
     testStats();
     testSteps();
     testNames();
+    testLocalOnly();
+    testAbort();
     std::printf("host_tests: %d passed, %d failed\n", gPassed, gFailed);
     return gFailed == 0 ? 0 : 1;
 }

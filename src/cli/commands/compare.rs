@@ -6,18 +6,19 @@
 //! the PSNR (dB) and SSIM of its final images against the original's (mean over the images;
 //! data range 1), and the largest latent difference. `--png` writes a grid: one row per image,
 //! columns original | each plan | the first plan's difference from the original × `--diff-gain`.
-//! `--json` writes the numbers (per image too).
+//! `--json` writes the numbers (per image too). The output folders and a `--vae` against the
+//! plans' latent are checked before the first step.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use super::run::{SamplingArgs, sample_plan};
+use super::run::{SamplingArgs, at_least, check_extension, check_writable, sample_plan};
 use super::specialize::SizeArgs;
-use crate::emit::{CompileOptions, compile};
+use crate::passes::driver::{CompileOptions, compile};
 use crate::plan::{GnMode, Mode};
-use crate::runtime::image::{Image, grid, psnr, ssim};
+use crate::runtime::image::{Image, grid, psnr, ssim, zoom_for};
 
 /// Arguments of `dfc compare`.
 #[derive(Debug, Clone, clap::Args)]
@@ -25,7 +26,7 @@ pub struct Args {
     /// The ONNX UNet.
     pub model: PathBuf,
     /// Number of GPUs (ranks) of the patch-parallel plans.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = at_least::<usize, 1>)]
     pub gpus: usize,
     #[command(flatten)]
     pub sizes: SizeArgs,
@@ -35,7 +36,8 @@ pub struct Args {
     #[arg(long, value_enum, value_delimiter = ',', default_values = ["displaced", "naive"])]
     pub modes: Vec<Mode>,
     /// Warmup steps of the displaced plans (comma-separated: one plan each).
-    #[arg(long, value_delimiter = ',', default_values = ["4"])]
+    #[arg(long, value_delimiter = ',', default_values = ["4"], allow_negative_numbers = true,
+          value_parser = at_least::<u32, 0>)]
     pub warmup: Vec<u32>,
     /// GroupNorm handling of the displaced plans (comma-separated: one plan each).
     #[arg(long, value_enum, value_delimiter = ',', default_values = ["corrected"])]
@@ -47,11 +49,12 @@ pub struct Args {
     #[arg(long)]
     pub png: Option<PathBuf>,
     /// Gain of the difference panel.
-    #[arg(long, default_value_t = 8.0)]
+    #[arg(long, default_value_t = 8.0, allow_negative_numbers = true)]
     pub diff_gain: f32,
     /// Magnify the panels of the grid this many times (nearest neighbour; 0: to at least 128
     /// pixels high).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true,
+          value_parser = at_least::<usize, 0>)]
     pub zoom: usize,
     /// Write the numbers as JSON here.
     #[arg(long)]
@@ -140,8 +143,22 @@ fn finite(x: f64) -> Option<f64> {
     x.is_finite().then_some(x)
 }
 
-/// Runs the command.
+/// Runs the command. The output paths, the models and the decoder are checked before the
+/// first step.
 pub fn run(args: &Args) -> Result<()> {
+    if let Some(png) = &args.png {
+        check_extension("--png", png, "png", "the grid is written as a PNG")?;
+        check_writable("--png", png)?;
+    }
+    if let Some(json) = &args.json {
+        check_writable("--json", json)?;
+    }
+    if !(args.diff_gain.is_finite() && args.diff_gain >= 0.0) {
+        bail!(
+            "--diff-gain must be a non-negative number, not {}",
+            args.diff_gain
+        );
+    }
     let options = args.sampling.options()?;
     let variants = variants(args)?;
     let sizes = args.sizes.options()?;
@@ -175,6 +192,7 @@ pub fn run(args: &Args) -> Result<()> {
         .iter()
         .map(|v| compile_one(&v.name, v.gpus, v.mode, v.warmup, v.gn))
         .collect::<Result<_>>()?;
+    imager.check_plan(&original_dir)?;
 
     let original = sample_plan(&original_dir, &args.sampling, &options, &cond, "original")?;
     let original_images = imager.images(&original.latent)?;
@@ -244,10 +262,7 @@ pub fn run(args: &Args) -> Result<()> {
         let grid_rows: Vec<Vec<Image>> = (0..original_images.len())
             .map(|i| columns.iter().map(|c| c[i].clone()).collect())
             .collect();
-        let zoom = match args.zoom {
-            0 => 128usize.div_ceil(original_images[0].height.max(1)).max(1),
-            z => z,
-        };
+        let zoom = zoom_for(args.zoom, original_images[0].height);
         let image = grid(&grid_rows, zoom, 2)?;
         image.save_png(png)?;
         let names: Vec<&str> = std::iter::once("original")

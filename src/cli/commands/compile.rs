@@ -8,15 +8,16 @@
 //! band), or sized by relative GPU speed (`--weights`).
 //! Sizes are those of the whole batch and image (latent elements); with `--split-batch` each
 //! CFG group runs half the batch on N/2 GPUs. `--dump-after PASS` prints the IR after that pass
-//! of the `compile` pipeline (and, after `partition`, every node's layouts) and writes nothing.
+//! of the `compile` or `compile-band` pipeline (the latter for the first band; after
+//! `partition`, with every node's layouts) and writes nothing.
 
 use std::path::PathBuf;
 
 use anyhow::Result;
 
 use super::specialize::SizeArgs;
-use crate::emit::{CompileOptions, compile};
 use crate::passes::BandRequest;
+use crate::passes::driver::{CompileOptions, compile};
 use crate::plan::{GnMode, Mode};
 
 /// How each group's image is cut into bands (default: as evenly as the model allows).

@@ -1,7 +1,7 @@
 //! `dfc estimate`: predicted latency and speedup of plans on GPUs that are not here (the model
 //! is [`crate::estimate`]'s): per rank, FLOPs and bytes of its graph on the GPU's roofline,
-//! exchange time on the link, the mode's schedule; `--png` plots speedup against GPU count,
-//! one line per resolution.
+//! exchange time on the link, the mode's schedule; `--png` plots the table's speedups against
+//! GPU count, one line per latent size, mode and CFG split ([`series`]).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -14,6 +14,8 @@ use crate::estimate::{
     estimate,
 };
 use crate::plan::Plan;
+
+use super::run::at_least;
 
 /// Arguments of `dfc estimate`.
 #[derive(Debug, clap::Args)]
@@ -28,22 +30,24 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "nvlink")]
     pub link: LinkKind,
     /// Sampling steps.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, allow_negative_numbers = true,
+          value_parser = at_least::<u32, 1>)]
     pub steps: u32,
     /// Roofline efficiency (default: the calibrated one).
-    #[arg(long, conflicts_with = "calibrate")]
+    #[arg(long, conflicts_with = "calibrate", allow_negative_numbers = true)]
     pub efficiency: Option<f64>,
     /// Fit the efficiency to a measurement of your own: the seconds the one-GPU plan among
     /// PLANS takes for `--steps` steps on this GPU.
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
     pub calibrate: Option<f64>,
     /// Fixed microseconds per launched kernel.
-    #[arg(long, default_value_t = KERNEL_LAUNCH_S * 1e6)]
+    #[arg(long, default_value_t = KERNEL_LAUNCH_S * 1e6, allow_negative_numbers = true)]
     pub kernel_us: f64,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Write a plot of speedup against GPU count (one line per latent size) to this PNG.
+    /// Write a plot of speedup against GPU count (one line per latent size, mode and CFG
+    /// split) to this PNG.
     #[arg(long, value_name = "PLOT")]
     pub png: Option<PathBuf>,
 }
@@ -240,7 +244,8 @@ const COLORS: [[u8; 3]; 6] = [
     [23, 190, 207],
 ];
 
-/// 3×5 glyphs of the characters the plot writes.
+/// 3×5 glyphs of the characters the plot writes (digits, `x`, `.` and the letters of the
+/// modes' names and `split`).
 fn glyph(c: char) -> [u8; 5] {
     match c {
         '0' => [7, 5, 5, 5, 7],
@@ -255,6 +260,25 @@ fn glyph(c: char) -> [u8; 5] {
         '9' => [7, 5, 7, 1, 7],
         'x' => [0, 5, 2, 5, 0],
         '.' => [0, 0, 0, 0, 2],
+        'a' => [0, 3, 5, 5, 3],
+        'b' => [4, 6, 5, 5, 6],
+        'c' => [0, 3, 4, 4, 3],
+        'd' => [1, 3, 5, 5, 3],
+        'e' => [0, 2, 7, 4, 3],
+        'g' => [0, 3, 5, 3, 6],
+        'h' => [4, 6, 5, 5, 5],
+        'i' => [2, 0, 2, 2, 2],
+        'l' => [6, 2, 2, 2, 7],
+        'm' => [0, 7, 7, 5, 5],
+        'n' => [0, 6, 5, 5, 5],
+        'o' => [0, 2, 5, 5, 2],
+        'p' => [0, 6, 5, 6, 4],
+        'r' => [0, 5, 6, 4, 4],
+        's' => [0, 3, 4, 1, 6],
+        't' => [2, 7, 2, 2, 1],
+        'u' => [0, 5, 5, 5, 3],
+        'v' => [0, 5, 5, 5, 2],
+        'y' => [0, 5, 3, 1, 6],
         _ => [0; 5],
     }
 }
@@ -314,38 +338,100 @@ impl Canvas {
     }
 }
 
-/// Speedup against GPU count (both axes log₂), one line per latent size (labelled with the
-/// image size, 8 × the latent; plans splitting the CFG batch dashed in the same colour), the
-/// ideal (linear) speedup dashed in grey.
-pub fn plot(rows: &[Row]) -> image::RgbImage {
-    let mut lines: BTreeMap<(i64, bool), Vec<(usize, f64)>> = BTreeMap::new();
+/// One line of the plot: the plans of one latent size, mode and CFG split, by GPU count.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Series {
+    /// Latent height and width, as in the table.
+    pub latent: [i64; 2],
+    pub mode: String,
+    pub split_batch: bool,
+    /// `(GPUs, speedup)` by GPU count, the speedups as the table prints them (below 1 too);
+    /// a line of several GPUs starts from the one-GPU baseline of its size when that is
+    /// among the plans.
+    pub points: Vec<(usize, f64)>,
+}
+
+impl Series {
+    /// The legend's text: `64x64 displaced`, `128x128 sync split` (the plan records the
+    /// latent's size, not the VAE's factor, so no pixel size is guessed).
+    pub fn label(&self) -> String {
+        format!(
+            "{}x{} {}{}",
+            self.latent[0],
+            self.latent[1],
+            self.mode,
+            if self.split_batch { " split" } else { "" }
+        )
+    }
+}
+
+/// The plot's lines: one per (latent size, mode, CFG split) among the rows that have a
+/// speedup, in that order; the one-GPU baseline of a size (the plan its speedups are over)
+/// begins every line of that size that has no one-GPU point of its own.
+pub fn series(rows: &[Row]) -> Vec<Series> {
+    type Key = ([i64; 2], String, bool);
+    let mut lines: BTreeMap<Key, Vec<(usize, f64)>> = BTreeMap::new();
+    let mut baselines: BTreeMap<[i64; 2], (Key, f64)> = BTreeMap::new();
     for r in rows {
-        if let Some(s) = r.speedup {
-            let key = (r.estimate.latent[0], r.estimate.split_batch);
-            lines
-                .entry(key)
-                .or_default()
-                .push((r.estimate.world_size, s));
+        let Some(speedup) = r.speedup else {
+            continue;
+        };
+        let e = &r.estimate;
+        let key = (e.latent, e.mode.clone(), e.split_batch);
+        if e.world_size == 1 && !baselines.contains_key(&e.latent) {
+            baselines.insert(e.latent, (key, speedup));
+            continue;
+        }
+        lines.entry(key).or_default().push((e.world_size, speedup));
+    }
+    for (latent, (key, speedup)) in baselines {
+        let mut sized = false;
+        for ((l, _, _), points) in lines.iter_mut() {
+            if *l != latent {
+                continue;
+            }
+            sized = true;
+            if !points.iter().any(|p| p.0 == 1) {
+                points.push((1, speedup));
+            }
+        }
+        if !sized {
+            lines.insert(key, vec![(1, speedup)]);
         }
     }
-    // A split-batch line starts from the one-GPU plan of its size.
-    let starts: Vec<(i64, (usize, f64))> = lines
-        .iter()
-        .filter(|((_, split), _)| !split)
-        .filter_map(|((l, _), pts)| pts.iter().find(|p| p.0 == 1).map(|&p| (*l, p)))
+    lines
+        .into_iter()
+        .map(|((latent, mode, split_batch), mut points)| {
+            points.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+            Series {
+                latent,
+                mode,
+                split_batch,
+                points,
+            }
+        })
+        .collect()
+}
+
+/// Speedup against GPU count (both axes log₂) of every line of [`series`], each in its own
+/// colour (plans splitting the CFG batch dashed) and named in the legend; the ideal (linear)
+/// speedup dashed in grey. The speedup axis reaches below 1 when a plan is slower than its
+/// baseline.
+pub fn plot(rows: &[Row]) -> image::RgbImage {
+    let lines: Vec<Series> = series(rows)
+        .into_iter()
+        .map(|mut l| {
+            l.points.retain(|p| p.1.is_finite() && p.1 > 0.0);
+            l
+        })
+        .filter(|l| !l.points.is_empty())
         .collect();
-    for (latent, p) in starts {
-        if let Some(v) = lines.get_mut(&(latent, true)) {
-            v.push(p);
-        }
-    }
-    let max_n = rows
-        .iter()
-        .map(|r| r.estimate.world_size)
-        .max()
-        .unwrap_or(1)
-        .max(2);
-    let max_s = max_n as f64;
+    let points = || lines.iter().flat_map(|l| l.points.iter().copied());
+    let max_n = points().map(|p| p.0).max().unwrap_or(1).max(2);
+    let (lo, hi) = points().fold((1.0f64, max_n as f64), |(lo, hi), p| {
+        (lo.min(p.1), hi.max(p.1))
+    });
+    let (e_lo, e_hi) = (lo.log2().floor() as i32, hi.log2().ceil() as i32);
     let mut cv = Canvas(image::RgbImage::from_pixel(
         W,
         H,
@@ -353,68 +439,69 @@ pub fn plot(rows: &[Row]) -> image::RgbImage {
     ));
     let (x0, x1) = (LEFT as f64, (W as i64 - RIGHT) as f64);
     let (y0, y1) = ((H as i64 - BOTTOM) as f64, TOP as f64);
-    let lx = max_s.log2();
+    let lx = (max_n as f64).log2();
     let px = |n: usize| x0 + (n as f64).log2() / lx * (x1 - x0);
-    let py = |s: f64| y0 - s.max(1.0).log2() / lx * (y0 - y1);
+    let py = |s: f64| y0 - (s.log2() - f64::from(e_lo)) / f64::from(e_hi - e_lo) * (y0 - y1);
     let grey = [200, 200, 200];
+    let light = [235, 235, 235];
     let black = [0, 0, 0];
     // Grid and ticks on powers of two.
     let mut n = 1;
     while n <= max_n {
-        let (x, y) = (px(n), py(n as f64));
-        cv.line((x, y0), (x, y1), [235, 235, 235], 1, false);
-        cv.line((x0, y), (x1, y), [235, 235, 235], 1, false);
+        let x = px(n);
+        cv.line((x, y0), (x, y1), light, 1, false);
         cv.text(x as i64 - 4, y0 as i64 + 10, &n.to_string(), black);
-        let label = format!("{n}x");
+        n *= 2;
+    }
+    for e in e_lo..=e_hi {
+        let s = 2f64.powi(e);
+        let y = py(s);
+        cv.line((x0, y), (x1, y), light, 1, false);
+        let label = format!("{s}x");
         cv.text(
             LEFT - 14 - 8 * label.len() as i64,
             y as i64 - 5,
             &label,
             black,
         );
-        n *= 2;
     }
     cv.line((x0, y0), (x1, y0), black, 1, false);
     cv.line((x0, y0), (x0, y1), black, 1, false);
-    cv.line((px(1), py(1.0)), (px(max_n), py(max_s)), grey, 2, true);
-    let latents: Vec<i64> = {
-        let mut v: Vec<i64> = lines.keys().map(|k| k.0).collect();
-        v.dedup();
-        v
-    };
-    for ((latent, split), pts) in lines.iter_mut() {
-        pts.sort_by_key(|p| p.0);
-        let i = latents.iter().position(|l| l == latent).unwrap_or(0);
+    cv.line(
+        (px(1), py(1.0)),
+        (px(max_n), py(max_n as f64)),
+        grey,
+        2,
+        true,
+    );
+    for (i, line) in lines.iter().enumerate() {
         let c = COLORS[i % COLORS.len()];
-        for w in pts.windows(2) {
+        for w in line.points.windows(2) {
             cv.line(
                 (px(w[0].0), py(w[0].1)),
                 (px(w[1].0), py(w[1].1)),
                 c,
                 3,
-                *split,
+                line.split_batch,
             );
         }
-        for &(n, s) in pts.iter() {
+        for &(n, s) in &line.points {
             for dx in -4..=4 {
                 for dy in -4..=4 {
                     cv.put(px(n) as i64 + dx, py(s) as i64 + dy, c);
                 }
             }
         }
-        if *split {
-            continue;
-        }
-        // Legend: colour, then the image size (8 × latent).
+        // Legend: the line's colour and dash, then its size, mode and split.
         let ly = TOP + 10 + 22 * i as i64;
         cv.line(
             (x0 + 20.0, ly as f64 + 5.0),
             (x0 + 50.0, ly as f64 + 5.0),
             c,
             3,
-            false,
+            line.split_batch,
         );
-        cv.text(LEFT + 60, ly, &(8 * *latent).to_string(), black);
+        cv.text(LEFT + 60, ly, &line.label(), black);
     }
     cv.0
 }

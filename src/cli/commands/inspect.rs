@@ -10,15 +10,12 @@
 //! - GroupNorms: the `GroupNormalization` op, torch's export pattern
 //!   Reshape → InstanceNormalization → Reshape → Mul → Add, and ONNX Runtime's `GroupNorm` and
 //!   `SkipGroupNorm`, each counted once;
-//! - attentions: MatMul(Q, Kᵀ) or Einsum(Q, K) → [Mul/Div/Add …] → Softmax → MatMul(·, V) or
-//!   Einsum(·, V), the `Attention` operator (opset 23) and ONNX Runtime's
-//!   `MultiHeadAttention`. Q and K are traced
-//!   back through data-movement and elementwise ops (MatMul with weights, Reshape, Transpose,
-//!   Add, Mul, Div, Cast, …) to their *sources* (graph inputs or outputs of other ops); shape
-//!   computations and constants are not followed. Self-attention: Q and K share a source.
-//!   Cross-attention: they do not, and K comes from a graph input other than the spatial one.
+//! - attentions, as the compiler sees them ([`crate::passes::analysis::attention_sites`]):
+//!   self-attention when its keys come from the image (the spatial input, split into bands:
+//!   `partition` gathers them), cross-attention when they come from another model input (the
+//!   text), other attentions otherwise.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -26,6 +23,7 @@ use serde::Serialize;
 
 use crate::ir::{Dim, Graph, NodeId, TensorType, ValueId};
 use crate::onnx::{self, ExternalData, Model};
+use crate::passes::analysis::{AttentionKind, attention_sites};
 use crate::passes::canonicalize::match_torch_group_norm;
 use crate::passes::ops::ORT_DOMAIN;
 use crate::passes::specialize::infer_shapes;
@@ -223,36 +221,12 @@ pub struct Structure {
     pub other_attentions: usize,
 }
 
-/// Ops through which Q and K are traced back; the `bool` says "follow only input 0" (the
-/// other inputs are shapes, indices or axes).
-const TRANSPARENT: &[(&str, bool)] = &[
-    ("MatMul", false),
-    ("Gemm", false),
-    ("Add", false),
-    ("Sub", false),
-    ("Mul", false),
-    ("Div", false),
-    ("Cast", true),
-    ("Identity", true),
-    ("Reshape", true),
-    ("Transpose", true),
-    ("Flatten", true),
-    ("Squeeze", true),
-    ("Unsqueeze", true),
-    ("Expand", true),
-    ("Slice", true),
-    ("Split", true),
-    ("Gather", true),
-];
-
 impl Structure {
     /// Counts the constructs of `graph`.
     pub fn analyze(graph: &Graph) -> Self {
-        let consts = constant_values(graph);
         let mut s = Structure::default();
         let mut ids: Vec<NodeId> = graph.node_ids().collect();
         ids.sort_by_key(|&id| graph.node(id).order);
-        let spatial = spatial_input(graph);
         for id in ids {
             let node = graph.node(id);
             match node.op_type.as_str() {
@@ -266,20 +240,14 @@ impl Structure {
                 {
                     s.group_norms += 1
                 }
-                "Softmax" | "Attention" | "MultiHeadAttention" => {
-                    let kind = if node.op_type == "Softmax" {
-                        attention_kind(graph, id, &consts, spatial)
-                    } else {
-                        attention_op_kind(graph, id, &consts, spatial)
-                    };
-                    match kind {
-                        Some(AttentionKind::SelfAttention) => s.self_attentions += 1,
-                        Some(AttentionKind::Cross) => s.cross_attentions += 1,
-                        Some(AttentionKind::Other) => s.other_attentions += 1,
-                        None => {}
-                    }
-                }
                 _ => {}
+            }
+        }
+        for site in attention_sites(graph) {
+            match site.kind {
+                AttentionKind::SelfAttention => s.self_attentions += 1,
+                AttentionKind::Cross => s.cross_attentions += 1,
+                AttentionKind::Other => s.other_attentions += 1,
             }
         }
         s
@@ -298,196 +266,6 @@ fn conv_kernel_height(graph: &Graph, id: NodeId) -> i64 {
         .and_then(|s| s.get(2))
         .and_then(Dim::fixed)
         .unwrap_or(1)
-}
-
-/// The node producing input `port` of `id`, if any.
-fn producer_of(graph: &Graph, id: NodeId, port: usize) -> Option<NodeId> {
-    let v = graph.node(id).input(port)?;
-    graph.value(v).producer().map(|(n, _)| n)
-}
-
-/// Consumers of output 0 of `id`.
-fn consumers(graph: &Graph, id: NodeId) -> Vec<(NodeId, usize)> {
-    graph
-        .node(id)
-        .output(0)
-        .map(|v| graph.value(v).uses().to_vec())
-        .unwrap_or_default()
-}
-
-/// Values computed from constants and shapes only (never from tensor contents).
-fn constant_values(graph: &Graph) -> HashSet<ValueId> {
-    let mut consts: HashSet<ValueId> = graph
-        .value_ids()
-        .filter(|&v| graph.value(v).init.is_some() && !graph.inputs.contains(&v))
-        .collect();
-    let Ok(order) = graph.topo_order() else {
-        return consts;
-    };
-    for id in order {
-        let node = graph.node(id);
-        let is_const = match node.op_type.as_str() {
-            "Constant" | "Shape" | "Size" => true,
-            _ => {
-                node.inputs().iter().any(Option::is_some)
-                    && node.inputs().iter().flatten().all(|v| consts.contains(v))
-            }
-        };
-        if is_const {
-            consts.extend(node.outputs().iter().flatten().copied());
-        }
-    }
-    consts
-}
-
-/// The input the spatial split applies to, as the compiler chooses it.
-fn spatial_input(graph: &Graph) -> Option<ValueId> {
-    graph.spatial_input()
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AttentionKind {
-    SelfAttention,
-    Cross,
-    Other,
-}
-
-/// Classifies the attention around `softmax`; `None` when it is no attention pattern.
-fn attention_kind(
-    graph: &Graph,
-    softmax: NodeId,
-    consts: &HashSet<ValueId>,
-    spatial: Option<ValueId>,
-) -> Option<AttentionKind> {
-    // Upstream: scale / mask ops, then the score MatMul.
-    let mut cur = producer_of(graph, softmax, 0)?;
-    let mut hops = 0;
-    while !is_product(graph, cur) {
-        let node = graph.node(cur);
-        if !matches!(node.op_type.as_str(), "Mul" | "Div" | "Add" | "Cast") || hops > 4 {
-            return None;
-        }
-        let data: Vec<ValueId> = node
-            .inputs()
-            .iter()
-            .flatten()
-            .copied()
-            .filter(|v| !consts.contains(v))
-            .collect();
-        cur = match data.as_slice() {
-            [v] => graph.value(*v).producer()?.0,
-            // A mask added to the scores: follow the operand that comes from a MatMul.
-            _ => data
-                .iter()
-                .filter_map(|v| graph.value(*v).producer().map(|p| p.0))
-                .find(|&p| is_product(graph, p))?,
-        };
-        hops += 1;
-    }
-    let scores = cur;
-    // Downstream: the probabilities multiply V.
-    let mut down = softmax;
-    loop {
-        let users = consumers(graph, down);
-        if users.iter().any(|&(n, port)| {
-            (port == 0 && graph.node(n).op_type == "MatMul")
-                || (graph.node(n).op_type == "Einsum" && graph.node(n).inputs().len() == 2)
-        }) {
-            break;
-        }
-        match users.as_slice() {
-            [(n, _)] if graph.node(*n).op_type == "Cast" => down = *n,
-            _ => return None,
-        }
-    }
-    let node = graph.node(scores);
-    classify(graph, node.input(0)?, node.input(1)?, consts, spatial)
-}
-
-/// A score product: MatMul, or an Einsum of two operands.
-fn is_product(graph: &Graph, id: NodeId) -> bool {
-    let node = graph.node(id);
-    node.op_type == "MatMul" || (node.op_type == "Einsum" && node.inputs().len() == 2)
-}
-
-/// Classifies an `Attention` operator, or ONNX Runtime's `MultiHeadAttention`, by its queries
-/// (input 0) and keys (input 1); a MultiHeadAttention of packed Q, K and V (no key input) is
-/// self-attention.
-fn attention_op_kind(
-    graph: &Graph,
-    id: NodeId,
-    consts: &HashSet<ValueId>,
-    spatial: Option<ValueId>,
-) -> Option<AttentionKind> {
-    let node = graph.node(id);
-    let default_domain = node.domain.is_empty() || node.domain == "ai.onnx";
-    match (node.op_type.as_str(), default_domain) {
-        ("Attention", true) => {}
-        ("MultiHeadAttention", false) if node.domain == ORT_DOMAIN => {
-            if node.input(1).is_none() {
-                return Some(AttentionKind::SelfAttention);
-            }
-        }
-        _ => return None,
-    }
-    classify(graph, node.input(0)?, node.input(1)?, consts, spatial)
-}
-
-/// Self-attention when the queries `q` and keys `k` share a source; cross-attention when the
-/// keys come from a graph input other than the spatial one.
-fn classify(
-    graph: &Graph,
-    q: ValueId,
-    k: ValueId,
-    consts: &HashSet<ValueId>,
-    spatial: Option<ValueId>,
-) -> Option<AttentionKind> {
-    let q = sources(graph, q, consts);
-    let k = sources(graph, k, consts);
-    if !q.is_disjoint(&k) {
-        return Some(AttentionKind::SelfAttention);
-    }
-    let from_other_input = k
-        .iter()
-        .any(|v| graph.inputs.contains(v) && Some(*v) != spatial);
-    Some(if from_other_input {
-        AttentionKind::Cross
-    } else {
-        AttentionKind::Other
-    })
-}
-
-/// Where `value` comes from, following [`TRANSPARENT`] ops and skipping constant operands.
-fn sources(graph: &Graph, value: ValueId, consts: &HashSet<ValueId>) -> HashSet<ValueId> {
-    let transparent: HashMap<&str, bool> = TRANSPARENT.iter().copied().collect();
-    let mut out = HashSet::new();
-    let mut seen = HashSet::new();
-    let mut stack = vec![value];
-    while let Some(v) = stack.pop() {
-        if !seen.insert(v) || consts.contains(&v) {
-            continue;
-        }
-        let Some((p, _)) = graph.value(v).producer() else {
-            out.insert(v);
-            continue;
-        };
-        let node = graph.node(p);
-        match transparent.get(node.op_type.as_str()) {
-            None => {
-                out.insert(v);
-            }
-            Some(&first_only) => {
-                let ins = node.inputs();
-                let ins = if first_only {
-                    &ins[..ins.len().min(1)]
-                } else {
-                    ins
-                };
-                stack.extend(ins.iter().flatten().copied());
-            }
-        }
-    }
-    out
 }
 
 /// Runs the command.

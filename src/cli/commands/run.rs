@@ -5,8 +5,14 @@
 //! The final latent `[n, C, H, W]` is written to `--output` as the array `latent`; `--png`
 //! writes its images side by side: decoded by `--vae` (a VAE decoder ONNX model, fed the latent
 //! divided by `--vae-scale`), else the latent's first three channels read as RGB in [-1, 1]
-//! (the image itself for pixel-space models, a preview for SD latents). The original model
-//! runs through the same command from a one-rank plan (`dfc compile MODEL --gpus 1`).
+//! (the image itself for pixel-space models, a preview for SD latents), magnified `--zoom`
+//! times. The original model runs through the same command from a one-rank plan
+//! (`dfc compile MODEL --gpus 1`).
+//!
+//! What can fail after sampling is checked before the first step: the output paths (an
+//! `.npz` latent, a `.png` image, folders that exist and take files) and a `--vae` whose input
+//! sizes are static against the plan's latent. The latent is written before it is decoded, so
+//! a decoder that still fails never costs the samples.
 //!
 //! `--backend cpu` (default) runs every rank as a thread of this process; `--backend tensorrt`
 //! runs this process's rank on its GPU (a one-rank plan directly, more ranks under
@@ -20,10 +26,11 @@ use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use ndarray::ArrayD;
 
-use crate::plan::Mode;
-use crate::runtime::image::{Image, VaeDecoder, latent_images, side_by_side};
+use crate::plan::{Mode, Plan};
+use crate::runtime::image::{Image, VaeDecoder, latent_images, side_by_side, zoom_for};
+use crate::runtime::launch::RankEnv;
 use crate::runtime::sampler::{Prediction, SamplerConfig, SamplerKind};
-use crate::runtime::sampling::{SampleOptions, Sampled, sample};
+use crate::runtime::sampling::{SampleOptions, Sampled, latent_spec, sample};
 use crate::runtime::{ExecOptions, HostTensor, PlanExecutor, UnetExecutor, read_npz, write_npz};
 
 /// The sampler, as named on the command line.
@@ -56,11 +63,27 @@ pub enum PredictionArg {
     V,
 }
 
+/// A command-line count: a whole number of at least `MIN` (for `value_parser`, with
+/// `allow_negative_numbers` so that `-1` reaches it and gets this message instead of clap's
+/// advice to write `-- -1`).
+pub fn at_least<T: TryFrom<u64>, const MIN: u64>(text: &str) -> Result<T, String> {
+    let wanted = || format!("the value must be a whole number ≥ {MIN}, not `{text}`");
+    let value: i128 = text.trim().parse().map_err(|_| wanted())?;
+    if value < i128::from(MIN) {
+        return Err(wanted());
+    }
+    u64::try_from(value)
+        .ok()
+        .and_then(|v| T::try_from(v).ok())
+        .ok_or_else(|| format!("{text} is too large"))
+}
+
 /// How to sample: shared by `dfc run` and `dfc compare`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SamplingArgs {
     /// Number of inference steps.
-    #[arg(long, default_value_t = 25)]
+    #[arg(long, default_value_t = 25, allow_negative_numbers = true,
+          value_parser = at_least::<usize, 1>)]
     pub steps: usize,
     /// The sampler.
     #[arg(long, value_enum, default_value_t = Scheduler::Ddim)]
@@ -73,10 +96,11 @@ pub struct SamplingArgs {
     pub prediction: PredictionArg,
     /// Classifier-free guidance scale (the model's batch holds the unconditional half first);
     /// without it, or with 1, the batch is sampled as is.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub guidance: Option<f32>,
     /// Seed of the initial noise.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true,
+          value_parser = at_least::<u64, 0>)]
     pub seed: u64,
     /// Every model input but `sample` and `timestep`, at full batch (`np.savez` format).
     #[arg(long)]
@@ -87,10 +111,11 @@ pub struct SamplingArgs {
     pub vae: Option<PathBuf>,
     /// The VAE's scaling factor: the latent is divided by it before decoding (SD1.5 0.18215,
     /// SDXL 0.13025).
-    #[arg(long, default_value_t = 0.18215)]
+    #[arg(long, default_value_t = 0.18215, allow_negative_numbers = true)]
     pub vae_scale: f32,
     /// Cores shared by all ranks (0: the available cores).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true,
+          value_parser = at_least::<usize, 0>)]
     pub threads: usize,
 }
 
@@ -142,6 +167,29 @@ impl SamplingArgs {
 pub struct Imager(Option<VaeDecoder>);
 
 impl Imager {
+    /// Checks, before sampling, that the final latent of the plan at `plan_dir` can be turned
+    /// into images: a `--vae` decoder with static input sizes must take the latent's.
+    pub fn check_plan(&self, plan_dir: &Path) -> Result<()> {
+        let Some(vae) = &self.0 else {
+            return Ok(());
+        };
+        let plan =
+            Plan::load(plan_dir).with_context(|| format!("loading plan {}", plan_dir.display()))?;
+        let spec = latent_spec(&plan)?;
+        let shape: Vec<usize> = spec
+            .shape
+            .iter()
+            .map(|&d| usize::try_from(d).unwrap_or(0))
+            .collect();
+        vae.check_latent(&shape).with_context(|| {
+            format!(
+                "--vae cannot decode the final latent `{}` of plan {}",
+                spec.name,
+                plan_dir.display()
+            )
+        })
+    }
+
     /// The images of a final latent `[n, C, H, W]`.
     pub fn images(&mut self, latent: &ArrayD<f32>) -> Result<Vec<Image>> {
         Ok(match &mut self.0 {
@@ -264,6 +312,50 @@ pub struct GpuArgs {
     pub tensorrt: Option<PathBuf>,
 }
 
+/// Checks, before any work, that a file can be written at `path` (named `flag` in the
+/// message): its folder exists and takes a new file, and `path` is no folder.
+pub fn check_writable(flag: &str, path: &Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        bail!(
+            "{flag} {}: the folder {} does not exist (create it first)",
+            path.display(),
+            dir.display()
+        );
+    }
+    if path.is_dir() {
+        bail!("{flag} {} is a folder; give a file name", path.display());
+    }
+    tempfile::Builder::new()
+        .prefix(".dfc-check-")
+        .tempfile_in(dir)
+        .with_context(|| {
+            format!(
+                "{flag} {}: cannot write in the folder {}",
+                path.display(),
+                dir.display()
+            )
+        })?;
+    Ok(())
+}
+
+/// Checks that `path` (named `flag`) ends in `.extension` (any case).
+pub fn check_extension(flag: &str, path: &Path, extension: &str, hint: &str) -> Result<()> {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case(extension))
+    {
+        return Ok(());
+    }
+    bail!(
+        "{flag} {} must be a `.{extension}` file; {hint}",
+        path.display()
+    )
+}
+
 /// Arguments of `dfc run`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -278,6 +370,11 @@ pub struct Args {
     /// side by side.
     #[arg(long)]
     pub png: Option<PathBuf>,
+    /// Magnify the `--png` image this many times (nearest neighbour; 0: to at least 128 pixels
+    /// high).
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true,
+          value_parser = at_least::<usize, 0>)]
+    pub zoom: usize,
     /// Where the UNet runs.
     #[arg(long, value_enum, default_value_t = Backend::Cpu)]
     pub backend: Backend,
@@ -285,11 +382,52 @@ pub struct Args {
     pub gpu: GpuArgs,
 }
 
-/// Runs the command.
+impl Args {
+    /// Checks the output paths: an `.npz` latent, a `.png` image, both in writable folders.
+    fn check_outputs(&self) -> Result<()> {
+        let npz = self.output.with_extension("npz");
+        let png = self.output.with_extension("png");
+        check_extension(
+            "--output",
+            &self.output,
+            "npz",
+            &format!(
+                "it receives the final latent (array `latent`); for an image add `--png`, e.g. \
+                 `-o {} --png {}`",
+                npz.display(),
+                png.display()
+            ),
+        )?;
+        check_writable("--output", &self.output)?;
+        if let Some(png) = &self.png {
+            check_extension("--png", png, "png", "the image is written as a PNG")?;
+            check_writable("--png", png)?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether this process writes the outputs: always on the CPU backend; on the TensorRT
+/// backend, unless `dfc launch` started it as a rank other than 0.
+fn writes_outputs(backend: Backend) -> bool {
+    match backend {
+        Backend::Cpu => true,
+        Backend::Tensorrt => !matches!(RankEnv::from_env(), Ok(Some(r)) if r.rank != 0),
+    }
+}
+
+/// Runs the command. Everything that can be checked is checked before the first step; the
+/// latent is written before it is decoded, so a failing decoder never costs the samples.
 pub fn run(args: &Args) -> Result<()> {
+    if writes_outputs(args.backend) {
+        args.check_outputs()?;
+    }
     let options = args.sampling.options()?;
     let cond = args.sampling.conditioning()?;
     let mut imager = args.sampling.imager()?;
+    if args.png.is_some() {
+        imager.check_plan(&args.plan)?;
+    }
     let (sampled, writes) = match args.backend {
         Backend::Cpu => (
             sample_plan(&args.plan, &args.sampling, &options, &cond, "")?,
@@ -300,27 +438,36 @@ pub fn run(args: &Args) -> Result<()> {
     if !writes {
         return Ok(());
     }
-    // Decode before writing anything, so a failing decoder leaves no files behind.
-    let image = match &args.png {
-        Some(_) => Some(side_by_side(&imager.images(&sampled.latent)?)?),
-        None => None,
-    };
-    let latent = HostTensor::F32(sampled.latent);
-    write_npz(&args.output, &[("latent".to_string(), latent.clone())])?;
+    let latent = sampled.latent;
+    write_npz(
+        &args.output,
+        &[("latent".to_string(), HostTensor::F32(latent.clone()))],
+    )?;
     eprintln!(
         "wrote latent {:?} to {}",
         latent.shape(),
         args.output.display()
     );
-    if let (Some(png), Some(image)) = (&args.png, image) {
-        image.save_png(png)?;
-        eprintln!(
-            "wrote image {}x{} to {}",
-            image.width,
-            image.height,
+    let Some(png) = &args.png else {
+        return Ok(());
+    };
+    let saved = || {
+        format!(
+            "the latent was written to {}, but not the image {}",
+            args.output.display(),
             png.display()
-        );
-    }
+        )
+    };
+    let images = imager.images(&latent).with_context(saved)?;
+    let zoom = zoom_for(args.zoom, images.first().map_or(1, |i| i.height));
+    let image = side_by_side(&images, zoom).with_context(saved)?;
+    image.save_png(png).with_context(saved)?;
+    eprintln!(
+        "wrote image {}x{} to {}",
+        image.width,
+        image.height,
+        png.display()
+    );
     Ok(())
 }
 

@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 use ndarray::ArrayD;
 
 use super::specialize::SizeArgs;
-use crate::emit::{CompileOptions, compile};
+use crate::passes::driver::{CompileOptions, compile};
 use crate::plan::{Mode, TensorSpec};
 use crate::runtime::plan_exec::{ExecOptions, PlanExecutor};
 use crate::runtime::{self, HostTensor, Rng, SessionOptions, difference};

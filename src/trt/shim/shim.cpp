@@ -1,4 +1,4 @@
-// libdfc_trt_shim.so / libdfc_trt_shim_rtx.so: the C ABI of include/dfc_trt.h over TensorRT's
+// libdfc_trt_shim.so / libdfc_trt_shim_rtx.so: the C ABI of dfc_trt.h (beside this file) over TensorRT's
 // C++ API. TensorRT is loaded with dlopen by path and never linked; its classes are used through
 // the vtables of the headers this file is compiled against. TensorRT 11 and TensorRT-RTX 1.7
 // lay out IBuilder, IBuilderConfig, INetworkDefinition, ITensor, IRuntime, ICudaEngine and
