@@ -153,7 +153,7 @@ pub fn halve_batch(g: &mut Graph, store: &ExternalStore, full: i64) -> Result<()
                 continue;
             }
         };
-        let op = OpCx::new(g, store, node, opset, 1 << 20);
+        let op = OpCx::new(g, store, node, opset, crate::ops::MAX_FOLD_ELEMENTS);
         let outputs: Vec<Option<TensorType>> = node
             .outputs()
             .iter()
@@ -219,7 +219,7 @@ pub fn halve_batch(g: &mut Graph, store: &ExternalStore, full: i64) -> Result<()
     let mut halved_values: Vec<(NodeId, usize, Tensor)> = Vec::new();
     for &(id, port, v) in &halve_constants {
         let node = g.node(id);
-        match load_constant(g, store, v, 1 << 20)? {
+        match load_constant(g, store, v, crate::ops::MAX_FOLD_ELEMENTS)? {
             Some(t) if t.shape().first() == Some(&(full as usize)) => {
                 let h = full as usize / 2;
                 let first = t.select(&[(0..h).collect()])?;

@@ -70,7 +70,7 @@ impl Default for PassOptions {
     fn default() -> Self {
         Self {
             verify: false,
-            max_fold_elements: 1 << 20,
+            max_fold_elements: ops::MAX_FOLD_ELEMENTS,
             max_float_fold_elements: 1 << 12,
         }
     }

@@ -304,7 +304,7 @@ pub fn analyze(
                 continue;
             }
         };
-        let op = OpCx::new(g, store, node, opset, 1 << 20);
+        let op = OpCx::new(g, store, node, opset, crate::ops::MAX_FOLD_ELEMENTS);
         let outputs: Vec<_> = node
             .outputs()
             .iter()
