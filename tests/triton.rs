@@ -166,6 +166,25 @@ fn compile_ok(out: &Path, extra: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// `dfc run PLAN --inputs COND --steps STEPS --guidance GUIDANCE --seed SEED` followed by
+/// `extra`; fails with its stderr.
+fn sample_ok(plan: &Path, cond: &Path, seed: &str, extra: &[&std::ffi::OsStr]) -> Result<()> {
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "run".as_ref(),
+        plan.as_os_str(),
+        "--inputs".as_ref(),
+        cond.as_os_str(),
+        "--steps".as_ref(),
+        STEPS.as_ref(),
+        "--guidance".as_ref(),
+        GUIDANCE.as_ref(),
+        "--seed".as_ref(),
+        seed.as_ref(),
+    ];
+    args.extend_from_slice(extra);
+    run_ok(&args)
+}
+
 fn run_ok(args: &[&std::ffi::OsStr]) -> Result<()> {
     let out = dfc(args)?;
     ensure!(
@@ -241,47 +260,37 @@ fn a_stock_triton_server_serves_a_plan_like_dfc_run() -> Result<()> {
         .chain([("euler0.npz".to_string(), "0".to_string(), "euler")])
         .collect();
     for (file, seed, scheduler) in &runs {
-        run_ok(&[
-            "run".as_ref(),
-            &p(&plan),
-            "--inputs".as_ref(),
-            &p(&cond_path),
-            "--steps".as_ref(),
-            STEPS.as_ref(),
-            "--guidance".as_ref(),
-            GUIDANCE.as_ref(),
-            "--seed".as_ref(),
-            seed.as_ref(),
-            "--scheduler".as_ref(),
-            scheduler.as_ref(),
-            "--threads".as_ref(),
-            "1".as_ref(),
-            "-o".as_ref(),
-            &p(&refs.join(file)),
-        ])?;
+        sample_ok(
+            &plan,
+            &cond_path,
+            seed,
+            &[
+                "--scheduler".as_ref(),
+                scheduler.as_ref(),
+                "--threads".as_ref(),
+                "1".as_ref(),
+                "-o".as_ref(),
+                &p(&refs.join(file)),
+            ],
+        )?;
     }
     // A 32×32 plan served with the tiny VAE decoder (its input is 4×32×32).
     let plan32 = dir.join("plan32");
     let vae = root().join("models/vae_decoder_tiny.onnx");
     compile_ok(&plan32, &["--height", "32", "--width", "32"])?;
-    run_ok(&[
-        "run".as_ref(),
-        &p(&plan32),
-        "--inputs".as_ref(),
-        &p(&cond_path),
-        "--steps".as_ref(),
-        STEPS.as_ref(),
-        "--guidance".as_ref(),
-        GUIDANCE.as_ref(),
-        "--seed".as_ref(),
-        "4".as_ref(),
-        "--vae".as_ref(),
-        &p(&vae),
-        "--png".as_ref(),
-        &p(&refs.join("vae.png")),
-        "-o".as_ref(),
-        &p(&refs.join("vae.npz")),
-    ])?;
+    sample_ok(
+        &plan32,
+        &cond_path,
+        "4",
+        &[
+            "--vae".as_ref(),
+            &p(&vae),
+            "--png".as_ref(),
+            &p(&refs.join("vae.png")),
+            "-o".as_ref(),
+            &p(&refs.join("vae.npz")),
+        ],
+    )?;
     let repo = dir.join("repo");
     run_ok(&[
         "triton".as_ref(),
