@@ -137,6 +137,8 @@ struct ModelState {
     settings: Settings,
     /// Instances of this model (all groups), for sharing the cores.
     instances: usize,
+    /// The model configuration (JSON), read once; every instance checks it against its plan.
+    config: serde_json::Value,
 }
 
 /// What an instance keeps between requests.
@@ -354,6 +356,7 @@ pub unsafe extern "C" fn TRITONBACKEND_ModelInitialize(
             dir,
             settings,
             instances,
+            config,
         });
         // SAFETY: Triton keeps the pointer until ModelFinalize, which frees it.
         check(
@@ -423,7 +426,7 @@ pub unsafe extern "C" fn TRITONBACKEND_ModelInstanceInitialize(
             threads,
         )
         .map_err(|e| Fault::invalid(format!("instance `{name}`: {e}")))?;
-        check_config(&model_config(model)?, &loaded)?;
+        check_config(&model_state.config, &loaded)?;
         log(
             TRITONSERVER_LOG_INFO,
             &format!(

@@ -398,35 +398,10 @@ fn tensor(raw: &RawInput, dtype: DataType, shape: &[i64]) -> Result<HostTensor, 
             count * size
         ));
     }
-    let array = |v| {
-        ArrayD::from_shape_vec(IxDyn(&dims), v)
-            .map_err(|e| RequestError(format!("input `{}`: {e}", raw.name)))
-    };
-    let chunks = raw.data.chunks_exact(size);
     Ok(match dtype {
-        DataType::Fp32 => HostTensor::F32(array(
-            chunks
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap_or_default()))
-                .collect(),
-        )?),
-        DataType::Fp16 => HostTensor::F16(
-            ArrayD::from_shape_vec(
-                IxDyn(&dims),
-                chunks
-                    .map(|c| f16::from_le_bytes(c.try_into().unwrap_or_default()))
-                    .collect(),
-            )
-            .map_err(|e| RequestError(format!("input `{}`: {e}", raw.name)))?,
-        ),
-        DataType::Int64 => HostTensor::I64(
-            ArrayD::from_shape_vec(
-                IxDyn(&dims),
-                chunks
-                    .map(|c| i64::from_le_bytes(c.try_into().unwrap_or_default()))
-                    .collect(),
-            )
-            .map_err(|e| RequestError(format!("input `{}`: {e}", raw.name)))?,
-        ),
+        DataType::Fp32 => HostTensor::F32(decode(raw, &dims, f32::from_le_bytes)?),
+        DataType::Fp16 => HostTensor::F16(decode(raw, &dims, f16::from_le_bytes)?),
+        DataType::Int64 => HostTensor::I64(decode(raw, &dims, i64::from_le_bytes)?),
         other => {
             return fail(format!(
                 "input `{}`: type {} is not served",
@@ -435,6 +410,21 @@ fn tensor(raw: &RawInput, dtype: DataType, shape: &[i64]) -> Result<HostTensor, 
             ));
         }
     })
+}
+
+/// The little-endian elements of `raw` (whose length is checked) as an array of `dims`.
+fn decode<T, const N: usize>(
+    raw: &RawInput,
+    dims: &[usize],
+    from_le: fn([u8; N]) -> T,
+) -> Result<ArrayD<T>, RequestError> {
+    let values = raw
+        .data
+        .chunks_exact(N)
+        .map(|c| from_le(c.try_into().unwrap_or([0; N])))
+        .collect();
+    ArrayD::from_shape_vec(IxDyn(dims), values)
+        .map_err(|e| RequestError(format!("input `{}`: {e}", raw.name)))
 }
 
 #[cfg(test)]
